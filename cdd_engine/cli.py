@@ -1,0 +1,299 @@
+"""The ``cdd-engine`` command line.
+
+Each subcommand is one ``add_<name>(subparsers)`` function that builds its parser and sets
+its handler; :data:`COMMANDS` lists them in help order. A new subcommand is one more
+function and one more list entry. Handlers return an exit status; errors become one line on
+stderr and exit status 2 (``--debug`` shows the traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+DESCRIPTION = """\
+cdd-engine: fully unsupervised anomaly detection for industrial inspection.
+Train a teacher-student model (Reverse Distillation) on a folder of line images that are
+mostly good (some may be defective; nobody knows which), evaluate it, and score images.
+"""
+EPILOG = """\
+examples:
+  cdd-engine demo                          generate a demo set, train, evaluate, report (~minutes on CPU)
+  cdd-engine train --data mvtec --category bottle --out runs/bottle
+  cdd-engine eval --checkpoint runs/bottle --data mvtec --json metrics.json
+  cdd-engine <command> --help              options of one command
+"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the examples' line breaks and shows each option's default."""
+
+
+def _write_json(path: str | Path, obj: Any) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+
+
+def _print_metrics(m: dict, indent: str = "  ") -> None:
+    print(f"{indent}image AUROC {m['image_auroc']:.4f}   pixel AUROC {m['pixel_auroc']:.4f}   "
+          f"AUPRO {m['aupro']:.4f}   F1-max {m['f1_max']:.4f}")
+    line = (f"{indent}test images: {m['n_test']} ({m['n_test_good']} good, {m['n_test_anomalous']} anomalous); "
+            f"train images: {m['n_train']} ({m['n_injected']} injected anomalies)")
+    print(line)
+    if "f1_at_threshold" in m:
+        print(f"{indent}F1 at the threshold from training scores ({m['threshold']:.4f}): {m['f1_at_threshold']:.4f}")
+
+
+# ----------------------------------------------------------------------------- shared options
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    from .models import TEACHERS
+    from .training import DEFAULT_EPOCHS, method_names
+    g = p.add_argument_group("model and training")
+    g.add_argument("--method", default="rd", choices=method_names(),
+                   help="rd = Reverse Distillation; cdd = Cross-Domain Distillation (arrives with the CDD issue)")
+    g.add_argument("--backbone", default="efficientnet_lite0", choices=sorted(TEACHERS),
+                   help="frozen ImageNet teacher; efficientnet_lite0 is the fast CPU default")
+    g.add_argument("--teacher-weights", metavar="PATH", default=None,
+                   help="teacher weights file (.pth/.safetensors, torchvision layout for the ResNets); "
+                        "default: the backbone's packaged weights ('random' for tests only)")
+    g.add_argument("--image-size", type=int, default=256, metavar="N", help="square model input side in pixels")
+    g.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, metavar="N")
+    g.add_argument("--batch-size", type=int, default=16, metavar="N")
+    g.add_argument("--lr", type=float, default=0.005, help="Adam learning rate (betas 0.5, 0.999)")
+    g.add_argument("--seed", type=int, default=0, metavar="S", help="seeds initialisation, batch order and noise")
+    g.add_argument("--eval-every", type=int, default=0, metavar="N",
+                   help="also evaluate every N epochs (0: only at the end)")
+    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    g.add_argument("--num-workers", type=int, default=0, metavar="N", help="DataLoader workers")
+    g.add_argument("--no-feature-cache", action="store_true",
+                   help="recompute the teacher's features every epoch instead of caching them in memory")
+
+
+def _add_data_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--data", required=required, metavar="DIR", help="data set root")
+    g.add_argument("--layout", default=None if not required else "mvtec", choices=("mvtec", "visa", "folder"),
+                   help="mvtec: <cat>/train/good, <cat>/test/<defect>, <cat>/ground_truth; visa: VisA; "
+                        "folder: any images, all unlabelled training images")
+    g.add_argument("--category", default=None, metavar="NAME",
+                   help="category folder inside --data (needed when the root holds several)")
+
+
+def _train_kwargs(a: argparse.Namespace) -> dict[str, Any]:
+    return dict(method=a.method, backbone=a.backbone, teacher_weights=a.teacher_weights,
+                image_size=a.image_size, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
+                eval_every=a.eval_every, device=a.device, num_workers=a.num_workers,
+                cache_features="no" if a.no_feature_cache else "auto", progress=not a.quiet)
+
+
+# ----------------------------------------------------------------------------- demo
+DEMO_DEFAULTS = {"image_size": 256, "epochs": 30, "n_train": 200, "n_test_good": 100, "n_test_defect": 100,
+                 "noise_ratio": 0.1}
+DEMO_QUICK = {"image_size": 64, "epochs": 2, "n_train": 12, "n_test_good": 6, "n_test_defect": 6,
+              "noise_ratio": 0.1}
+
+
+def add_demo(sub) -> None:
+    from .data.demo import DEMO_CATEGORIES
+    p = sub.add_parser(
+        "demo", formatter_class=_Formatter,
+        help="generate a demo data set, train, evaluate, print a report",
+        description="Generate an offline demo data set in MVTec layout (a real texture with synthetic "
+                    "scratches, stains, holes, pasted patches and colour shifts), contaminate its training "
+                    "set with unlabelled defective images (FUAD), train the CPU default model, evaluate and "
+                    "print a short report.",
+        epilog="examples:\n  cdd-engine demo\n  cdd-engine demo --category grass --out demo_grass\n"
+               "  cdd-engine demo --quick            a tiny run (seconds) to check an install")
+    p.add_argument("--out", default="cdd_demo", metavar="DIR", help="where the data set and the run go")
+    p.add_argument("--category", default="brick", choices=DEMO_CATEGORIES, help="demo texture")
+    p.add_argument("--epochs", type=int, default=None, metavar="N",
+                   help=f"training epochs (default {DEMO_DEFAULTS['epochs']}, --quick {DEMO_QUICK['epochs']})")
+    p.add_argument("--image-size", type=int, default=None, metavar="N",
+                   help=f"image side (default {DEMO_DEFAULTS['image_size']}, --quick {DEMO_QUICK['image_size']})")
+    p.add_argument("--noise-ratio", type=float, default=None, metavar="R",
+                   help=f"contamination: fraction of |train| drawn from the test anomalies "
+                        f"(default {DEMO_DEFAULTS['noise_ratio']})")
+    p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--quick", action="store_true", help="tiny data set, 2 epochs, 64² (for tests and CI)")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    p.set_defaults(handler=run_demo)
+
+
+def run_demo(a: argparse.Namespace) -> int:
+    from .data import make_demo_dataset
+    from .training import train
+    s = dict(DEMO_QUICK if a.quick else DEMO_DEFAULTS)
+    if a.epochs is not None:
+        s["epochs"] = a.epochs
+    if a.image_size is not None:
+        s["image_size"] = a.image_size
+    if a.noise_ratio is not None:
+        s["noise_ratio"] = a.noise_ratio
+    out = Path(a.out).expanduser().absolute()
+    run_dir = out / "runs" / f"{a.category}_rd_seed{a.seed}"
+    if (run_dir / "config.json").is_file():
+        raise FileExistsError(f"{run_dir} already holds a demo run; remove {out} or pass another --out")
+    t0 = time.perf_counter()
+    say = (lambda *x: None) if a.quiet else print
+    say(f"[1/3] generating the demo data set ({a.category}, {s['n_train']} train, "
+        f"{s['n_test_good']} good + {s['n_test_defect']} defective test images, {s['image_size']}²) in {out / 'data'}")
+    data = make_demo_dataset(out / "data", categories=(a.category,), image_size=s["image_size"],
+                             n_train=s["n_train"], n_test_good=s["n_test_good"],
+                             n_test_defect=s["n_test_defect"], seed=a.seed)
+    t_data = time.perf_counter() - t0
+    say(f"[2/3] training RD (efficientnet_lite0 teacher, {s['epochs']} epochs); int({s['noise_ratio']} x |train|) "
+        f"defective test images join the training set unlabelled (FUAD)")
+    t1 = time.perf_counter()
+    train(data, run_dir, layout="mvtec", category=a.category, image_size=s["image_size"], epochs=s["epochs"],
+          noise_ratio=s["noise_ratio"], seed=a.seed, progress=not a.quiet)
+    t_train = time.perf_counter() - t1
+    say("[3/3] report")
+    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    report = {"category": a.category, "metrics": {k: v for k, v in metrics.items() if k != "history"},
+              "seconds": {"data": t_data, "train_and_eval": t_train, "total": time.perf_counter() - t0,
+                          "epochs": sum(config["timings"]["epoch_s"]),
+                          "teacher_features": config["timings"]["feature_cache_s"]},
+              "settings": s, "checkpoint": str(run_dir), "data": str(data)}
+    print(f"demo '{a.category}' ({s['image_size']}², {s['epochs']} epochs, noise ratio {s['noise_ratio']}):")
+    _print_metrics(metrics)
+    sec = report["seconds"]
+    print(f"  time: {sec['total']:.0f} s total (data {sec['data']:.0f} s, training + evaluation "
+          f"{sec['train_and_eval']:.0f} s)")
+    print(f"  checkpoint: {run_dir}")
+    print(f"  evaluate again: cdd-engine eval --checkpoint {run_dir} --data {data} --overlays {out / 'overlays'}")
+    if a.json:
+        _write_json(a.json, report)
+    return 0
+
+
+# ----------------------------------------------------------------------------- train
+def add_train(sub) -> None:
+    p = sub.add_parser(
+        "train", formatter_class=_Formatter, help="train a model on a data set -> run directory (checkpoint)",
+        description="Train the student of a teacher-student anomaly detector. The run directory holds the "
+                    "checkpoint (safetensors + JSON, updated every epoch), the noise manifest, the training "
+                    "scores with the derived threshold and, when the data set has a labelled test set, "
+                    "metrics.json. An interrupted run continues with --resume to the same result.",
+        epilog="examples:\n"
+               "  cdd-engine train --data mvtec --category bottle --out runs/bottle\n"
+               "  cdd-engine train --data mvtec --category bottle --noise-ratio 0.1 --out runs/bottle_noisy\n"
+               "  cdd-engine train --data line_images --layout folder --out runs/line\n"
+               "  cdd-engine train --data mvtec --category bottle --backbone wide_resnet50_2 \\\n"
+               "      --teacher-weights wide_resnet50_2-95faca4d.pth --device cuda --out runs/bottle_wrn\n"
+               "  cdd-engine train ... --out runs/bottle --resume      continue an interrupted run")
+    _add_data_options(p)
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to write")
+    g = p.add_argument_group("fully unsupervised protocol (FUAD)")
+    g.add_argument("--noise-ratio", type=float, default=0.0, metavar="R",
+                   help="move int(R*|train|) anomalous test images, drawn with the seed, into the training "
+                        "set without labels (SoftPatch protocol)")
+    g.add_argument("--overlap", action="store_true", help="keep the injected images in the test set too")
+    _add_model_options(p)
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.set_defaults(handler=run_train)
+
+
+def run_train(a: argparse.Namespace) -> int:
+    from .training import train
+    run_dir = train(a.data, a.out, layout=a.layout, category=a.category, noise_ratio=a.noise_ratio,
+                    overlap=a.overlap, resume=a.resume, **_train_kwargs(a))
+    metrics_path = run_dir / "metrics.json"
+    print(f"checkpoint: {run_dir}")
+    if metrics_path.is_file():
+        _print_metrics(json.loads(metrics_path.read_text(encoding="utf-8")))
+    return 0
+
+
+# ----------------------------------------------------------------------------- eval
+def add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval", formatter_class=_Formatter, help="evaluate a run directory on a labelled test set",
+        description="Compute image AUROC, pixel AUROC, AUPRO and F1-max of a checkpoint on a data set's test "
+                    "images. Images the run injected into its training set (its noise manifest) are left "
+                    "out of the test set automatically. Layout and category default to the run's.",
+        epilog="examples:\n  cdd-engine eval --checkpoint runs/bottle --data mvtec\n"
+               "  cdd-engine eval --checkpoint runs/bottle --data mvtec --json m.json --overlays heatmaps/")
+    p.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="run directory written by train")
+    _add_data_options(p, required=False)
+    p.add_argument("--teacher-weights", metavar="PATH", default=None,
+                   help="where the teacher's weights are (if not where they were at training time)")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--overlays", metavar="DIR", help="write a heat-map overlay PNG per test image")
+    p.set_defaults(handler=run_eval)
+
+
+def run_eval(a: argparse.Namespace) -> int:
+    from .evaluate import evaluate_run
+    m = evaluate_run(a.checkpoint, data=a.data, layout=a.layout, category=a.category,
+                     teacher_weights=a.teacher_weights, batch_size=a.batch_size, device=a.device,
+                     progress=not a.quiet, overlays_dir=a.overlays)
+    print(f"{m['data']} with {m['checkpoint']}:")
+    _print_metrics(m)
+    if a.overlays:
+        print(f"  overlays: {a.overlays}")
+    if a.json:
+        _write_json(a.json, m)
+        print(f"  JSON: {a.json}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- dispatch
+COMMANDS: list[Callable[[Any], None]] = [add_demo, add_train, add_eval]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .version import __version__
+    parser = argparse.ArgumentParser(prog="cdd-engine", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"cdd-engine {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the full traceback on errors")
+    common.add_argument("--quiet", action="store_true", help="no progress bars or logs")
+    parser._common = common  # type: ignore[attr-defined]
+    sub = parser.add_subparsers(dest="command", metavar="<command>", title="commands")
+    real_add = sub.add_parser
+
+    def add_parser(name, **kw):  # every subcommand gets --debug/--quiet
+        kw.setdefault("parents", [common])
+        return real_add(name, **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return EXIT_ERROR
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print("interrupted" + ("; continue with the same command and --resume" if args.command == "train" else ""),
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # one clear line for the user; --debug for developers
+        if args.debug:
+            raise
+        msg = str(e).strip() or type(e).__name__
+        if not isinstance(e, (ValueError, TypeError, OSError, RuntimeError)):
+            msg = f"{type(e).__name__}: {msg} (run with --debug for the traceback)"
+        print(f"cdd-engine {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Evaluation of an RD model on a labelled test set: image AUROC, pixel AUROC, AUPRO, F1-max.
+
+:func:`evaluate` scores a split's test images with the reference anomaly map
+(DESIGN.md §3); :func:`evaluate_run` does it for a run directory and re-applies the run's
+noise manifest, so images that were injected into training are left out of the test set
+(unless the run used ``overlap``) without the caller having to know about them.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .anomaly_map import anomaly_map
+from .data.samples import ANOMALOUS, GOOD, DatasetSplit
+
+METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
+
+
+def score_dataset(model, dataset, batch_size: int = 16, device: str | torch.device = "cpu", mode: str = "add",
+                  sigma: float = 4.0, progress: bool = False, desc: str = "scoring"
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Score every item of an ImageDataset.
+
+    Returns maps float32 (N, H, W), scores float64 (N,) and, when the dataset gives masks,
+    masks uint8 (N, H, W); (H, W) = ``model.image_size``.
+    """
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+    model.eval()
+    n = len(dataset)
+    h, w = model.image_size
+    maps = np.empty((n, h, w), dtype=np.float32)
+    scores = np.empty(n, dtype=np.float64)
+    masks = np.empty((n, h, w), dtype=np.uint8) if getattr(dataset, "with_masks", False) else None
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    i = 0
+    with torch.no_grad(), tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for item in loader:
+            x = item["image"].to(device)
+            t, s = model(x)
+            m, sc = anomaly_map(t, s, (h, w), mode=mode, sigma=sigma)
+            b = x.shape[0]
+            maps[i:i + b] = m.float().cpu().numpy()
+            scores[i:i + b] = sc.double().cpu().numpy()
+            if masks is not None:
+                masks[i:i + b] = (item["mask"][:, 0] > 0.5).numpy()
+            i += b
+            bar.update(b)
+    return maps, scores, masks
+
+
+def evaluate(model, split: DatasetSplit, batch_size: int = 16, device: str | torch.device = "cpu",
+             color: str | None = None, mode: str = "add", sigma: float = 4.0, progress: bool = False,
+             overlays_dir: str | Path | None = None, n_injected: int | None = None,
+             threshold: float | None = None) -> dict[str, Any]:
+    """Metrics of ``model`` (teacher + student, eval mode) on ``split.test``.
+
+    Args:
+        model: returns (teacher_feats, student_feats) for normalised (B,3,H,W) images and has
+            ``image_size`` (H, W) and ``normalization`` ((mean), (std)).
+        split: its ``test`` needs good (label 0) and anomalous (label 1) images; anomalous
+            ones need masks. ``split.train`` is only counted.
+        color: "rgb"/"gray" (default: detected from the first training or test image).
+        overlays_dir: write a heat-map overlay PNG per test image there (``<defect>/<stem>.png``).
+        n_injected: training images injected from the test anomalies (default: counted from
+            the training samples whose ``defect_type`` is a defect name).
+        threshold: a score threshold (from training scores); adds ``f1_at_threshold``.
+
+    Returns:
+        dict with image_auroc, pixel_auroc, aupro, f1_max, n_test, n_test_good,
+        n_test_anomalous, n_train, n_injected, seconds (and threshold, f1_at_threshold).
+    """
+    from .data import ImageDataset, detect_color
+    from .metrics import aupro, f1_at_threshold, f1_max, image_auroc, pixel_auroc
+    test = list(split.test)
+    n_good = sum(s.label == GOOD for s in test)
+    n_bad = sum(s.label == ANOMALOUS for s in test)
+    if n_good == 0 or n_bad == 0 or n_good + n_bad != len(test):
+        raise ValueError(f"evaluation needs a test set of good and anomalous images only; {split.name} has "
+                         f"{n_good} good, {n_bad} anomalous and {len(test) - n_good - n_bad} unlabelled")
+    if color is None:
+        color = detect_color(split.train if split.train else test)
+    mean, std = model.normalization
+    dataset = ImageDataset(test, model.image_size, mean, std, color=color, with_masks=True,
+                           cache=overlays_dir is not None)
+    t0 = time.perf_counter()
+    maps, scores, masks = score_dataset(model, dataset, batch_size, device, mode, sigma, progress, "evaluating")
+    seconds = time.perf_counter() - t0
+    labels = np.array([s.label for s in test], dtype=np.int64)
+    if n_injected is None:
+        n_injected = sum(s.defect_type not in ("good", "unknown") for s in split.train)
+    result: dict[str, Any] = {
+        "image_auroc": float(image_auroc(labels, scores)),
+        "pixel_auroc": float(pixel_auroc(masks, maps)),
+        "aupro": float(aupro(masks, maps)),
+        "f1_max": float(f1_max(labels, scores)),
+        "n_test": len(test), "n_test_good": n_good, "n_test_anomalous": n_bad,
+        "n_train": len(split.train), "n_injected": int(n_injected),
+        "seconds": seconds,
+    }
+    if threshold is not None:
+        result["threshold"] = float(threshold)
+        result["f1_at_threshold"] = float(f1_at_threshold(labels, scores, threshold))
+    if overlays_dir is not None:
+        from .visualize import save_overlays
+        save_overlays(overlays_dir, dataset, maps, scores, mean, std)
+        result["overlays"] = str(overlays_dir)
+    return result
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path | None = None, layout: str | None = None,
+                 category: str | None = None, teacher_weights: str | Path | None = None, batch_size: int = 16,
+                 device: str = "cpu", progress: bool = False, overlays_dir: str | Path | None = None
+                 ) -> dict[str, Any]:
+    """Evaluate a run directory on a data set (default: the one it was trained on).
+
+    The run's noise manifest is re-applied, so injected training images are not test images
+    (unless the run used ``overlap``). Adds ``f1_at_threshold`` with the run's threshold.
+    """
+    from . import checkpoint as ckpt
+    from .data import NoiseManifest, read_dataset
+    config = ckpt.read_config(run_dir)
+    d = config["data"]
+    model = ckpt.load_checkpoint(run_dir, teacher_weights=teacher_weights, device=device)
+    split = read_dataset(data if data is not None else d["root"], layout=layout or d["layout"],
+                         category=category if category is not None else d["category"])
+    manifest_path = Path(run_dir) / d.get("noise_manifest", ckpt.MANIFEST_FILE)
+    if not manifest_path.is_file():
+        raise ckpt.CheckpointError(f"checkpoint {run_dir} is missing its noise manifest {manifest_path.name}")
+    manifest = NoiseManifest.load(manifest_path)
+    split = manifest.apply(split)
+    amap = config["model"].get("anomaly_map", {})
+    threshold = ckpt.load_threshold(run_dir) if (Path(run_dir) / ckpt.SCORES_FILE).is_file() else None
+    result = evaluate(model, split, batch_size=batch_size, device=device, color=d.get("color"),
+                      mode=amap.get("mode", "add"), sigma=amap.get("sigma", 4.0), progress=progress,
+                      overlays_dir=overlays_dir, n_injected=len(manifest.injected), threshold=threshold)
+    result["checkpoint"] = str(run_dir)
+    result["data"] = split.name
+    return result

@@ -1,0 +1,150 @@
+"""Every option of a training run, in one dataclass shared by the CLI, :func:`cdd_engine.train`
+and the checkpoint's ``config.json``."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from ..models.teachers import TEACHERS
+
+LAYOUTS = ("mvtec", "visa", "folder")
+MAP_MODES = ("add", "mul")
+DEFAULT_EPOCHS = 30          # ~2 min per category at 256² on 2 cores with cached teacher features
+DEFAULT_IMAGE_SIZE = 256
+THRESHOLD_RULES = ("median_mad", "quantile")
+# Options that may differ when a run is resumed; every other option must equal the recorded one,
+# or the resumed run would not be the run that was started.
+RESUMABLE_CHANGES = frozenset({"epochs", "eval_every", "progress", "resume", "num_workers", "device",
+                               "eval_batch_size"})
+
+
+@dataclass
+class TrainConfig:
+    """Options of one training run.
+
+    data/out: data set root and run directory (the checkpoint). Model: ``backbone`` (teacher),
+    ``teacher_weights`` (file path, ``"random"`` for tests, or None for the backbone's default
+    source), ``image_size`` (square side in pixels). Optimiser: Adam(lr, betas). FUAD protocol:
+    ``noise_ratio`` of the training set size is drawn from the test anomalies with
+    ``noise_seed`` (default: ``seed``) and moved into training; ``overlap`` keeps them in the
+    test set as well. ``cache_features``: "auto" keeps the frozen teacher's features of the
+    training set in memory when they fit in ``feature_cache_gb`` (they never change, and the
+    teacher is ~85 % of an epoch's time at 256² on CPU), "yes"/"no" force it.
+    Threshold (train_scores.json): ``median_mad`` = median + k * 1.4826 * MAD of the training
+    scores (robust to a minority of contaminated images), ``quantile`` = the k-quantile (0..1).
+    """
+
+    data: str
+    out: str
+    layout: str = "mvtec"
+    category: str | None = None
+    method: str = "rd"
+    backbone: str = "efficientnet_lite0"
+    teacher_weights: str | None = None
+    image_size: int = DEFAULT_IMAGE_SIZE
+    epochs: int = DEFAULT_EPOCHS
+    batch_size: int = 16
+    lr: float = 0.005
+    betas: tuple[float, float] = (0.5, 0.999)
+    noise_ratio: float = 0.0
+    overlap: bool = False
+    seed: int = 0
+    noise_seed: int | None = None
+    eval_every: int = 0
+    eval_batch_size: int = 16
+    resume: bool = False
+    device: str = "cpu"
+    progress: bool = True
+    num_workers: int = 0
+    deterministic: bool = True
+    cache_features: str = "auto"
+    feature_cache_gb: float = 2.0
+    map_mode: str = "add"
+    sigma: float = 4.0
+    threshold_rule: str = "median_mad"
+    threshold_k: float = 3.0
+    method_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.data = str(self.data)
+        self.out = str(self.out)
+        if isinstance(self.betas, list):
+            self.betas = tuple(self.betas)
+        self.validate()
+
+    @property
+    def effective_noise_seed(self) -> int:
+        return self.seed if self.noise_seed is None else self.noise_seed
+
+    def validate(self) -> None:
+        """Raise ValueError/TypeError naming the option, what was expected and what was got."""
+        def need_int(name: str, lo: int) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
+            if v < lo:
+                raise ValueError(f"{name} must be >= {lo}, got {v}")
+
+        def need_float(name: str, lo: float, hi: float = math.inf, lo_open: bool = False) -> None:
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise TypeError(f"{name} must be a finite number, got {v!r}")
+            if v < lo or v > hi or (lo_open and v == lo):
+                raise ValueError(f"{name} must be in {'(' if lo_open else '['}{lo}, {hi}], got {v}")
+
+        def need_choice(name: str, choices) -> None:
+            v = getattr(self, name)
+            if v not in choices:
+                raise ValueError(f"{name} must be one of {tuple(choices)}, got {v!r}")
+
+        need_choice("layout", LAYOUTS)
+        need_choice("backbone", sorted(TEACHERS))
+        need_choice("map_mode", MAP_MODES)
+        need_choice("cache_features", ("auto", "yes", "no"))
+        need_choice("threshold_rule", THRESHOLD_RULES)
+        if not isinstance(self.method, str) or not self.method:
+            raise TypeError(f"method must be a name like 'rd', got {self.method!r}")
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            need_int(name, 1)
+        for name in ("image_size",):
+            need_int(name, 32)  # the student's bottleneck is 1/32 of the input
+        for name in ("seed", "eval_every", "num_workers"):
+            need_int(name, 0)
+        if self.noise_seed is not None:
+            need_int("noise_seed", 0)
+        need_float("lr", 0.0, lo_open=True)
+        need_float("noise_ratio", 0.0)
+        need_float("sigma", 0.0)
+        need_float("feature_cache_gb", 0.0)
+        need_float("threshold_k", 0.0, 1.0 if self.threshold_rule == "quantile" else math.inf)
+        if (not isinstance(self.betas, tuple) or len(self.betas) != 2
+                or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in self.betas)):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        if self.teacher_weights is not None and not isinstance(self.teacher_weights, str):
+            self.teacher_weights = str(self.teacher_weights)
+        if self.category is not None and not isinstance(self.category, str):
+            raise TypeError(f"category must be a name or None, got {self.category!r}")
+        if not isinstance(self.method_options, dict):
+            raise TypeError(f"method_options must be a dict, got {type(self.method_options).__name__}")
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def config_differences(old: TrainConfig, new: TrainConfig) -> list[str]:
+    """Options that differ between a recorded run and a resume request (ignoring RESUMABLE_CHANGES)."""
+    a, b = old.to_json(), new.to_json()
+    return [f"{k}: recorded {a[k]!r}, requested {b[k]!r}" for k in a
+            if k not in RESUMABLE_CHANGES and k not in ("data", "out") and a[k] != b[k]]

@@ -1,0 +1,78 @@
+"""Registry of training methods. A method owns its trainable students and optimisers and
+trains one epoch at a time; the driver (:mod:`cdd_engine.training.runner`) owns data,
+checkpoints, resume, evaluation and reports, identically for every method."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+import torch.nn as nn
+
+from ..models import RDModel
+from .config import TrainConfig
+from .loop import TeacherFeatures
+
+# Methods that are announced but not in this version: name -> what to tell the user.
+PLANNED_METHODS = {
+    "cdd": "--method cdd (Cross-Domain Distillation: K domain students + a global student) arrives "
+           "with the CDD issue and is not in this version yet; use --method rd (Reverse Distillation)",
+}
+
+
+class TrainingMethod(ABC):
+    """One way of training the student that is deployed beside the frozen teacher.
+
+    Subclasses set ``name``, build their students/optimisers in ``__init__`` and implement
+    :meth:`train_epoch`. ``modules()["student"]`` is the deployed student (saved in
+    ``student.safetensors``); other modules (CDD's domain students) go to
+    ``domain_students.safetensors`` under their names.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, config: TrainConfig, model: RDModel, features: TeacherFeatures) -> None:
+        self.config = config
+        self.model = model
+        self.features = features
+
+    @abstractmethod
+    def modules(self) -> dict[str, nn.Module]:
+        """Every trainable module by name; "student" is the one deployed."""
+
+    @abstractmethod
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Every optimiser by name (their state is saved for resume)."""
+
+    @abstractmethod
+    def train_epoch(self, epoch: int, generator: torch.Generator, progress: bool) -> dict[str, float]:
+        """Train one epoch; draw every random choice from ``generator`` (saved for resume).
+        Returns numbers to log, at least ``loss``, ``images`` and ``seconds``."""
+
+    def method_config(self) -> dict[str, Any]:
+        """Method-specific settings recorded in config.json (e.g. CDD's K and partition)."""
+        return {}
+
+
+METHODS: dict[str, type[TrainingMethod]] = {}
+
+
+def register_method(cls: type[TrainingMethod]) -> type[TrainingMethod]:
+    """Class decorator: make a method available to ``train(method=...)`` and the CLI."""
+    METHODS[cls.name] = cls
+    PLANNED_METHODS.pop(cls.name, None)
+    return cls
+
+
+def method_names() -> list[str]:
+    """Methods the CLI accepts (available ones, then announced ones that explain themselves)."""
+    return sorted(METHODS) + sorted(set(PLANNED_METHODS) - set(METHODS))
+
+
+def get_method(name: str) -> type[TrainingMethod]:
+    """The method class for ``name``; NotImplementedError for announced ones, ValueError otherwise."""
+    if name in METHODS:
+        return METHODS[name]
+    if name in PLANNED_METHODS:
+        raise NotImplementedError(PLANNED_METHODS[name])
+    raise ValueError(f"unknown training method {name!r}; choose one of {method_names()}")
