@@ -1,0 +1,134 @@
+// cdd::Engine: score uint8 camera frames with an engine directory built by cdd_engine.build().
+//
+//   cdd::EngineOptions opt;
+//   opt.num_threads = 4;
+//   cdd::Engine engine("/path/to/engine_dir", opt);
+//   cdd::ImageView view{frame_ptr, width, height, stride_bytes, cdd::PixelFormat::BGR8};
+//   std::vector<cdd::Result> r = engine.score(&view, 1);
+//   if (r[0].is_anomalous) { ... r[0].map ... }
+//
+// The pipeline per image: uint8 frame -> antialiased bilinear resize to the model size ->
+// normalise (docs/engine_format.md) -> network (OpenVINO on CPU, TensorRT on NVIDIA GPUs)
+// -> fused anomaly map of DESIGN.md section 3 -> score = max of the map.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cdd/error.hpp"
+#include "cdd/image.hpp"
+
+namespace cdd {
+
+/// Which anomaly map score() returns beside the score.
+enum class MapOutput : int {
+    None = 0,       ///< verdict only: no map copied out (the map is still computed for the score)
+    ModelSize = 1,  ///< the map at the model resolution (image_size of engine.json)
+    InputSize = 2,  ///< the map resized to each input frame's width x height (antialiased bilinear)
+};
+
+struct EngineOptions {
+    /// "CPU" (OpenVINO, the default), "cuda" or "cuda:N" (TensorRT; needs a build with
+    /// CDD_WITH_TENSORRT), or any other OpenVINO device name (e.g. "GPU" for an Intel GPU).
+    std::string device = "CPU";
+    /// CPU threads for inference and for the pre/post-processing kernels; 0 = all cores.
+    int num_threads = 0;
+    /// Inference requests (OpenVINO) / execution contexts (TensorRT) in the pool: how many
+    /// score() calls from different threads run the network at the same time.
+    int num_streams = 1;
+    /// Replaces the engine's calibrated threshold.
+    std::optional<float> threshold;
+    /// Scales the calibrated threshold instead: threshold = calibrated / sensitivity, so
+    /// 2 flags more (half the threshold) and 0.5 flags less. Must be > 0; ignored when
+    /// `threshold` is set.
+    std::optional<float> sensitivity;
+    /// Default map output of score(); a ScoreOptions argument overrides it per call.
+    MapOutput map = MapOutput::ModelSize;
+    /// Check the sha256 of every model file listed in engine.json (a few ms per 10 MB).
+    bool verify_hashes = true;
+};
+
+/// Per-call settings of score().
+struct ScoreOptions {
+    MapOutput map = MapOutput::ModelSize;
+};
+
+struct Result {
+    float score = 0.f;          ///< max of the anomaly map at the model resolution
+    float threshold = 0.f;      ///< the threshold in force (calibrated or overridden)
+    bool is_anomalous = false;  ///< score > threshold
+    int map_width = 0;          ///< 0 when no map was requested
+    int map_height = 0;
+    std::vector<float> map;     ///< row-major map_height x map_width, empty when not requested
+};
+
+/// One feature tensor the network returns (batch dimension left out).
+struct FeatureInfo {
+    std::string name;  ///< teacher_0..2, student_0..2
+    int channels = 0, height = 0, width = 0;
+    std::string dtype;  ///< "float32" or "float16"
+};
+
+/// Read-only facts about a loaded engine.
+struct EngineInfo {
+    std::string engine_dir;
+    std::string backend;      ///< backend that runs here: "openvino" or "tensorrt"
+    std::string device;       ///< the device string it was compiled for
+    std::string precision;    ///< from engine.json
+    std::string model_file;   ///< the model file loaded (model.xml, model.onnx, model.plan)
+    int image_height = 0, image_width = 0;
+    int max_batch = 0;
+    int num_streams = 0;
+    int num_threads = 0;
+    float calibrated_threshold = 0.f;  ///< engine.json threshold.value
+    float threshold = 0.f;             ///< the threshold in force
+    std::string map_mode;              ///< "add" or "mul"
+    double sigma = 0.0;
+    std::vector<FeatureInfo> features;
+};
+
+class Engine {
+public:
+    /// Loads and validates `engine_dir` (engine.json format version, file hashes, shapes)
+    /// and compiles the model. Throws cdd::Error with a message naming the problem.
+    explicit Engine(const std::string& engine_dir, const EngineOptions& options = EngineOptions());
+    ~Engine();
+    Engine(Engine&&) noexcept;
+    Engine& operator=(Engine&&) noexcept;
+    Engine(const Engine&) = delete;
+    Engine& operator=(const Engine&) = delete;
+
+    /// Scores `n` frames (any sizes and formats mixed), split into batches of at most
+    /// max_batch. Thread-safe: many threads may call score() on one Engine; up to
+    /// num_streams of them run the network at the same time, the others wait.
+    std::vector<Result> score(const ImageView* views, std::size_t n) const;
+    std::vector<Result> score(const ImageView* views, std::size_t n, const ScoreOptions& options) const;
+    Result score(const ImageView& view) const;
+
+    /// Allocation-free variant: writes scores[i], is_anomalous[i] (either may be null) and,
+    /// when maps is not null and maps[i] is not null, the map of frame i into maps[i], which
+    /// must hold map_height x map_width floats as given by map_shape(views[i], options.map).
+    void score_into(const ImageView* views, std::size_t n, const ScoreOptions& options, float* scores,
+                    bool* is_anomalous, float* const* maps) const;
+
+    /// (height, width) of the map score() returns for `view` with `map`; (0, 0) for None.
+    std::pair<int, int> map_shape(const ImageView& view, MapOutput map) const;
+
+    const EngineInfo& info() const noexcept;
+    float threshold() const noexcept;
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+/// Library version ("0.1.0") and the optional parts compiled in.
+const char* version() noexcept;
+bool built_with_openvino() noexcept;
+bool built_with_tensorrt() noexcept;
+bool built_with_cuda() noexcept;
+
+}  // namespace cdd

@@ -1,0 +1,207 @@
+// OpenVINO backend: the network on the CPU (or another OpenVINO device), our own kernels
+// around it.
+//
+// Pre-processing runs in our kernel rather than in OpenVINO's PrePostProcessor: the
+// contract is PyTorch's antialiased bilinear resize, which OpenVINO's RESIZE_LINEAR does
+// not reproduce when down-scaling, so the in-model variant would give different scores.
+// Our kernel writes the normalised NCHW batch straight into the memory the InferRequest
+// reads (no copy), and the fused anomaly map reads the output tensors in place.
+#include <openvino/openvino.hpp>
+
+#include <algorithm>
+#include <memory>
+#include <sstream>
+
+#include "../backend.hpp"
+#include "../parallel.hpp"
+#include "cdd/error.hpp"
+#include "cdd/kernels.hpp"
+
+namespace cdd {
+namespace detail {
+namespace {
+
+std::string shape_str(const ov::PartialShape& s) {
+    std::ostringstream os;
+    os << s;
+    return os.str();
+}
+
+/// The compiled model and what every worker needs to read its outputs.
+struct Shared {
+    ov::Core core;
+    ov::CompiledModel compiled;
+    std::string input_name;
+    std::vector<std::string> teacher_names, student_names;
+    int H = 0, W = 0, max_batch = 0, threads = 1;
+    kernels::Normalization norm;
+    kernels::AnomalyMap amap;
+    std::vector<FeatureInfo> features;
+
+    explicit Shared(kernels::AnomalyMap a) : amap(std::move(a)) {}
+};
+
+class OpenVINOWorker final : public Worker {
+public:
+    explicit OpenVINOWorker(std::shared_ptr<Shared> sh)
+        : sh_(std::move(sh)),
+          request_(sh_->compiled.create_infer_request()),
+          input_(ov::element::f32, ov::Shape{static_cast<std::size_t>(sh_->max_batch), 3,
+                                             static_cast<std::size_t>(sh_->H), static_cast<std::size_t>(sh_->W)}),
+          maps_(static_cast<std::size_t>(sh_->max_batch) * sh_->H * sh_->W) {}
+
+    void run(const ImageView* views, std::size_t n, float* scores) override {
+        Shared& sh = *sh_;
+        const std::size_t plane = static_cast<std::size_t>(3) * sh.H * sh.W;
+        const int outer = static_cast<int>(std::min<std::size_t>(n, sh.threads));
+        const int inner = std::max(1, sh.threads / outer);
+        parallel_for(n, outer, [&](std::size_t b, std::size_t e) {
+            for (std::size_t i = b; i < e; ++i)
+                kernels::preprocess(views[i], sh.H, sh.W, sh.norm, input_.data<float>() + i * plane, inner);
+        });
+        std::vector<kernels::FeaturePair> levels(sh.teacher_names.size());
+        try {
+            // wraps our buffer: the network reads the pre-processed batch where it was written
+            ov::Tensor in(ov::element::f32, ov::Shape{n, 3, static_cast<std::size_t>(sh.H), static_cast<std::size_t>(sh.W)},
+                          input_.data<float>());
+            request_.set_tensor(sh.input_name, in);
+            request_.infer();
+            for (std::size_t s = 0; s < levels.size(); ++s) {
+                const ov::Tensor t = request_.get_tensor(sh.teacher_names[s]);
+                const ov::Tensor u = request_.get_tensor(sh.student_names[s]);
+                levels[s] = feature_pair(t, u, s, n);
+            }
+        } catch (const ov::Exception& e) {
+            throw Error(ErrorCode::Backend, std::string("OpenVINO inference failed: ") + e.what());
+        }
+        sh.amap.run_batch(levels.data(), n, maps_.data(), scores, sh.threads);
+    }
+
+    const float* maps() const override { return maps_.data(); }
+
+private:
+    kernels::FeaturePair feature_pair(const ov::Tensor& t, const ov::Tensor& u, std::size_t s, std::size_t n) const {
+        const FeatureInfo& f = sh_->features[s];
+        const ov::Shape want{n, static_cast<std::size_t>(f.channels), static_cast<std::size_t>(f.height),
+                             static_cast<std::size_t>(f.width)};
+        for (const ov::Tensor* x : {&t, &u})
+            if (x->get_shape() != want) {
+                std::ostringstream os;
+                os << "network output for scale " << s << " has shape " << x->get_shape() << ", engine.json says "
+                   << want;
+                throw Error(ErrorCode::EngineFormat, os.str());
+            }
+        const ov::element::Type et = t.get_element_type();
+        if (et != u.get_element_type() || (et != ov::element::f32 && et != ov::element::f16))
+            throw Error(ErrorCode::EngineFormat, "network outputs of scale " + std::to_string(s) +
+                                                     " must both be f32 or f16, got " + et.get_type_name() + " and " +
+                                                     u.get_element_type().get_type_name());
+        kernels::FeaturePair p;
+        p.teacher = t.data();
+        p.student = u.data();
+        p.dtype = et == ov::element::f32 ? kernels::DType::Float32 : kernels::DType::Float16;
+        p.channels = f.channels;
+        p.height = f.height;
+        p.width = f.width;
+        return p;
+    }
+
+    std::shared_ptr<Shared> sh_;
+    ov::InferRequest request_;
+    ov::Tensor input_;  // max_batch x 3 x H x W, aligned by OpenVINO; chunks use a prefix of it
+    std::vector<float> maps_;
+};
+
+void check_port(const Manifest& m, const ov::PartialShape& ps, const FeatureInfo& f) {
+    const std::int64_t want[3] = {f.channels, f.height, f.width};
+    bool ok = ps.rank().is_static() && ps.rank().get_length() == 4;
+    for (int d = 0; ok && d < 3; ++d) ok = ps[d + 1].is_static() && ps[d + 1].get_length() == want[d];
+    if (!ok)
+        throw Error(ErrorCode::EngineFormat, m.dir + ": model output " + f.name + " has shape " + shape_str(ps) +
+                                                 ", engine.json says (B, " + std::to_string(f.channels) + ", " +
+                                                 std::to_string(f.height) + ", " + std::to_string(f.width) + ")");
+}
+
+}  // namespace
+
+std::vector<std::unique_ptr<Worker>> make_openvino_workers(const Manifest& m, const EngineOptions& options,
+                                                           EngineInfo& info) {
+    // model.xml/.bin when the engine was built for OpenVINO, else the portable model.onnx
+    std::string model_file;
+    if (m.lists("model.xml")) {
+        verify_file(m, "model.xml", options.verify_hashes);
+        verify_file(m, "model.bin", options.verify_hashes);
+        model_file = "model.xml";
+    } else if (m.lists("model.onnx")) {
+        verify_file(m, "model.onnx", options.verify_hashes);
+        model_file = "model.onnx";
+    } else {
+        throw Error(ErrorCode::EngineFormat, m.dir + "/engine.json lists neither model.xml nor model.onnx in \"files\"");
+    }
+    auto sh = std::make_shared<Shared>(make_anomaly_map(m));
+    sh->H = m.image_h;
+    sh->W = m.image_w;
+    sh->max_batch = m.max_batch;
+    sh->threads = info.num_threads;
+    sh->norm = m.norm;
+    sh->features = m.teachers;
+    for (std::size_t s = 0; s < m.teachers.size(); ++s) {
+        sh->teacher_names.push_back(m.teachers[s].name);
+        sh->student_names.push_back(m.students[s].name);
+    }
+    try {
+        std::shared_ptr<ov::Model> model = sh->core.read_model(m.path(model_file));
+        if (model->inputs().size() != 1)
+            throw Error(ErrorCode::EngineFormat, m.path(model_file) + ": the model must have one input, it has " +
+                                                     std::to_string(model->inputs().size()));
+        ov::Output<ov::Node> in = model->input();
+        if (!in.get_names().count(m.input_name))
+            throw Error(ErrorCode::EngineFormat, m.path(model_file) + ": model input is not named \"" + m.input_name + "\"");
+        ov::PartialShape ips = in.get_partial_shape();
+        const std::int64_t want[3] = {3, m.image_h, m.image_w};
+        bool ok = ips.rank().is_static() && ips.rank().get_length() == 4;
+        for (int d = 0; ok && d < 3; ++d) ok = ips[d + 1].is_dynamic() || ips[d + 1].get_length() == want[d];
+        if (!ok)
+            throw Error(ErrorCode::EngineFormat, m.path(model_file) + ": model input has shape " + shape_str(ips) +
+                                                     ", engine.json says (B, 3, " + std::to_string(m.image_h) + ", " +
+                                                     std::to_string(m.image_w) + ")");
+        if (ips[0].is_static() || ips[1].is_dynamic() || ips[2].is_dynamic() || ips[3].is_dynamic())
+            model->reshape({{m.input_name, ov::PartialShape{-1, 3, m.image_h, m.image_w}}});  // any batch, fixed image
+        for (std::size_t s = 0; s < m.teachers.size(); ++s) {
+            for (const FeatureInfo* f : {&m.teachers[s], &m.students[s]}) {
+                ov::PartialShape ps;
+                try {
+                    ps = model->output(f->name).get_partial_shape();
+                } catch (const ov::Exception&) {
+                    throw Error(ErrorCode::EngineFormat, m.path(model_file) + ": the model has no output named " + f->name);
+                }
+                check_port(m, ps, *f);
+            }
+        }
+        ov::AnyMap config;
+        const bool cpu = options.device == "CPU";
+        if (cpu) {
+            config[ov::num_streams.name()] = ov::streams::Num(options.num_streams);
+            config[ov::inference_num_threads.name()] = info.num_threads;
+            // fp32 engines must stay fp32 on CPUs whose default would be bf16 (AMX / AVX512-BF16)
+            if (m.precision == "fp32") config[ov::hint::inference_precision.name()] = ov::element::f32;
+        }
+        sh->compiled = sh->core.compile_model(model, options.device, config);
+        sh->input_name = m.input_name;
+    } catch (const ov::Exception& e) {
+        throw Error(ErrorCode::Backend, "OpenVINO could not load " + m.path(model_file) + " for device \"" +
+                                            options.device + "\": " + e.what());
+    }
+    info.backend = "openvino";
+    info.model_file = model_file;
+    std::vector<std::unique_ptr<Worker>> workers;
+    try {
+        for (int i = 0; i < options.num_streams; ++i) workers.emplace_back(new OpenVINOWorker(sh));
+    } catch (const ov::Exception& e) {
+        throw Error(ErrorCode::Backend, std::string("OpenVINO could not create an inference request: ") + e.what());
+    }
+    return workers;
+}
+
+}  // namespace detail
+}  // namespace cdd

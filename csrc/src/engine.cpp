@@ -1,0 +1,250 @@
+// cdd::Engine: loading, the worker pool, chunking into max_batch, thresholds and map output.
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+
+#include "backend.hpp"
+#include "cdd/engine.hpp"
+#include "cdd/error.hpp"
+#include "cdd/kernels.hpp"
+#include "parallel.hpp"
+
+#ifndef CDD_VERSION
+#define CDD_VERSION "0.0.0"
+#endif
+
+namespace cdd {
+
+const char* version() noexcept { return CDD_VERSION; }
+
+bool built_with_openvino() noexcept {
+#ifdef CDD_WITH_OPENVINO
+    return true;
+#else
+    return false;
+#endif
+}
+
+bool built_with_tensorrt() noexcept {
+#ifdef CDD_WITH_TENSORRT
+    return true;
+#else
+    return false;
+#endif
+}
+
+bool built_with_cuda() noexcept {
+#ifdef CDD_WITH_CUDA
+    return true;
+#else
+    return false;
+#endif
+}
+
+namespace detail {
+
+kernels::AnomalyMap make_anomaly_map(const Manifest& m) {
+    std::vector<std::pair<int, int>> scales;
+    for (const auto& f : m.teachers) scales.emplace_back(f.height, f.width);
+    return kernels::AnomalyMap(m.image_h, m.image_w, scales, m.map);
+}
+
+#ifndef CDD_WITH_OPENVINO
+std::vector<std::unique_ptr<Worker>> make_openvino_workers(const Manifest&, const EngineOptions&, EngineInfo&) {
+    throw Error(ErrorCode::Unsupported,
+                "this build of libcdd_engine has no OpenVINO backend (configure with -DOpenVINO_DIR=... so that "
+                "find_package(OpenVINO) succeeds)");
+}
+#endif
+
+#ifndef CDD_WITH_TENSORRT
+std::vector<std::unique_ptr<Worker>> make_tensorrt_workers(const Manifest&, const EngineOptions&, EngineInfo&) {
+    throw Error(ErrorCode::Unsupported,
+                "device \"cuda\" needs the TensorRT backend, which this build of libcdd_engine does not have "
+                "(configure with -DCDD_WITH_TENSORRT=ON on a machine with TensorRT and CUDA)");
+}
+#endif
+
+namespace {
+bool is_cuda_device(const std::string& d) {
+    std::string l = d;
+    std::transform(l.begin(), l.end(), l.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    return l == "cuda" || l.rfind("cuda:", 0) == 0;
+}
+}  // namespace
+
+}  // namespace detail
+
+struct Engine::Impl {
+    detail::Manifest manifest;
+    EngineInfo info;
+    MapOutput default_map = MapOutput::ModelSize;
+    std::vector<std::unique_ptr<detail::Worker>> workers;
+    std::vector<detail::Worker*> idle;
+    std::mutex mu;
+    std::condition_variable cv;
+
+    /// Borrows a worker for one score() call; waits while all are busy.
+    class Lease {
+    public:
+        explicit Lease(Impl& impl) : impl_(impl) {
+            std::unique_lock<std::mutex> lock(impl_.mu);
+            impl_.cv.wait(lock, [&] { return !impl_.idle.empty(); });
+            worker_ = impl_.idle.back();
+            impl_.idle.pop_back();
+        }
+        ~Lease() {
+            {
+                std::lock_guard<std::mutex> lock(impl_.mu);
+                impl_.idle.push_back(worker_);
+            }
+            impl_.cv.notify_one();
+        }
+        Lease(const Lease&) = delete;
+        Lease& operator=(const Lease&) = delete;
+        detail::Worker& operator*() const { return *worker_; }
+
+    private:
+        Impl& impl_;
+        detail::Worker* worker_;
+    };
+};
+
+Engine::Engine(const std::string& engine_dir, const EngineOptions& options) : impl_(new Impl) {
+    if (options.num_streams < 1)
+        throw Error(ErrorCode::InvalidArgument, "num_streams must be >= 1, got " + std::to_string(options.num_streams));
+    if (options.num_threads < 0)
+        throw Error(ErrorCode::InvalidArgument, "num_threads must be >= 0 (0 = all cores), got " +
+                                                    std::to_string(options.num_threads));
+    if (options.sensitivity && !(*options.sensitivity > 0.f))
+        throw Error(ErrorCode::InvalidArgument, "sensitivity must be > 0, got " + std::to_string(*options.sensitivity));
+    if (options.threshold && !std::isfinite(*options.threshold))
+        throw Error(ErrorCode::InvalidArgument, "threshold override must be finite");
+    if (options.map != MapOutput::None && options.map != MapOutput::ModelSize && options.map != MapOutput::InputSize)
+        throw Error(ErrorCode::InvalidArgument, "unknown map output " + std::to_string(static_cast<int>(options.map)));
+    Impl& im = *impl_;
+    im.manifest = detail::read_manifest(engine_dir);
+    const detail::Manifest& m = im.manifest;
+    im.default_map = options.map;
+    EngineInfo& info = im.info;
+    info.engine_dir = m.dir;
+    info.precision = m.precision;
+    info.image_height = m.image_h;
+    info.image_width = m.image_w;
+    info.max_batch = m.max_batch;
+    info.num_streams = options.num_streams;
+    info.num_threads = detail::resolve_threads(options.num_threads);
+    info.calibrated_threshold = m.threshold;
+    info.threshold = options.threshold ? *options.threshold
+                                       : options.sensitivity ? m.threshold / *options.sensitivity : m.threshold;
+    info.map_mode = m.map.mode == kernels::MapMode::Add ? "add" : "mul";
+    info.sigma = m.map.sigma;
+    for (std::size_t s = 0; s < m.teachers.size(); ++s) info.features.push_back(m.teachers[s]);
+    for (std::size_t s = 0; s < m.students.size(); ++s) info.features.push_back(m.students[s]);
+    info.device = options.device;
+    im.workers = detail::is_cuda_device(options.device) ? detail::make_tensorrt_workers(m, options, info)
+                                                        : detail::make_openvino_workers(m, options, info);
+    for (auto& w : im.workers) im.idle.push_back(w.get());
+}
+
+Engine::~Engine() = default;
+Engine::Engine(Engine&&) noexcept = default;
+Engine& Engine::operator=(Engine&&) noexcept = default;
+
+const EngineInfo& Engine::info() const noexcept { return impl_->info; }
+float Engine::threshold() const noexcept { return impl_->info.threshold; }
+
+std::pair<int, int> Engine::map_shape(const ImageView& view, MapOutput map) const {
+    switch (map) {
+        case MapOutput::None:
+            return {0, 0};
+        case MapOutput::ModelSize:
+            return {impl_->info.image_height, impl_->info.image_width};
+        case MapOutput::InputSize:
+            return {view.height, view.width};
+    }
+    throw Error(ErrorCode::InvalidArgument, "unknown map output " + std::to_string(static_cast<int>(map)));
+}
+
+void Engine::score_into(const ImageView* views, std::size_t n, const ScoreOptions& options, float* scores,
+                        bool* is_anomalous, float* const* maps) const {
+    if (!impl_) throw Error(ErrorCode::InvalidArgument, "score() on a moved-from Engine");
+    if (n == 0) return;
+    if (views == nullptr) throw Error(ErrorCode::InvalidArgument, "views pointer is null (with n = " + std::to_string(n) + ")");
+    const MapOutput map = options.map;
+    if (map != MapOutput::None && map != MapOutput::ModelSize && map != MapOutput::InputSize)
+        throw Error(ErrorCode::InvalidArgument, "unknown map output " + std::to_string(static_cast<int>(map)));
+    for (std::size_t i = 0; i < n; ++i) validate(views[i], i);  // all inputs checked before any work
+    Impl& im = *impl_;
+    const int H = im.info.image_height, W = im.info.image_width;
+    const std::size_t full = static_cast<std::size_t>(H) * W;
+    const std::size_t batch = static_cast<std::size_t>(im.info.max_batch);
+    std::vector<float> chunk_scores(std::min(n, batch));
+    Impl::Lease lease(im);
+    detail::Worker& worker = *lease;
+    for (std::size_t off = 0; off < n; off += batch) {
+        const std::size_t k = std::min(batch, n - off);
+        worker.run(views + off, k, chunk_scores.data());
+        for (std::size_t i = 0; i < k; ++i) {
+            const float s = chunk_scores[i];
+            if (scores) scores[off + i] = s;
+            if (is_anomalous) is_anomalous[off + i] = s > im.info.threshold;
+        }
+        if (map == MapOutput::None || maps == nullptr) continue;
+        const float* model_maps = worker.maps();
+        // input-size maps are resized on several threads when the chunk is small
+        const int threads = im.info.num_threads;
+        const int outer = static_cast<int>(std::min<std::size_t>(k, threads));
+        detail::parallel_for(k, outer, [&](std::size_t b, std::size_t e) {
+            for (std::size_t i = b; i < e; ++i) {
+                float* dst = maps[off + i];
+                if (dst == nullptr) continue;
+                const float* src = model_maps + i * full;
+                if (map == MapOutput::ModelSize)
+                    std::memcpy(dst, src, full * sizeof(float));
+                else
+                    kernels::resize_plane(src, H, W, W, dst, views[off + i].height, views[off + i].width,
+                                          std::max(1, threads / outer));
+            }
+        });
+    }
+}
+
+std::vector<Result> Engine::score(const ImageView* views, std::size_t n, const ScoreOptions& options) const {
+    if (!impl_) throw Error(ErrorCode::InvalidArgument, "score() on a moved-from Engine");
+    if (n > 0 && views == nullptr)
+        throw Error(ErrorCode::InvalidArgument, "views pointer is null (with n = " + std::to_string(n) + ")");
+    for (std::size_t i = 0; i < n; ++i) validate(views[i], i);
+    std::vector<Result> out(n);
+    std::vector<float> scores(n);
+    std::unique_ptr<bool[]> anomalous(new bool[n == 0 ? 1 : n]);
+    std::vector<float*> maps(n, nullptr);
+    if (options.map != MapOutput::None)
+        for (std::size_t i = 0; i < n; ++i) {
+            const auto hw = map_shape(views[i], options.map);
+            out[i].map_height = hw.first;
+            out[i].map_width = hw.second;
+            out[i].map.resize(static_cast<std::size_t>(hw.first) * hw.second);
+            maps[i] = out[i].map.data();
+        }
+    score_into(views, n, options, scores.data(), anomalous.get(), maps.data());
+    for (std::size_t i = 0; i < n; ++i) {
+        out[i].score = scores[i];
+        out[i].threshold = impl_->info.threshold;
+        out[i].is_anomalous = anomalous[i];
+    }
+    return out;
+}
+
+std::vector<Result> Engine::score(const ImageView* views, std::size_t n) const {
+    ScoreOptions o;
+    o.map = impl_ ? impl_->default_map : MapOutput::ModelSize;
+    return score(views, n, o);
+}
+
+Result Engine::score(const ImageView& view) const { return std::move(score(&view, 1).front()); }
+
+}  // namespace cdd

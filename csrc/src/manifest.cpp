@@ -1,0 +1,206 @@
+#include "manifest.hpp"
+
+#include <sys/stat.h>
+
+#include <cmath>
+#include <fstream>
+#include <sstream>
+
+#include "cdd/error.hpp"
+#include "json.hpp"
+#include "sha256.hpp"
+
+namespace cdd {
+namespace detail {
+namespace {
+
+[[noreturn]] void bad(const Manifest& m, const std::string& what) {
+    throw Error(ErrorCode::EngineFormat, m.dir + "/engine.json: " + what);
+}
+
+const json::Value& need(const Manifest& m, const json::Value& obj, const std::string& key, json::Value::Type type,
+                        const std::string& where) {
+    const json::Value* v = obj.find(key);
+    if (v == nullptr) bad(m, "missing key \"" + where + key + "\"");
+    if (v->type != type)
+        bad(m, "\"" + where + key + "\" must be a " + json::type_name(type) + ", got a " + json::type_name(v->type));
+    return *v;
+}
+
+std::string need_string(const Manifest& m, const json::Value& obj, const std::string& key, const std::string& where) {
+    return need(m, obj, key, json::Value::Type::String, where).string;
+}
+
+double need_number(const Manifest& m, const json::Value& obj, const std::string& key, const std::string& where) {
+    const double d = need(m, obj, key, json::Value::Type::Number, where).number;
+    if (!std::isfinite(d)) bad(m, "\"" + where + key + "\" must be finite");
+    return d;
+}
+
+int as_int(const Manifest& m, const json::Value& v, const std::string& what, int min_value) {
+    if (!v.is_number() || !std::isfinite(v.number) || v.number != std::floor(v.number) || v.number < min_value ||
+        v.number > 1e9)
+        bad(m, what + " must be an integer >= " + std::to_string(min_value));
+    return static_cast<int>(v.number);
+}
+
+std::vector<int> int_list(const Manifest& m, const json::Value& v, std::size_t n, const std::string& what) {
+    if (!v.is_array() || v.array.size() != n) bad(m, what + " must be a list of " + std::to_string(n) + " integers");
+    std::vector<int> out;
+    for (const auto& e : v.array) out.push_back(as_int(m, e, what + " entries", 1));
+    return out;
+}
+
+void need_equal(const Manifest& m, const std::string& got, const std::string& want, const std::string& key) {
+    if (got != want) bad(m, "\"" + key + "\" is \"" + got + "\"; this library supports only \"" + want + "\"");
+}
+
+bool plain_relative(const std::string& name) {
+    if (name.empty() || name[0] == '/' || name.find('\\') != std::string::npos) return false;
+    std::stringstream ss(name);
+    std::string part;
+    while (std::getline(ss, part, '/'))
+        if (part.empty() || part == "." || part == "..") return false;
+    return true;
+}
+
+}  // namespace
+
+Manifest read_manifest(const std::string& engine_dir) {
+    Manifest m;
+    m.dir = engine_dir;
+    while (m.dir.size() > 1 && m.dir.back() == '/') m.dir.pop_back();
+    struct stat st {};
+    if (engine_dir.empty() || ::stat(m.dir.c_str(), &st) != 0)
+        throw Error(ErrorCode::NotFound, "engine directory does not exist: \"" + engine_dir + "\"");
+    if (!S_ISDIR(st.st_mode)) throw Error(ErrorCode::NotFound, "not an engine directory: " + engine_dir);
+    std::ifstream in(m.path("engine.json"), std::ios::binary);
+    if (!in)
+        throw Error(ErrorCode::NotFound,
+                    "missing " + m.path("engine.json") + " (an engine directory is written by cdd_engine.build)");
+    std::stringstream buf;
+    buf << in.rdbuf();
+    json::Value root;
+    try {
+        root = json::parse(buf.str());
+    } catch (const std::exception& e) {
+        bad(m, std::string("corrupt file: ") + e.what());
+    }
+    if (!root.is_object()) bad(m, "the top level must be an object");
+
+    if (need_string(m, root, "format", "") != "cdd-engine") bad(m, "\"format\" must be \"cdd-engine\"");
+    m.format_version = as_int(m, need(m, root, "format_version", json::Value::Type::Number, ""), "\"format_version\"", 0);
+    if (m.format_version != kFormatVersion)
+        bad(m, "format_version " + std::to_string(m.format_version) + " is not supported by this library (it reads " +
+                   std::to_string(kFormatVersion) + "); rebuild the engine with the matching cdd_engine version");
+    m.backend = need_string(m, root, "backend", "");
+    m.precision = need_string(m, root, "precision", "");
+    if (m.precision != "fp32" && m.precision != "fp16" && m.precision != "int8")
+        bad(m, "\"precision\" must be fp32, fp16 or int8, got \"" + m.precision + "\"");
+    m.max_batch = as_int(m, need(m, root, "max_batch", json::Value::Type::Number, ""), "\"max_batch\"", 1);
+    const auto size = int_list(m, need(m, root, "image_size", json::Value::Type::Array, ""), 2, "\"image_size\"");
+    m.image_h = size[0];
+    m.image_w = size[1];
+
+    const json::Value& input = need(m, root, "input", json::Value::Type::Object, "");
+    m.input_name = need_string(m, input, "name", "input.");
+    need_equal(m, need_string(m, input, "layout", "input."), "NCHW", "input.layout");
+    need_equal(m, need_string(m, input, "dtype", "input."), "float32", "input.dtype");
+    need_equal(m, need_string(m, input, "color", "input."), "RGB", "input.color");
+    need_equal(m, need_string(m, input, "resize", "input."), "bilinear_antialias", "input.resize");
+    for (const char* key : {"mean", "std"}) {
+        const json::Value& v = need(m, input, key, json::Value::Type::Array, "input.");
+        if (v.array.size() != 3) bad(m, std::string("\"input.") + key + "\" must hold 3 numbers (R, G, B)");
+        for (int c = 0; c < 3; ++c) {
+            if (!v.array[c].is_number() || !std::isfinite(v.array[c].number))
+                bad(m, std::string("\"input.") + key + "\" must hold finite numbers");
+            (std::string(key) == "mean" ? m.norm.mean : m.norm.std)[c] = static_cast<float>(v.array[c].number);
+        }
+    }
+    for (int c = 0; c < 3; ++c)
+        if (m.norm.std[c] == 0.f) bad(m, "\"input.std\" must not contain 0");
+
+    const json::Value& feats = need(m, root, "features", json::Value::Type::Array, "");
+    std::map<std::string, FeatureInfo> by_name;
+    for (const auto& f : feats.array) {
+        if (!f.is_object()) bad(m, "\"features\" entries must be objects");
+        FeatureInfo fi;
+        fi.name = need_string(m, f, "name", "features[].");
+        const auto shape = int_list(m, need(m, f, "shape", json::Value::Type::Array, "features[]."), 3,
+                                    "shape of feature " + fi.name);
+        fi.channels = shape[0];
+        fi.height = shape[1];
+        fi.width = shape[2];
+        fi.dtype = need_string(m, f, "dtype", "features[].");
+        if (fi.dtype != "float32" && fi.dtype != "float16")
+            bad(m, "feature " + fi.name + ": dtype must be float32 or float16, got \"" + fi.dtype + "\"");
+        if (!by_name.emplace(fi.name, fi).second) bad(m, "feature " + fi.name + " is listed twice");
+    }
+    for (int s = 0;; ++s) {
+        auto t = by_name.find("teacher_" + std::to_string(s));
+        auto u = by_name.find("student_" + std::to_string(s));
+        if (t == by_name.end() && u == by_name.end()) break;
+        if (t == by_name.end() || u == by_name.end())
+            bad(m, "features: scale " + std::to_string(s) + " needs both teacher_" + std::to_string(s) +
+                       " and student_" + std::to_string(s));
+        if (t->second.channels != u->second.channels || t->second.height != u->second.height ||
+            t->second.width != u->second.width)
+            bad(m, "features: teacher_" + std::to_string(s) + " and student_" + std::to_string(s) +
+                       " must have the same shape");
+        m.teachers.push_back(t->second);
+        m.students.push_back(u->second);
+    }
+    if (m.teachers.empty()) bad(m, "\"features\" must list teacher_0.. and student_0..");
+    if (m.teachers.size() * 2 != by_name.size()) bad(m, "\"features\" holds names other than teacher_N / student_N");
+
+    const json::Value& am = need(m, root, "anomaly_map", json::Value::Type::Object, "");
+    const std::string mode = need_string(m, am, "mode", "anomaly_map.");
+    if (mode != "add" && mode != "mul") bad(m, "\"anomaly_map.mode\" must be add or mul, got \"" + mode + "\"");
+    m.map.mode = mode == "add" ? kernels::MapMode::Add : kernels::MapMode::Mul;
+    m.map.sigma = need_number(m, am, "sigma", "anomaly_map.");
+    m.map.truncate = need_number(m, am, "truncate", "anomaly_map.");
+    m.map.eps = need_number(m, am, "eps", "anomaly_map.");
+    if (m.map.sigma < 0 || m.map.truncate < 0 || m.map.eps < 0)
+        bad(m, "anomaly_map sigma, truncate and eps must be >= 0");
+    need_equal(m, need_string(m, am, "upsample", "anomaly_map."), "bilinear_align_corners", "anomaly_map.upsample");
+    need_equal(m, need_string(m, am, "blur_boundary", "anomaly_map."), "reflect", "anomaly_map.blur_boundary");
+
+    const json::Value& thr = need(m, root, "threshold", json::Value::Type::Object, "");
+    m.threshold = static_cast<float>(need_number(m, thr, "value", "threshold."));
+
+    const json::Value& files = need(m, root, "files", json::Value::Type::Object, "");
+    for (const auto& kv : files.object) {
+        if (!plain_relative(kv.first)) bad(m, "\"files\": \"" + kv.first + "\" is not a plain relative file name");
+        if (!kv.second.is_object()) bad(m, "\"files." + kv.first + "\" must be an object");
+        FileEntry fe;
+        fe.sha256 = need_string(m, kv.second, "sha256", "files." + kv.first + ".");
+        if (fe.sha256.size() != 64 || fe.sha256.find_first_not_of("0123456789abcdef") != std::string::npos)
+            bad(m, "\"files." + kv.first + ".sha256\" must be 64 lower-case hex digits");
+        const json::Value& bytes = need(m, kv.second, "bytes", json::Value::Type::Number, "files." + kv.first + ".");
+        if (bytes.number < 0 || bytes.number != std::floor(bytes.number))
+            bad(m, "\"files." + kv.first + ".bytes\" must be a non-negative integer");
+        fe.bytes = static_cast<std::uint64_t>(bytes.number);
+        m.files[kv.first] = fe;
+    }
+    return m;
+}
+
+void verify_file(const Manifest& m, const std::string& file, bool hash) {
+    auto it = m.files.find(file);
+    if (it == m.files.end()) bad(m, "\"files\" lists no sha256 for " + file + ", so it cannot be trusted");
+    const std::string p = m.path(file);
+    struct stat st {};
+    if (::stat(p.c_str(), &st) != 0 || !S_ISREG(st.st_mode))
+        throw Error(ErrorCode::NotFound, "missing model file " + p + " (listed in engine.json)");
+    if (static_cast<std::uint64_t>(st.st_size) != it->second.bytes)
+        throw Error(ErrorCode::EngineFormat, p + " has " + std::to_string(st.st_size) + " bytes, engine.json says " +
+                                                 std::to_string(it->second.bytes) + ": truncated or replaced file");
+    if (!hash) return;
+    const std::string got = file_sha256(p);
+    if (got != it->second.sha256)
+        throw Error(ErrorCode::EngineFormat, p + ": sha256 " + got + " does not match engine.json (" +
+                                                 it->second.sha256 + "): corrupt or replaced file");
+}
+
+}  // namespace detail
+}  // namespace cdd

@@ -1,0 +1,48 @@
+// engine.json (docs/engine_format.md, format version 1): parsed, validated, hashes checked.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "cdd/engine.hpp"
+#include "cdd/kernels.hpp"
+
+namespace cdd {
+namespace detail {
+
+constexpr int kFormatVersion = 1;  // the engine.json format this library reads
+
+struct FileEntry {
+    std::string sha256;
+    std::uint64_t bytes = 0;
+};
+
+struct Manifest {
+    std::string dir;  // engine directory, no trailing slash
+    int format_version = 0;
+    std::string backend, precision;
+    int max_batch = 0;
+    int image_h = 0, image_w = 0;
+    std::string input_name = "image";
+    kernels::Normalization norm;
+    std::vector<FeatureInfo> teachers, students;  // scale order
+    kernels::MapSettings map;
+    float threshold = 0.f;
+    std::map<std::string, FileEntry> files;
+
+    std::string path(const std::string& file) const { return dir + "/" + file; }
+    bool lists(const std::string& file) const { return files.count(file) != 0; }
+};
+
+/// Reads and validates ENGINE_DIR/engine.json; throws cdd::Error (NotFound for a missing
+/// directory or engine.json, EngineFormat for everything else) naming the key at fault.
+Manifest read_manifest(const std::string& engine_dir);
+
+/// Checks that `file` is listed in engine.json, exists, has the listed size and (when
+/// `hash`) the listed sha256. NotFound for a missing file, EngineFormat for a mismatch.
+void verify_file(const Manifest& m, const std::string& file, bool hash);
+
+}  // namespace detail
+}  // namespace cdd

@@ -1,0 +1,167 @@
+// uint8 frame -> antialiased bilinear resize -> normalise, as cdd_engine/preprocess.py.
+//
+// The resize is PyTorch's interpolate(mode="bilinear", align_corners=False, antialias=True):
+// separable, each output sample a normalised triangle-filter average whose support widens
+// with the down-scale factor. Width first into a planar float buffer (one plane per input
+// channel), then height, with the normalisation fused into the height pass. Both inner
+// loops run over contiguous memory so they vectorise.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "cdd/error.hpp"
+#include "cdd/kernels.hpp"
+#include "parallel.hpp"
+#include "simd.hpp"
+
+namespace cdd {
+namespace kernels {
+namespace {
+
+/// Filter windows along one axis: output i reads inputs [start[i], start[i] + size[i]) with
+/// weights w[i * max_taps + j].
+struct AxisWeights {
+    std::vector<int> start, size;
+    std::vector<float> w;
+    int max_taps = 0;
+};
+
+AxisWeights antialias_weights(int in, int out) {
+    AxisWeights a;
+    const double scale = static_cast<double>(in) / out;
+    const double support = scale >= 1.0 ? scale : 1.0;  // bilinear: interp_size / 2 = 1, widened by scale
+    const double invscale = scale >= 1.0 ? 1.0 / scale : 1.0;
+    a.max_taps = static_cast<int>(std::ceil(support)) * 2 + 1;
+    a.start.resize(out);
+    a.size.resize(out);
+    a.w.assign(static_cast<std::size_t>(out) * a.max_taps, 0.f);
+    std::vector<double> w(a.max_taps);
+    for (int i = 0; i < out; ++i) {
+        const double center = scale * (i + 0.5);
+        // truncation toward zero, then clamp: PyTorch's static_cast<int64_t>(x + 0.5)
+        long long lo = std::max(static_cast<long long>(center - support + 0.5), 0LL);
+        long long hi = std::min(static_cast<long long>(center + support + 0.5), static_cast<long long>(in));
+        int n = static_cast<int>(std::max(hi - lo, 0LL));
+        n = std::min(n, a.max_taps);
+        double total = 0.0;
+        for (int j = 0; j < n; ++j) {
+            const double x = std::abs((j + lo - center + 0.5) * invscale);
+            w[j] = x < 1.0 ? 1.0 - x : 0.0;
+            total += w[j];
+        }
+        // drop zero-weight taps at both ends (exact: they add nothing)
+        int b = 0, e = n;
+        while (b < e && w[b] == 0.0) ++b;
+        while (e > b && w[e - 1] == 0.0) --e;
+        a.start[i] = static_cast<int>(lo) + b;
+        a.size[i] = e - b;
+        for (int j = b; j < e; ++j)
+            a.w[static_cast<std::size_t>(i) * a.max_taps + (j - b)] =
+                static_cast<float>(total != 0.0 ? w[j] / total : w[j]);
+    }
+    return a;
+}
+
+/// Width pass of one input row: `src` has `C` interleaved channels; writes plane c of the
+/// planar row buffer at dst + c * plane_stride.
+template <class T, int C>
+CDD_HOT void resample_row(const T* CDD_RESTRICT src, const AxisWeights& ax, int out_w, float* CDD_RESTRICT dst,
+                          std::size_t plane_stride) {
+    const int taps = ax.max_taps;
+    for (int x = 0; x < out_w; ++x) {
+        const T* p = src + static_cast<std::size_t>(ax.start[x]) * C;
+        const float* w = ax.w.data() + static_cast<std::size_t>(x) * taps;
+        const int n = ax.size[x];
+        float acc[C];
+        for (int c = 0; c < C; ++c) acc[c] = 0.f;
+        for (int j = 0; j < n; ++j)
+            for (int c = 0; c < C; ++c) acc[c] += w[j] * static_cast<float>(p[j * C + c]);
+        for (int c = 0; c < C; ++c) dst[c * plane_stride + x] = acc[c];
+    }
+}
+
+/// Height pass of one output row of one plane: out[x] = (sum_j w_j rows[j][x]) * a + b.
+CDD_HOT void resample_column(const float* CDD_RESTRICT plane, std::size_t row_stride, const float* w, int start,
+                             int n, int out_w, float a, float b, float* CDD_RESTRICT out) {
+    for (int x = 0; x < out_w; ++x) out[x] = 0.f;
+    for (int j = 0; j < n; ++j) {
+        const float wj = w[j];
+        const float* r = plane + static_cast<std::size_t>(start + j) * row_stride;
+        for (int x = 0; x < out_w; ++x) out[x] += wj * r[x];
+    }
+    for (int x = 0; x < out_w; ++x) out[x] = out[x] * a + b;
+}
+
+/// Shared body: C source channels of type T -> `out_planes` output planes; output plane k
+/// reads source channel src_channel[k] and is scaled by a[k], shifted by b[k].
+template <class T, int C>
+void resize_generic(const T* src, int in_h, int in_w, std::size_t stride_elems, int out_h, int out_w,
+                    const int* src_channel, const float* a, const float* b, int out_planes, float* out,
+                    int num_threads) {
+    const AxisWeights wx = antialias_weights(in_w, out_w);
+    const AxisWeights wy = antialias_weights(in_h, out_h);
+    const std::size_t plane = static_cast<std::size_t>(in_h) * out_w;  // one width-resampled plane
+    std::vector<float> tmp(plane * C);
+    detail::parallel_for(static_cast<std::size_t>(in_h), num_threads, [&](std::size_t y0, std::size_t y1) {
+        for (std::size_t y = y0; y < y1; ++y)
+            resample_row<T, C>(src + y * stride_elems, wx, out_w, tmp.data() + y * out_w, plane);
+    });
+    const std::size_t out_plane = static_cast<std::size_t>(out_h) * out_w;
+    detail::parallel_for(static_cast<std::size_t>(out_h), num_threads, [&](std::size_t r0, std::size_t r1) {
+        for (std::size_t r = r0; r < r1; ++r)
+            for (int k = 0; k < out_planes; ++k)
+                resample_column(tmp.data() + src_channel[k] * plane, out_w,
+                                wy.w.data() + r * wy.max_taps, wy.start[r], wy.size[r], out_w, a[k], b[k],
+                                out + k * out_plane + r * out_w);
+    });
+}
+
+}  // namespace
+
+void preprocess(const ImageView& view, int out_h, int out_w, const Normalization& norm, float* out,
+                int num_threads) {
+    validate(view, 0);
+    if (out_h <= 0 || out_w <= 0)
+        throw Error(ErrorCode::InvalidArgument, "preprocess: output size must be positive, got " +
+                                                    std::to_string(out_h) + "x" + std::to_string(out_w));
+    if (out == nullptr) throw Error(ErrorCode::InvalidArgument, "preprocess: output pointer is null");
+    float a[3], b[3];
+    for (int c = 0; c < 3; ++c) {
+        if (!(norm.std[c] != 0.f))
+            throw Error(ErrorCode::InvalidArgument, "preprocess: std[" + std::to_string(c) + "] must be non-zero");
+        // (x / 255 - mean) / std = x * a + b
+        a[c] = static_cast<float>(1.0 / (255.0 * norm.std[c]));
+        b[c] = static_cast<float>(-static_cast<double>(norm.mean[c]) / norm.std[c]);
+    }
+    if (view.format == PixelFormat::Mono8) {
+        const int src_channel[3] = {0, 0, 0};
+        resize_generic<std::uint8_t, 1>(view.data, view.height, view.width, view.stride_bytes, out_h, out_w,
+                                         src_channel, a, b, 3, out, num_threads);
+    } else {
+        const bool bgr = view.format == PixelFormat::BGR8;
+        const int src_channel[3] = {bgr ? 2 : 0, 1, bgr ? 0 : 2};
+        resize_generic<std::uint8_t, 3>(view.data, view.height, view.width, view.stride_bytes, out_h, out_w,
+                                         src_channel, a, b, 3, out, num_threads);
+    }
+}
+
+void resize_plane(const float* src, int in_h, int in_w, std::size_t src_stride, float* dst, int out_h, int out_w,
+                  int num_threads) {
+    if (src == nullptr || dst == nullptr) throw Error(ErrorCode::InvalidArgument, "resize_plane: null pointer");
+    if (in_h <= 0 || in_w <= 0 || out_h <= 0 || out_w <= 0 || src_stride < static_cast<std::size_t>(in_w))
+        throw Error(ErrorCode::InvalidArgument, "resize_plane: bad sizes " + std::to_string(in_h) + "x" +
+                                                    std::to_string(in_w) + " -> " + std::to_string(out_h) + "x" +
+                                                    std::to_string(out_w));
+    if (in_h == out_h && in_w == out_w) {  // identity weights: a plain copy
+        for (int y = 0; y < in_h; ++y)
+            std::memcpy(dst + static_cast<std::size_t>(y) * out_w, src + y * src_stride, sizeof(float) * in_w);
+        return;
+    }
+    const int src_channel[1] = {0};
+    const float a[1] = {1.f}, b[1] = {0.f};
+    resize_generic<float, 1>(src, in_h, in_w, src_stride, out_h, out_w, src_channel, a, b, 1, dst, num_threads);
+}
+
+}  // namespace kernels
+}  // namespace cdd

@@ -1,0 +1,191 @@
+"""Write a tiny engine directory (and demo frames with reference scores) for the native tests.
+
+The network is a random-teacher ``build_rd_model("resnet18", pretrained=False, image_size=64,
+seed=0)``: ~11 M parameters, features (64,16,16), (128,8,8), (256,4,4), scored in
+milliseconds. The directory follows docs/engine_format.md (model.onnx + OpenVINO IR +
+engine.json with sha256 of every file), written here by hand until ``cdd_engine.build`` can
+make it from a checkpoint.
+
+Reference scores come from the Python reference pipeline: ``cdd_engine.preprocess``
+(float32, as training) -> the PyTorch model -> ``cdd_engine.anomaly_map`` in float64.
+
+    python csrc/tests/make_test_engine.py --out ENGINE_DIR [--frames FRAMES_DIR]
+
+FRAMES_DIR gets P6 (RGB) / P5 (gray) files of odd sizes and ``reference.json``
+({"files": [...], "formats": [...], "scores": [...]}).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # run from a build tree: import the package from the checkout
+    sys.path.insert(0, str(ROOT))
+
+from cdd_engine.anomaly_map import anomaly_map  # noqa: E402
+from cdd_engine.models.rd import RDModel, build_rd_model  # noqa: E402
+from cdd_engine.preprocess import resize_normalize  # noqa: E402
+
+BACKBONE = "resnet18"
+IMAGE_SIZE = 64      # features 16/8/4: the smallest size the three scales survive
+SEED = 0
+MAX_BATCH = 4        # small on purpose: batches of 5+ frames get split into chunks
+OUTPUTS = [f"teacher_{i}" for i in range(3)] + [f"student_{i}" for i in range(3)]
+# (height, width, format): odd sizes, down- and up-scaling, all three pixel formats
+FRAME_SPECS = [(64, 64, "RGB"), (97, 131, "RGB"), (45, 33, "MONO"), (200, 150, "BGR"),
+               (64, 80, "MONO"), (31, 257, "RGB"), (128, 128, "BGR"), (77, 77, "RGB"), (150, 90, "MONO")]
+
+
+class _Flat(torch.nn.Module):
+    """RDModel -> a flat tuple of the six feature maps, in OUTPUTS order."""
+
+    def __init__(self, model: RDModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor):
+        t, s = self.model(x)
+        return (*t, *s)
+
+
+def tiny_model() -> RDModel:
+    return build_rd_model(BACKBONE, pretrained=False, image_size=IMAGE_SIZE, seed=SEED).eval()
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def make_frames(seed: int = 1) -> list[tuple[np.ndarray, str]]:
+    """Smooth random uint8 frames (a random field plus a bright blob), one per FRAME_SPECS entry."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for h, w, fmt in FRAME_SPECS:
+        c = 1 if fmt == "MONO" else 3
+        base = rng.integers(0, 256, size=(h, w, c)).astype(np.float64)
+        yy, xx = np.mgrid[0:h, 0:w]
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        blob = 120.0 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (0.15 * min(h, w) + 1) ** 2))
+        img = np.clip(0.6 * base + blob[..., None], 0, 255).astype(np.uint8)
+        frames.append((img[..., 0] if c == 1 else img, fmt))
+    return frames
+
+
+def reference(model: RDModel, frames: list[tuple[np.ndarray, str]], mean, std,
+              mode: str = "add", sigma: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
+    """Python reference scores (N,) and model-size maps (N, H, W), float64."""
+    scores, maps = [], []
+    with torch.no_grad():
+        for img, fmt in frames:
+            arr = img[None, ..., None] if img.ndim == 2 else img[None]
+            x = resize_normalize(arr, IMAGE_SIZE, mean, std, pixel_format=fmt)
+            t, s = model(x)
+            m, sc = anomaly_map([f.double() for f in t], [f.double() for f in s], IMAGE_SIZE, mode=mode, sigma=sigma)
+            scores.append(float(sc[0]))
+            maps.append(m[0].numpy())
+    return np.array(scores), np.stack(maps)
+
+
+def export(model: RDModel, out: Path) -> None:
+    """model.onnx (dynamic batch) and its OpenVINO IR model.xml/.bin (fp32)."""
+    import openvino as ov
+    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)  # batch >= 2 so the batch axis stays symbolic
+    # the wrapper must be in eval mode too: the exporter restores the wrapper's mode afterwards,
+    # which would otherwise switch the student's BatchNorm to training
+    torch.onnx.export(_Flat(model).eval(), (x,), str(out / "model.onnx"), input_names=["image"], output_names=OUTPUTS,
+                      dynamic_axes={"image": {0: "batch"}, **{o: {0: "batch"} for o in OUTPUTS}},
+                      opset_version=17, dynamo=False)
+    ov.save_model(ov.convert_model(str(out / "model.onnx")), str(out / "model.xml"), compress_to_fp16=False)
+    model.eval()
+
+
+def write_manifest(model: RDModel, out: Path, threshold: float, mode: str = "add", sigma: float = 4.0) -> dict:
+    with torch.no_grad():
+        t, s = model(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE))
+    mean, std = model.normalization
+    manifest = {
+        "format": "cdd-engine",
+        "format_version": 1,
+        "package_version": "0.1.0",
+        "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "source_checkpoint": {"path": "(random test model)", "method": "rd", "backbone": BACKBONE},
+        "backend": "openvino",
+        "precision": "fp32",
+        "max_batch": MAX_BATCH,
+        "image_size": [IMAGE_SIZE, IMAGE_SIZE],
+        "input": {"name": "image", "layout": "NCHW", "dtype": "float32", "color": "RGB",
+                  "mean": list(mean), "std": list(std), "resize": "bilinear_antialias"},
+        "features": [{"name": n, "shape": list(f.shape[1:]), "dtype": "float32"}
+                     for n, f in zip(OUTPUTS, [*t, *s])],
+        "anomaly_map": {"mode": mode, "sigma": sigma, "truncate": 4.0, "eps": 1e-8,
+                        "upsample": "bilinear_align_corners", "blur_boundary": "reflect"},
+        "threshold": {"value": threshold, "source": "test:median of demo frames", "statistics": {}},
+        "files": {name: {"sha256": sha256(out / name), "bytes": (out / name).stat().st_size}
+                  for name in ("model.onnx", "model.xml", "model.bin")},
+    }
+    (out / "engine.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def write_pnm(path: Path, img: np.ndarray) -> None:
+    """Binary PPM (P6) for (H, W, 3), PGM (P5) for (H, W)."""
+    magic = b"P5" if img.ndim == 2 else b"P6"
+    with open(path, "wb") as f:
+        f.write(magic + b"\n%d %d\n255\n" % (img.shape[1], img.shape[0]))
+        f.write(np.ascontiguousarray(img).tobytes())
+
+
+def make_engine(out: str | os.PathLike, frames_dir: str | os.PathLike | None = None) -> dict:
+    """Writes the engine directory (and demo frames); returns {"engine": path, "scores": ...}."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(SEED)
+    model = tiny_model()
+    export(model, out)
+    mean, std = model.normalization
+    frames = make_frames()
+    scores, maps = reference(model, frames, mean, std)
+    write_manifest(model, out, threshold=float(np.median(scores)))
+    result = {"engine": str(out), "scores": scores.tolist()}
+    if frames_dir is not None:
+        frames_dir = Path(frames_dir)
+        frames_dir.mkdir(parents=True, exist_ok=True)
+        files, formats = [], []
+        for i, (img, fmt) in enumerate(frames):
+            if fmt == "BGR":  # files hold RGB: store the frame as the RGB it means
+                img, fmt = img[..., ::-1], "RGB"
+            name = f"frame_{i:02d}.{'pgm' if img.ndim == 2 else 'ppm'}"
+            write_pnm(frames_dir / name, img)
+            files.append(name)
+            formats.append(fmt)
+        (frames_dir / "reference.json").write_text(json.dumps(
+            {"files": files, "formats": formats, "scores": scores.tolist(),
+             "threshold": float(np.median(scores))}, indent=1))
+        result["frames"] = str(frames_dir)
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="engine directory to write")
+    ap.add_argument("--frames", help="also write demo frames and reference.json here")
+    args = ap.parse_args()
+    r = make_engine(args.out, args.frames)
+    print(json.dumps({k: v for k, v in r.items() if k != "scores"}))
+
+
+if __name__ == "__main__":
+    main()
