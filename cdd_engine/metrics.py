@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
-from scipy.stats import rankdata
 
 __all__ = ["image_auroc", "pixel_auroc", "aupro", "pro_curve", "f1_max", "f1_at_threshold"]
 
@@ -27,7 +26,10 @@ _CONNECTIVITY = np.ones((3, 3), dtype=bool)  # 8-connectivity, as MVTec AD's ref
 
 def _as_array(x, name: str) -> np.ndarray:
     if hasattr(x, "detach") and hasattr(x, "cpu"):  # torch.Tensor without importing torch
-        x = x.detach().cpu().numpy()
+        x = x.detach().cpu()
+        if str(x.dtype) == "torch.bfloat16":  # numpy has no bfloat16
+            x = x.float()
+        x = x.numpy()
     try:
         arr = np.asarray(x)
     except Exception as exc:  # ragged lists and the like

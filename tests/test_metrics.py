@@ -33,6 +33,9 @@ def test_pixel_auroc_matches_sklearn_and_accepts_torch():
     want = roc_auc_score(masks.ravel(), maps.ravel())
     assert M.pixel_auroc(masks, maps) == pytest.approx(want, abs=1e-12)
     assert M.pixel_auroc(torch.from_numpy(masks), torch.from_numpy(maps)) == pytest.approx(want, abs=1e-12)
+    bf16 = torch.from_numpy(maps).bfloat16()  # numpy has no bfloat16: converted through float32
+    want_bf16 = roc_auc_score(masks.ravel(), bf16.float().numpy().ravel())
+    assert M.pixel_auroc(masks, bf16) == pytest.approx(want_bf16, abs=1e-12)
 
 
 @pytest.mark.parametrize("n,ties", [(9, False), (120, True), (500, False)])
