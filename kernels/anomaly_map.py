@@ -140,7 +140,7 @@ def _sandwich_kernel(x_ptr, a_ptr, bt_ptr, meta_ptr, win_ptr, out_ptr, tile_max_
     """
     tj = tl.program_id(0)
     ti = tl.program_id(1)
-    b = tl.program_id(2)
+    b = tl.program_id(2).to(tl.int64)
     n_col_tiles = tl.num_programs(0)
     n_row_tiles = tl.num_programs(1)
     rows = ti * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -204,7 +204,7 @@ def _sandwich_kernel(x_ptr, a_ptr, bt_ptr, meta_ptr, win_ptr, out_ptr, tile_max_
         else:
             acc = acc + tile
     omask = rmask[:, None] & cmask[None, :]
-    optr = out_ptr + b.to(tl.int64) * H * W + rows[:, None] * W + cols[None, :]
+    optr = out_ptr + b * H * W + rows[:, None] * W + cols[None, :]
     tl.store(optr, acc, mask=omask)
     tmax = tl.max(tl.max(tl.where(omask, acc, float("-inf")), axis=1), axis=0)
     tl.store(tile_max_ptr + (b * n_row_tiles + ti) * n_col_tiles + tj, tmax)
