@@ -85,8 +85,9 @@ def evaluate(model, split: DatasetSplit, batch_size: int = 16, device: str | tor
     if color is None:
         color = detect_color(split.train if split.train else test)
     mean, std = model.normalization
-    dataset = ImageDataset(test, model.image_size, mean, std, color=color, with_masks=True,
-                           cache=overlays_dir is not None)
+    # cache=False: the cache rounds resized images to uint8, and metrics must not depend on
+    # whether overlays were asked for (overlays re-read the files).
+    dataset = ImageDataset(test, model.image_size, mean, std, color=color, with_masks=True, cache=False)
     t0 = time.perf_counter()
     maps, scores, masks = score_dataset(model, dataset, batch_size, device, mode, sigma, progress, "evaluating")
     seconds = time.perf_counter() - t0
