@@ -1,15 +1,17 @@
 """Write a tiny engine directory (and demo frames with reference scores) for the native tests.
 
 The network is a random-teacher ``build_rd_model("resnet18", pretrained=False, image_size=64,
-seed=0)``: ~11 M parameters, features (64,16,16), (128,8,8), (256,4,4), scored in
-milliseconds. The directory follows docs/engine_format.md (model.onnx + OpenVINO IR +
+seed=0)``: ~11 M parameters, features (64,16,16), (128,8,8), (256,4,4), a few ms per frame.
+``--micro`` writes a three-convolution stand-in with the same output contract instead
+(32x32 input, features (8,8,8), (16,4,4), (32,2,2), ~50 us per frame) for tests that score
+thousands of times (memory growth, AddressSanitizer). The directory follows docs/engine_format.md (model.onnx + OpenVINO IR +
 engine.json with sha256 of every file), written here by hand until ``cdd_engine.build`` can
 make it from a checkpoint.
 
 Reference scores come from the Python reference pipeline: ``cdd_engine.preprocess``
 (float32, as training) -> the PyTorch model -> ``cdd_engine.anomaly_map`` in float64.
 
-    python csrc/tests/make_test_engine.py --out ENGINE_DIR [--frames FRAMES_DIR]
+    python csrc/tests/make_test_engine.py --out ENGINE_DIR [--frames FRAMES_DIR] [--micro]
 
 FRAMES_DIR gets P6 (RGB) / P5 (gray) files of odd sizes and ``reference.json``
 ({"files": [...], "formats": [...], "scores": [...]}).
@@ -45,6 +47,29 @@ FRAME_SPECS = [(64, 64, "RGB"), (97, 131, "RGB"), (45, 33, "MONO"), (200, 150, "
                (64, 80, "MONO"), (31, 257, "RGB"), (128, 128, "BGR"), (77, 77, "RGB"), (150, 90, "MONO")]
 
 
+class MicroRD(torch.nn.Module):
+    """Three strided convolutions (teacher) and three 1x1 convolutions (student): RD's output
+    contract at a fraction of the cost. ``forward`` -> (teacher list, student list)."""
+
+    image_size = (32, 32)
+    normalization = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(SEED)
+        self.t = torch.nn.ModuleList([torch.nn.Conv2d(3, 8, 3, stride=4, padding=1),
+                                      torch.nn.Conv2d(8, 16, 3, stride=2, padding=1),
+                                      torch.nn.Conv2d(16, 32, 3, stride=2, padding=1)])
+        self.s = torch.nn.ModuleList([torch.nn.Conv2d(c, c, 1) for c in (8, 16, 32)])
+
+    def forward(self, x: torch.Tensor):
+        feats, h = [], x
+        for conv in self.t:
+            h = torch.tanh(conv(h))  # tanh, not relu: no all-zero feature vectors
+            feats.append(h)
+        return feats, [s(f) for s, f in zip(self.s, feats)]
+
+
 class _Flat(torch.nn.Module):
     """RDModel -> a flat tuple of the six feature maps, in OUTPUTS order."""
 
@@ -57,7 +82,9 @@ class _Flat(torch.nn.Module):
         return (*t, *s)
 
 
-def tiny_model() -> RDModel:
+def tiny_model(micro: bool = False) -> torch.nn.Module:
+    if micro:
+        return MicroRD().eval()
     return build_rd_model(BACKBONE, pretrained=False, image_size=IMAGE_SIZE, seed=SEED).eval()
 
 
@@ -84,25 +111,26 @@ def make_frames(seed: int = 1) -> list[tuple[np.ndarray, str]]:
     return frames
 
 
-def reference(model: RDModel, frames: list[tuple[np.ndarray, str]], mean, std,
+def reference(model: torch.nn.Module, frames: list[tuple[np.ndarray, str]], mean, std,
               mode: str = "add", sigma: float = 4.0) -> tuple[np.ndarray, np.ndarray]:
     """Python reference scores (N,) and model-size maps (N, H, W), float64."""
     scores, maps = [], []
     with torch.no_grad():
         for img, fmt in frames:
             arr = img[None, ..., None] if img.ndim == 2 else img[None]
-            x = resize_normalize(arr, IMAGE_SIZE, mean, std, pixel_format=fmt)
+            x = resize_normalize(arr, tuple(model.image_size), mean, std, pixel_format=fmt)
             t, s = model(x)
-            m, sc = anomaly_map([f.double() for f in t], [f.double() for f in s], IMAGE_SIZE, mode=mode, sigma=sigma)
+            m, sc = anomaly_map([f.double() for f in t], [f.double() for f in s], tuple(model.image_size),
+                                mode=mode, sigma=sigma)
             scores.append(float(sc[0]))
             maps.append(m[0].numpy())
     return np.array(scores), np.stack(maps)
 
 
-def export(model: RDModel, out: Path) -> None:
+def export(model: torch.nn.Module, out: Path) -> None:
     """model.onnx (dynamic batch) and its OpenVINO IR model.xml/.bin (fp32)."""
     import openvino as ov
-    x = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)  # batch >= 2 so the batch axis stays symbolic
+    x = torch.randn(2, 3, *model.image_size)  # batch >= 2 so the batch axis stays symbolic
     # the wrapper must be in eval mode too: the exporter restores the wrapper's mode afterwards,
     # which would otherwise switch the student's BatchNorm to training
     torch.onnx.export(_Flat(model).eval(), (x,), str(out / "model.onnx"), input_names=["image"], output_names=OUTPUTS,
@@ -112,20 +140,22 @@ def export(model: RDModel, out: Path) -> None:
     model.eval()
 
 
-def write_manifest(model: RDModel, out: Path, threshold: float, mode: str = "add", sigma: float = 4.0) -> dict:
+def write_manifest(model: torch.nn.Module, out: Path, threshold: float, mode: str = "add",
+                   sigma: float = 4.0) -> dict:
     with torch.no_grad():
-        t, s = model(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE))
+        t, s = model(torch.zeros(1, 3, *model.image_size))
     mean, std = model.normalization
     manifest = {
         "format": "cdd-engine",
         "format_version": 1,
         "package_version": "0.1.0",
         "created": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "source_checkpoint": {"path": "(random test model)", "method": "rd", "backbone": BACKBONE},
+        "source_checkpoint": {"path": "(random test model)", "method": "rd",
+                              "backbone": getattr(model, "backbone", "micro")},
         "backend": "openvino",
         "precision": "fp32",
         "max_batch": MAX_BATCH,
-        "image_size": [IMAGE_SIZE, IMAGE_SIZE],
+        "image_size": list(model.image_size),
         "input": {"name": "image", "layout": "NCHW", "dtype": "float32", "color": "RGB",
                   "mean": list(mean), "std": list(std), "resize": "bilinear_antialias"},
         "features": [{"name": n, "shape": list(f.shape[1:]), "dtype": "float32"}
@@ -148,12 +178,14 @@ def write_pnm(path: Path, img: np.ndarray) -> None:
         f.write(np.ascontiguousarray(img).tobytes())
 
 
-def make_engine(out: str | os.PathLike, frames_dir: str | os.PathLike | None = None) -> dict:
-    """Writes the engine directory (and demo frames); returns {"engine": path, "scores": ...}."""
+def make_engine(out: str | os.PathLike, frames_dir: str | os.PathLike | None = None,
+                micro: bool = False) -> dict:
+    """Writes the engine directory (and demo frames); returns {"engine": path, "scores": [...]}
+    with the reference scores of :func:`make_frames`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(SEED)
-    model = tiny_model()
+    model = tiny_model(micro)
     export(model, out)
     mean, std = model.normalization
     frames = make_frames()
@@ -182,8 +214,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="engine directory to write")
     ap.add_argument("--frames", help="also write demo frames and reference.json here")
+    ap.add_argument("--micro", action="store_true", help="the ~50 us/frame stand-in network")
     args = ap.parse_args()
-    r = make_engine(args.out, args.frames)
+    r = make_engine(args.out, args.frames, micro=args.micro)
     print(json.dumps({k: v for k, v in r.items() if k != "scores"}))
 
 
