@@ -1,0 +1,146 @@
+"""PyTorch backend: the RD model in eager PyTorch, on the CPU or a CUDA GPU.
+
+On the CPU the anomaly map is :class:`~cdd_engine.runtime.postprocess.FastAnomalyMap`
+(separable matmuls). With ``use_triton`` (the default on CUDA when the kernels import) the
+Triton kernels of ``cdd_engine.kernels`` do the pre-processing (uint8 frames -> normalised
+NCHW) and the fused anomaly map; on the CPU they can be forced for testing under
+``TRITON_INTERPRET=1``. fp16 engines run the network in half precision on CUDA only.
+
+The engine directory holds ``model.safetensors`` (the full RDModel state dict, teacher
+included) and engine.json's ``model`` section (backbone + student shape), so loading needs
+no checkpoint, no teacher weights file and no pickle.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ...models import RDModel, Student, build_teacher
+from ...models.teachers import RANDOM
+from ..errors import BackendUnavailable, EngineFormatError
+from ..postprocess import FastAnomalyMap
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+def import_kernels() -> Any:
+    """The Triton kernels package (installed as cdd_engine.kernels; ``kernels`` in a source checkout)."""
+    errors = []
+    for name in ("cdd_engine.kernels", "kernels"):
+        try:
+            mod = __import__(name, fromlist=["fused_anomaly_map"])
+        except ImportError as e:
+            errors.append(f"{name}: {e}")
+            continue
+        if hasattr(mod, "fused_anomaly_map") and hasattr(mod, "fused_preprocess"):
+            return mod
+        errors.append(f"{name}: has no fused_anomaly_map/fused_preprocess")
+    raise BackendUnavailable("Triton kernels are not available (" + "; ".join(errors) + ")")
+
+
+def student_config(model: RDModel) -> dict[str, Any]:
+    """The student's shape, enough to rebuild it: channels, width_mult, bottleneck/decoder blocks."""
+    from ...models.teachers import teacher_spec
+
+    return {"channels": [int(c) for c in model.teacher.stage_channels],
+            "width_mult": int(teacher_spec(model.backbone).width_mult),
+            "bottleneck_blocks": len(model.student.bottleneck.embed),
+            "decoder_blocks": [len(s) for s in model.student.decoder.stages]}
+
+
+def save_model(model: RDModel, engine_dir: str | os.PathLike) -> dict[str, Any]:
+    """Write ``model.safetensors``; returns engine.json's ``model`` section."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(Path(engine_dir) / WEIGHTS_FILE), metadata={"format": "cdd-engine-torch"})
+    return {"backbone": model.backbone, "student": student_config(model)}
+
+
+def load_model(engine_dir: str | os.PathLike, manifest: dict) -> RDModel:
+    """Rebuild the RDModel of a torch engine directory (weights already hash-checked by read_manifest)."""
+    from safetensors.torch import load_file
+
+    spec = manifest.get("model")
+    try:
+        backbone = spec["backbone"]
+        s = spec["student"]
+        teacher, _ = build_teacher(backbone, RANDOM)
+        student = Student(tuple(s["channels"]), width_mult=s["width_mult"], bottleneck_blocks=s["bottleneck_blocks"],
+                          decoder_blocks=tuple(s["decoder_blocks"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise EngineFormatError(f"engine.json: the 'model' section a torch engine needs is missing or invalid "
+                                f"({e!r})") from e
+    inp = manifest["input"]
+    model = RDModel(teacher, student, backbone, tuple(manifest["image_size"]), (tuple(inp["mean"]), tuple(inp["std"])))
+    try:
+        state = load_file(str(Path(engine_dir) / WEIGHTS_FILE))
+        model.load_state_dict(state, strict=True)
+    except Exception as e:  # safetensors header errors, missing/unexpected keys, shape mismatches
+        raise EngineFormatError(f"{Path(engine_dir) / WEIGHTS_FILE}: does not fit the model in engine.json ({e})") from e
+    return model.eval()
+
+
+class TorchBackend:
+    """``score_batch(x (B,3,H,W) float32) -> (maps (B,H,W), scores (B,))`` float32 tensors on ``device``."""
+
+    name = "torch"
+
+    def __init__(self, engine_dir: str | os.PathLike, manifest: dict, *, device: str | torch.device | None = None,
+                 use_triton: bool | None = None, num_threads: int | None = None) -> None:
+        self.device = torch.device(device or "cpu")
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable("device 'cuda' was asked for but torch.cuda.is_available() is False")
+        if num_threads:
+            torch.set_num_threads(int(num_threads))
+        self.manifest = manifest
+        self.dtype = torch.float16 if manifest["precision"] == "fp16" else torch.float32
+        if manifest["precision"] == "int8":
+            raise EngineFormatError("the torch backend runs fp32 or fp16 engines, this one is int8")
+        if self.dtype == torch.float16 and self.device.type != "cuda":
+            raise BackendUnavailable("an fp16 torch engine runs on CUDA only; load it with device='cuda' "
+                                     "or build an fp32 engine for the CPU")
+        self.model = load_model(engine_dir, manifest).to(self.device, self.dtype)
+        am = manifest["anomaly_map"]
+        self.image_size = tuple(manifest["image_size"])
+        self._am = am
+        if use_triton is None:
+            use_triton = self.device.type == "cuda" and _kernels_or_none() is not None
+        self.kernels = import_kernels() if use_triton else None
+        self.post = FastAnomalyMap(self.image_size, am["mode"], am["sigma"], am["truncate"], am["eps"])
+        # Engine.score hands uint8 frames to this instead of its CPU pre-processing when set.
+        self.fused_preprocess: Callable[[torch.Tensor, str], torch.Tensor] | None = (
+            self._triton_preprocess if self.kernels is not None else None)
+
+    def _triton_preprocess(self, frames: torch.Tensor, pixel_format: str) -> torch.Tensor:
+        inp = self.manifest["input"]
+        return self.kernels.fused_preprocess(frames.to(self.device), self.image_size, inp["mean"], inp["std"],
+                                             pixel_format, self.dtype)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        with torch.inference_mode():
+            t, s = self.model(x.to(self.device, self.dtype))
+        return [*t, *s]
+
+    def score_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            t, s = self.model(x.to(self.device, self.dtype))
+            if self.kernels is not None:
+                maps, scores = self.kernels.fused_anomaly_map(t, s, self.image_size, self._am["mode"],
+                                                              self._am["sigma"])
+            else:
+                maps, scores = self.post(t, s)
+        return maps.float(), scores.float()
+
+
+def _kernels_or_none() -> Any:
+    try:
+        return import_kernels()
+    except BackendUnavailable:
+        return None
+
+
+__all__ = ["TorchBackend", "import_kernels", "save_model", "load_model", "student_config", "WEIGHTS_FILE"]

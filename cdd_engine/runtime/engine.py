@@ -1,0 +1,201 @@
+"""``Engine``: an engine directory loaded for scoring uint8 camera frames.
+
+    engine = cdd_engine.load("engines/bottle")            # or cdd_engine.build(run_dir)
+    result = engine.score(frames, pixel_format="BGR")      # (N,H,W,3) uint8, or a list of frames
+    result.scores, result.is_anomalous, result.maps, result.threshold
+
+Frames of any size are resized to the model resolution (antialiased, as in training), run in
+chunks of at most ``max_batch`` through the backend's network with the anomaly map of
+DESIGN.md §3, and returned as numpy arrays. Thread-safe: buffers and inference requests are
+per thread.
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .backends import make_backend
+from .engine_dir import read_manifest
+from .frames import Frames, to_frames
+from .resize_normalize import Preprocessor
+
+MAP_SIZES = ("model", "input")
+
+
+@dataclass
+class ScoreResult:
+    """Per-image results of :meth:`Engine.score` for N frames.
+
+    scores: (N,) float32 raw image scores (max of the anomaly map).
+    maps: (N, H, W) float32 at model resolution; with ``map_size="input"`` a list of N
+        (h_i, w_i) float32 maps, one per frame at its own size; None with ``return_maps=False``.
+    is_anomalous: (N,) bool, ``scores > threshold``.
+    threshold: the threshold used.
+    """
+
+    scores: np.ndarray
+    maps: np.ndarray | list[np.ndarray] | None
+    is_anomalous: np.ndarray
+    threshold: float
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+def _check_threshold(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+            or not math.isfinite(float(value)):
+        raise ValueError(f"threshold must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _numpy(x: Any) -> np.ndarray:
+    return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+class Engine:
+    """A loaded engine directory (docs/engine_format.md).
+
+    Args:
+        engine_dir: directory written by :func:`cdd_engine.build`.
+        threshold: overrides the threshold stored in engine.json (also settable later:
+            ``engine.threshold = t``).
+        device: "cpu" or "cuda[:i]" for the torch backend; the tensorrt backend needs CUDA,
+            openvino runs on the CPU.
+        num_threads: inference threads (OpenVINO ``INFERENCE_NUM_THREADS``; torch intra-op threads).
+        use_triton: torch/tensorrt backends: use the Triton kernels (default: on CUDA when present).
+        performance_hint, static_shapes: OpenVINO compile options (defaults measured fastest on
+            2-core CPUs: "LATENCY", static shapes per batch size).
+        verify_hashes: check every file's SHA-256 against engine.json (sizes are always checked).
+
+    Raises:
+        EngineFormatError: missing, corrupt, truncated or mismatched engine directory.
+        BackendUnavailable: the backend's runtime or device is not present.
+    """
+
+    def __init__(self, engine_dir: str | os.PathLike, *, threshold: float | None = None,
+                 device: str | torch.device | None = None, num_threads: int | None = None,
+                 use_triton: bool | None = None, performance_hint: str | None = None,
+                 static_shapes: bool | None = None, verify_hashes: bool = True) -> None:
+        self.engine_dir = Path(engine_dir)
+        self.manifest = read_manifest(self.engine_dir, verify_hashes=verify_hashes)
+        self._threshold = _check_threshold(self.manifest["threshold"]["value"] if threshold is None else threshold)
+        self.backend = make_backend(self.engine_dir, self.manifest, device=device, num_threads=num_threads,
+                                    use_triton=use_triton, performance_hint=performance_hint,
+                                    static_shapes=static_shapes)
+        self.image_size: tuple[int, int] = tuple(self.manifest["image_size"])
+        self.max_batch: int = int(self.manifest["max_batch"])
+        inp = self.manifest["input"]
+        self._pre = Preprocessor(self.image_size, inp["mean"], inp["std"])
+        self._local = threading.local()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def threshold(self) -> float:
+        return self._threshold
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self._threshold = _check_threshold(value)
+
+    @property
+    def backend_name(self) -> str:
+        return self.manifest["backend"]
+
+    @property
+    def precision(self) -> str:
+        return self.manifest["precision"]
+
+    def __repr__(self) -> str:
+        src = self.manifest["source_checkpoint"]
+        return (f"Engine({str(self.engine_dir)!r}, backend={self.backend_name}, precision={self.precision}, "
+                f"backbone={src.get('backbone')}, image_size={self.image_size}, max_batch={self.max_batch}, "
+                f"threshold={self.threshold:.6g})")
+
+    # ------------------------------------------------------------------ scoring
+    def _input_buffer(self, n: int) -> torch.Tensor:
+        buf = getattr(self._local, "buffer", None)
+        if buf is None or buf.shape[0] < n:
+            buf = torch.empty(max(n, 1), 3, *self.image_size, dtype=torch.float32, device=self.backend.device)
+            self._local.buffer = buf
+        return buf[:n]  # a leading-dimension slice of a contiguous tensor stays contiguous
+
+    def prepare(self, frames: Frames, start: int, stop: int) -> torch.Tensor:
+        """frames[start:stop] -> normalised (n, 3, H, W) float32 on the backend's device.
+
+        The returned tensor may be a per-thread buffer reused by the next call.
+        """
+        fused = getattr(self.backend, "fused_preprocess", None)
+        if fused is not None:
+            group = frames.batch[start:stop] if frames.batch is not None else None
+            if group is not None and group.dtype == torch.uint8:
+                return fused(group, frames.pixel_format)
+            if group is None and all(frames.items[i].dtype == torch.uint8 for i in range(start, stop)):
+                return torch.cat([fused(frames.items[i].unsqueeze(0), frames.pixel_format)
+                                  for i in range(start, stop)])
+        return self._pre.fill(frames, start, stop, self._input_buffer(stop - start))
+
+    def score(self, images: Any, pixel_format: str = "RGB", return_maps: bool = True,
+              map_size: str = "model") -> ScoreResult:
+        """Score camera frames.
+
+        Args:
+            images: uint8 (N, H, W, C) numpy array or torch tensor, or a list of (H, W, C) frames of
+                any sizes (C = 3 for RGB/BGR, 1 or absent for MONO); float frames holding 0..255
+                values are accepted too. Any N: chunks of at most ``max_batch`` go to the backend.
+            pixel_format: "RGB", "BGR" or "MONO".
+            return_maps: False skips copying maps out (the score still comes from the full map).
+            map_size: "model" -> (N, H, W) at the model resolution; "input" -> a list of maps,
+                each resized (bilinear, antialiased) to its frame's size.
+
+        Returns:
+            :class:`ScoreResult`.
+        """
+        if map_size not in MAP_SIZES:
+            raise ValueError(f"map_size must be one of {MAP_SIZES}, got {map_size!r}")
+        frames = to_frames(images, pixel_format)
+        n = len(frames)
+        H, W = self.image_size
+        scores = np.empty(n, dtype=np.float32)
+        model_maps = np.empty((n, H, W), dtype=np.float32) if return_maps and map_size == "model" else None
+        input_maps: list[np.ndarray] | None = [] if return_maps and map_size == "input" else None
+        for start in range(0, n, self.max_batch):
+            stop = min(n, start + self.max_batch)
+            maps, s = self.backend.score_batch(self.prepare(frames, start, stop))
+            scores[start:stop] = _numpy(s)
+            if model_maps is not None:
+                model_maps[start:stop] = _numpy(maps)
+            elif input_maps is not None:
+                maps_t = maps if isinstance(maps, torch.Tensor) else torch.from_numpy(np.asarray(maps))
+                for i in range(start, stop):
+                    input_maps.append(_resize_map(maps_t[i - start], frames.size(i)))
+        return ScoreResult(scores=scores, maps=model_maps if model_maps is not None else input_maps,
+                           is_anomalous=scores > self._threshold, threshold=self._threshold)
+
+    def features(self, images: Any, pixel_format: str = "RGB") -> list[torch.Tensor]:
+        """The network's six feature maps for frames (at most ``max_batch``), for parity checks."""
+        frames = to_frames(images, pixel_format)
+        if len(frames) > self.max_batch:
+            raise ValueError(f"features() takes at most max_batch={self.max_batch} frames, got {len(frames)}")
+        return [f.detach().float().cpu() for f in self.backend.features(self.prepare(frames, 0, len(frames)))]
+
+
+def _resize_map(m: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) map -> (h, w) float32 numpy, bilinear with antialiasing (a no-op at equal size)."""
+    m = m.float()
+    if tuple(m.shape) == tuple(size):
+        return m.cpu().numpy().copy()  # the backend's buffer is reused by its next call
+    return F.interpolate(m[None, None], size=size, mode="bilinear", align_corners=False, antialias=True)[0, 0].cpu().numpy()
+
+
+def load(engine_dir: str | os.PathLike, **options: Any) -> Engine:
+    """Load an engine directory: ``Engine(engine_dir, **options)`` (see :class:`Engine`)."""
+    return Engine(engine_dir, **options)
