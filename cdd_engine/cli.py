@@ -259,6 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     common.add_argument("--quiet", action="store_true", help="no progress bars or logs")
+    common.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU threads for torch (default: torch's choice, usually one per core)")
     parser._common = common  # type: ignore[attr-defined]
     sub = parser.add_subparsers(dest="command", metavar="<command>", title="commands")
     real_add = sub.add_parser
@@ -280,6 +282,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_ERROR
     try:
+        if args.threads is not None:
+            if args.threads < 1:
+                raise ValueError(f"--threads must be >= 1, got {args.threads}")
+            import torch
+            torch.set_num_threads(args.threads)
         return args.handler(args)
     except KeyboardInterrupt:
         print("interrupted" + ("; continue with the same command and --resume" if args.command == "train" else ""),
