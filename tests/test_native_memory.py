@@ -1,0 +1,58 @@
+"""10,000 consecutive scoring calls through the Python module do not grow the process's
+memory beyond its warm-up level (VmRSS from /proc/self/status). A tiny stand-in network
+(~50 us per frame, csrc/tests/make_test_engine.py --micro) keeps this to seconds. The C++-only
+variant of this check is the ctest ``memory`` (csrc/tests/test_memory.cpp)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cdd_engine.native import NativeUnavailable, load
+
+try:
+    native = load()
+except NativeUnavailable as e:
+    if os.environ.get("CDD_REQUIRE_NATIVE") == "1":
+        raise
+    pytest.skip(str(e), allow_module_level=True)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "csrc" / "tests"))
+import make_test_engine as mte  # noqa: E402
+
+CALLS = 10_000
+WARMUP = 500
+# A leak of one 32x32 map per call would add 40 MB; allocator and numpy noise stay far below.
+ALLOWED_GROWTH_KIB = 4096
+
+
+def rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_ten_thousand_calls_do_not_grow_memory():
+    engine = native.Engine(mte.cached_engine(micro=True)["engine"], num_threads=2)
+    rng = np.random.default_rng(8)
+    frames = [rng.integers(0, 256, size=s, dtype=np.uint8) for s in [(48, 40, 3), (31, 33), (64, 64, 3)]]
+    fmts = ["RGB", "MONO", "BGR"]
+    sizes = ["model", "input"]
+
+    def call(i: int) -> float:
+        k = i % 3
+        s, _, _, _ = engine.score([frames[k]], fmts[k], return_maps=i % 4 != 0, map_size=sizes[i % 2])
+        return float(s[0])
+
+    checksum = sum(call(i) for i in range(WARMUP))
+    before = rss_kib()
+    checksum += sum(call(i) for i in range(CALLS))
+    after = rss_kib()
+    print(f"RSS warm {before} KiB, after {CALLS} calls {after} KiB, growth {after - before} KiB")
+    assert np.isfinite(checksum)
+    assert after - before <= ALLOWED_GROWTH_KIB, f"RSS grew by {after - before} KiB over {CALLS} calls"
