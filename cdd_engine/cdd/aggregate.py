@@ -1,0 +1,107 @@
+"""Cross-Domain Knowledge Aggregation: the global student's targets.
+
+For a training image x in domain k, the target at each scale is an aggregate of the features
+that the students of the *other* domains (j != k) produce for x, computed without gradient.
+Those students never saw x, so where x is defective they output normal-looking features.
+
+Our choices (CDD fixes only "aggregate of the other domains' students"), all options:
+
+- ``reduce``: "mean" (default) or "median" (element-wise; robust when one of the other
+  students happens to reproduce a defect it saw in its own domain; with K-1 = 2 it equals the
+  mean).
+- ``normalize``: each student's features are L2-normalised over channels at every pixel
+  before aggregating (default True). The RD loss and the anomaly map are cosine-based, so a
+  student's feature norm carries no meaning; without this a student with larger norms would
+  dominate the mean.
+- ``teacher_share`` (alpha): target = (1 - alpha) * aggregate + alpha * teacher (normalised the
+  same way). alpha = 0 is pure CDD, alpha = 1 is plain RD.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+REDUCTIONS = ("mean", "median")
+
+
+def _check_domains(domains: torch.Tensor, batch: int, k: int) -> torch.Tensor:
+    if not isinstance(domains, torch.Tensor) or domains.dim() != 1 or domains.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"domains must be a 1-D integer tensor, got {getattr(domains, 'dtype', type(domains))} "
+                        f"of shape {tuple(getattr(domains, 'shape', ()))}")
+    if domains.numel() != batch:
+        raise ValueError(f"got {domains.numel()} domain ids for a batch of {batch} images")
+    if batch and (int(domains.min()) < 0 or int(domains.max()) >= k):
+        raise ValueError(f"domain ids must lie in [0, {k}), got [{int(domains.min())}, {int(domains.max())}]")
+    return domains.long()
+
+
+def aggregate_other_domains(outputs: Sequence[Sequence[torch.Tensor]], domains: torch.Tensor,
+                            reduce: str = "mean", normalize: bool = True) -> list[torch.Tensor]:
+    """Aggregate per-student features, leaving out each image's own domain.
+
+    Args:
+        outputs: ``outputs[j][s]`` = features of domain student j at scale s for the whole
+            batch, (B, C_s, h_s, w_s); K >= 2 students.
+        domains: (B,) domain id of every image of the batch.
+        reduce: "mean" or "median" over the K-1 other students.
+        normalize: L2-normalise each student's features over channels first.
+
+    Returns:
+        one (B, C_s, h_s, w_s) target per scale; image b's target never uses outputs[domains[b]].
+    """
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+    k = len(outputs)
+    if k < 2:
+        raise ValueError(f"need the outputs of at least 2 domain students, got {k}")
+    n_scales = len(outputs[0])
+    if any(len(o) != n_scales for o in outputs):
+        raise ValueError("every domain student must give the same number of scales")
+    batch = outputs[0][0].shape[0]
+    domains = _check_domains(domains, batch, k).to(outputs[0][0].device)
+    # others[j, b] is True when student j may supply the target of image b
+    others = torch.arange(k, device=domains.device)[:, None] != domains[None, :]  # (K, B)
+    targets = []
+    for s in range(n_scales):
+        stack = torch.stack([o[s].detach() for o in outputs])  # (K, B, C, h, w)
+        if normalize:
+            stack = F.normalize(stack, dim=2, eps=1e-8)
+        mask = others[:, :, None, None, None].to(stack.dtype)
+        if reduce == "mean":
+            agg = (stack * mask).sum(0) / (k - 1)
+        else:
+            # own domain -> +inf so it sorts last; the K-1 others fill the first K-1 slots
+            filled = stack.masked_fill(~others[:, :, None, None, None], float("inf"))
+            ordered = filled.sort(dim=0).values
+            n = k - 1
+            agg = 0.5 * (ordered[(n - 1) // 2] + ordered[n // 2])
+        targets.append(agg)
+    return targets
+
+
+def mix_teacher(targets: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor], share: float,
+                normalize: bool = True) -> list[torch.Tensor]:
+    """(1 - share) * targets + share * teacher per scale (teacher normalised like the targets)."""
+    if not 0.0 <= float(share) <= 1.0:
+        raise ValueError(f"teacher_share must be in [0, 1], got {share}")
+    if share == 0.0:
+        return list(targets)
+    out = []
+    for t, f in zip(targets, teacher_feats):
+        f = F.normalize(f.detach(), dim=1, eps=1e-8) if normalize else f.detach()
+        out.append((1.0 - share) * t + share * f)
+    return out
+
+
+@torch.no_grad()
+def cross_domain_targets(students: Sequence[Callable[[list[torch.Tensor]], list[torch.Tensor]]],
+                         teacher_feats: Sequence[torch.Tensor], domains: torch.Tensor,
+                         reduce: str = "mean", normalize: bool = True,
+                         teacher_share: float = 0.0) -> list[torch.Tensor]:
+    """Targets for the global student on a batch: run every domain student (no gradient; the
+    caller puts them in eval mode) on the teacher features and aggregate the other domains'."""
+    outputs = [student(list(teacher_feats)) for student in students]
+    targets = aggregate_other_domains(outputs, domains, reduce, normalize)
+    return mix_teacher(targets, teacher_feats, teacher_share, normalize)

@@ -1,0 +1,257 @@
+"""CDD training: Domain-Specific Training (DST) then Cross-Domain Knowledge Aggregation (CDKA).
+
+DST: the training set is split once into K domains (:mod:`.partition`); domain student k
+(bottleneck + decoder, like RD's) is trained with the RD loss on domain k only. Each domain
+student gets as many optimizer updates as an RD run of the same config (``epochs`` passes
+over the *whole* set): a student that sees 1/K of the images at RD's batch size for RD's
+number of epochs gets 1/K of the updates and ends up undertrained (measured in a first probe).
+
+CDKA: the global student is trained on all images with the RD loss toward, for an image of
+domain k, the aggregate of the other domains' students' features (:mod:`.aggregate`).
+
+Inference uses the teacher + global student only (exactly RD's cost).
+
+Our choices, all in :class:`CDDOptions` (DESIGN.md §1: named options, justified by the
+ablations in ``benchmarks/cdd_accuracy.py``):
+
+- ``schedule="sequential"`` (default): the domain students are trained to the end first,
+  then frozen; their targets for the whole training set are computed once (cheap: K
+  forward passes) and the global student trains on them. ``"alternate"``: each epoch, every
+  domain student does one epoch's worth of updates, then (after ``warmup_epochs``) the global
+  student does one epoch toward targets from the *current* domain students.
+- ``partition`` random | cluster, ``domains`` K, ``aggregate`` mean | median,
+  ``normalize_targets``, ``teacher_share``, ``domain_update_ratio`` (1.0 = RD's updates).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..models.rd import build_student
+from ..training.loop import Features, TeacherFeatures, batch_indices, fit_epoch, make_adam
+from .aggregate import REDUCTIONS, cross_domain_targets
+from .partition import POOLINGS, STRATEGIES, make_partition, pooled_features
+
+SCHEDULES = ("sequential", "alternate")
+SEED_STRIDE = 1000  # domain student k is seeded with seed + SEED_STRIDE * (k + 1): disjoint streams
+
+
+@dataclass
+class CDDOptions:
+    """The CDD-specific options (``TrainConfig.method_options`` for ``method="cdd"``).
+
+    domains: K >= 2. partition: "random" | "cluster" (k-means of pooled teacher features,
+    ``cluster_pooling`` mean|max|meanmax, ``balanced`` equal-size domains). aggregate: "mean" |
+    "median" over the K-1 other students. normalize_targets: L2-normalise student features over
+    channels before aggregating. teacher_share: weight of the teacher's (normalised) features
+    in the target, 0 = pure CDD. schedule: "sequential" | "alternate"; warmup_epochs: epochs the
+    domain students train alone first ("alternate" only). domain_update_ratio: optimizer
+    updates of each domain student relative to an RD run of the same config (1.0).
+    """
+
+    domains: int = 3
+    partition: str = "random"
+    cluster_pooling: str = "meanmax"
+    balanced: bool = True
+    aggregate: str = "mean"
+    normalize_targets: bool = True
+    teacher_share: float = 0.0
+    schedule: str = "sequential"
+    warmup_epochs: int = 0
+    domain_update_ratio: float = 1.0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if isinstance(self.domains, bool) or not isinstance(self.domains, int) or self.domains < 2:
+            raise ValueError(f"domains must be an int >= 2 (targets come from the other domains), got {self.domains!r}")
+        for name, choices in (("partition", STRATEGIES), ("cluster_pooling", POOLINGS),
+                              ("aggregate", REDUCTIONS), ("schedule", SCHEDULES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+        if not isinstance(self.teacher_share, (int, float)) or not 0.0 <= self.teacher_share <= 1.0:
+            raise ValueError(f"teacher_share must be a number in [0, 1], got {self.teacher_share!r}")
+        if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be an int >= 0, got {self.warmup_epochs!r}")
+        if not isinstance(self.domain_update_ratio, (int, float)) or not self.domain_update_ratio > 0:
+            raise ValueError(f"domain_update_ratio must be a number > 0, got {self.domain_update_ratio!r}")
+        for name in ("balanced", "normalize_targets"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be true/false, got {getattr(self, name)!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None) -> "CDDOptions":
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown CDD option(s) {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass
+class CDDResult:
+    """What :func:`train_cdd` returns. ``domains``: (N,) int64 domain of every training image."""
+
+    global_student: nn.Module
+    domain_students: list[nn.Module]
+    domains: torch.Tensor
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def subset_batches(features: TeacherFeatures, subset: torch.Tensor, generator: torch.Generator | None,
+                   batch_size: int) -> Iterator[tuple[torch.Tensor, Features]]:
+    """One seeded pass over ``subset`` (global indices (n,)) of a :class:`TeacherFeatures` ->
+    (global indices (B,), [(B, C_s, h_s, w_s)])."""
+    order = [subset[b] for b in batch_indices(len(subset), batch_size, generator)]
+    if features.cached is None:
+        yield from features._compute(order, False, "")
+        return
+    for idx in order:
+        yield idx, [f[idx].to(features.device) for f in features.cached]
+
+
+def domain_steps(n_total: int, batch_size: int, epochs: int, ratio: float) -> int:
+    """Optimizer updates for one domain student: ratio x the updates of an RD run of ``epochs``."""
+    return max(1, int(round(ratio * epochs * len(batch_indices(n_total, batch_size, None)))))
+
+
+def _steps_iter(features: TeacherFeatures, subset: torch.Tensor, generator: torch.Generator,
+                batch_size: int, steps: int) -> Iterator[tuple[torch.Tensor, Features]]:
+    """Exactly ``steps`` batches: as many seeded passes over ``subset`` as that takes."""
+    def endless():
+        while True:
+            yield from subset_batches(features, subset, generator, batch_size)
+    return itertools.islice(endless(), steps)
+
+
+def compute_partition(features: TeacherFeatures, options: CDDOptions, seed: int) -> torch.Tensor:
+    """The run's fixed partition -> (N,) int64 domain ids."""
+    n = len(features)
+    descriptors = None
+    if options.partition == "cluster":
+        parts = [pooled_features(feats, options.cluster_pooling).cpu()
+                 for _, feats in (features.batches(None) if features.cached is None
+                                  else [(None, features.cached)])]
+        descriptors = torch.cat(parts)
+    return make_partition(options.partition, n, options.domains, seed, descriptors, options.balanced)
+
+
+def new_student(backbone: str, channels: Sequence[int], seed: int, device: str | torch.device) -> nn.Module:
+    """A freshly initialised student, its weights drawn from ``seed`` alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        student = build_student(backbone, channels)
+    return student.to(device)
+
+
+class TargetBank:
+    """Targets of every training image from frozen domain students, computed once ((N, ...) per
+    scale, on the CPU like the feature cache)."""
+
+    def __init__(self, students: Sequence[nn.Module], features: TeacherFeatures, domains: torch.Tensor,
+                 options: CDDOptions, batch_size: int) -> None:
+        parts: list[Features] = []
+        for idx, feats in features.batches(None, batch_size):
+            t = cross_domain_targets(students, feats, domains[idx], options.aggregate,
+                                     options.normalize_targets, options.teacher_share)
+            parts.append([x.cpu() for x in t])
+        self.targets = [torch.cat([p[s] for p in parts]) for s in range(len(parts[0]))]
+        self.device = features.device
+
+    def __call__(self, idx: torch.Tensor, feats: Features) -> Features:
+        return [t[idx].to(self.device) for t in self.targets]
+
+
+def make_target_fn(students: Sequence[nn.Module], domains: torch.Tensor, options: CDDOptions
+                   ) -> Callable[[torch.Tensor, Features], Features]:
+    """On-the-fly targets from the current domain students (used by the "alternate" schedule)."""
+    def target_fn(idx: torch.Tensor, feats: Features) -> Features:
+        for s in students:
+            s.eval()
+        return cross_domain_targets(students, feats, domains[idx], options.aggregate,
+                                    options.normalize_targets, options.teacher_share)
+    return target_fn
+
+
+def train_cdd(features: TeacherFeatures, backbone: str, channels: Sequence[int], options: CDDOptions,
+              epochs: int, batch_size: int = 16, lr: float = 0.005, betas: tuple[float, float] = (0.5, 0.999),
+              seed: int = 0, progress: bool = True, log: Callable[[str], None] | None = None,
+              global_student: nn.Module | None = None,
+              make_optimizer: Callable[..., torch.optim.Optimizer] = make_adam) -> CDDResult:
+    """Train K domain students and the global student on the teacher features of the training set.
+
+    Args:
+        features: the frozen teacher's features of the N training images (cached or streamed).
+        backbone, channels: to build students like RD's (``teacher.stage_channels``).
+        options: :class:`CDDOptions`. epochs: passes of the global student over all N images
+            (domain students get the same number of updates each, see module doc).
+        global_student: a pre-built global student (RD's initialisation), else one seeded by ``seed``.
+        make_optimizer: (params, lr, betas) -> optimizer; RD's Adam by default.
+
+    Returns: :class:`CDDResult`; the global student is left in eval mode.
+    """
+    options.validate()
+    log = log or (lambda msg: None)
+    t_start = time.perf_counter()
+    device = features.device
+    n, k = len(features), options.domains
+    domains = compute_partition(features, options, seed)
+    sizes = torch.bincount(domains, minlength=k).tolist()
+    log(f"CDD: {n} images in {k} domains of {sizes} ({options.partition} partition)")
+    students = [new_student(backbone, channels, seed + SEED_STRIDE * (j + 1), device) for j in range(k)]
+    optims = [make_optimizer(s.parameters(), lr, betas) for s in students]
+    gens = [torch.Generator().manual_seed(seed + SEED_STRIDE * (j + 1)) for j in range(k)]
+    subsets = [(domains == j).nonzero().squeeze(1) for j in range(k)]
+    if global_student is None:
+        global_student = new_student(backbone, channels, seed, device)
+    g_opt = make_optimizer(global_student.parameters(), lr, betas)
+    g_gen = torch.Generator().manual_seed(seed)
+    total_steps = domain_steps(n, batch_size, epochs, options.domain_update_ratio)
+    history: list[dict[str, Any]] = []
+
+    def run_domain(j: int, steps: int, stage: str) -> None:
+        stats = fit_epoch(students[j], _steps_iter(features, subsets[j], gens[j], batch_size, steps), optims[j],
+                          progress=progress, desc=f"{stage} domain student {j + 1}/{k}",
+                          total=steps * batch_size)
+        history.append({"stage": stage, "student": f"domain{j}", "loss": stats.loss, "images": stats.images,
+                        "seconds": stats.seconds})
+
+    def run_global(target_fn, epoch: int) -> None:
+        stats = fit_epoch(global_student, features.batches(g_gen, batch_size), g_opt, target_fn=target_fn,
+                          progress=progress, desc=f"CDKA global student epoch {epoch + 1}/{epochs}", total=n)
+        history.append({"stage": "CDKA", "student": "global", "epoch": epoch, "loss": stats.loss,
+                        "images": stats.images, "seconds": stats.seconds})
+
+    if options.schedule == "sequential":
+        for j in range(k):
+            run_domain(j, total_steps, "DST")
+            students[j].eval()
+            log(f"DST domain student {j + 1}/{k}: {total_steps} updates, last loss {history[-1]['loss']:.4f}")
+        bank = TargetBank(students, features, domains, options, batch_size)
+        for e in range(epochs):
+            run_global(bank, e)
+    else:
+        rounds = options.warmup_epochs + epochs
+        per_round = [total_steps * (r + 1) // rounds - total_steps * r // rounds for r in range(rounds)]
+        target_fn = make_target_fn(students, domains, options)
+        for r in range(rounds):
+            for j in range(k):
+                run_domain(j, per_round[r], f"DST round {r + 1}/{rounds}")
+            if r >= options.warmup_epochs:
+                run_global(target_fn, r - options.warmup_epochs)
+        for s in students:
+            s.eval()
+    global_student.eval()
+    return CDDResult(global_student, students, domains, history, time.perf_counter() - t_start)
