@@ -46,6 +46,8 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="tiny correctness checks only (CPU interpreter ok)")
     ap.add_argument("--budget-s", type=float, default=270.0, help="skip sections that would start later")
     ap.add_argument("--sections", default="a,b,c,d,e,t", help="comma-separated subset of a,b,c,d,e,t")
+    ap.add_argument("--apply-tuned", action="store_true",
+                    help="run the tuning sweep first and use its fastest configurations in a-d")
     return ap.parse_args()
 
 
@@ -244,6 +246,8 @@ def _pass1_only(t, s):
 
 
 def sec_postprocess() -> dict:
+    """GPU time from CUDA-graph replay (no launch overhead) is the bandwidth metric; do_bench
+    times (L2 flushed, Python launch cost included) show what an eager caller sees."""
     copy_bw = copy_bandwidth()
     print(f"   device copy bandwidth (read + write): {copy_bw:.0f} GB/s")
     rows = []
@@ -255,21 +259,23 @@ def sec_postprocess() -> dict:
                     nbytes = sum(x.numel() * x.element_size() for x in t + s)
                     fused = lambda: K.fused_anomaly_map(t, s, 256)  # noqa: E731
                     eager = lambda: anomaly_map(t, s, 256)  # noqa: E731
-                    ms_f, ms_e, ms_p1 = bench(fused), bench(eager), bench(_pass1_only(t, s))
-                    ms_g = bench_graph(fused)
-                    bw = nbytes / (ms_f * 1e-3) / 1e9
-                    bw1 = nbytes / (ms_p1 * 1e-3) / 1e9
+                    p1 = _pass1_only(t, s)
+                    ms_f, ms_e = bench(fused), bench(eager)
+                    g_f, g_p1 = bench_graph(fused), bench_graph(p1)
+                    gpu_f = g_f if g_f is not None else ms_f
+                    gpu_p1 = g_p1 if g_p1 is not None else bench(p1)
+                    bw, bw1 = nbytes / (gpu_f * 1e-3) / 1e9, nbytes / (gpu_p1 * 1e-3) / 1e9
                     row = dict(backbone=bb, dtype=str(dtype)[6:], layout="channels_last" if cl else "nchw",
                                batch=batch, feature_mb=nbytes / 1e6, fused_ms=ms_f, eager_ms=ms_e,
-                               speedup=ms_e / ms_f, fused_graph_ms=ms_g, pass1_ms=ms_p1,
+                               speedup=ms_e / ms_f, fused_graph_ms=g_f, pass1_graph_ms=g_p1,
                                fused_gbps=bw, pass1_gbps=bw1, fused_frac_copy_bw=bw / copy_bw,
-                               pass1_frac_copy_bw=bw1 / copy_bw)
+                               pass1_frac_copy_bw=bw1 / copy_bw, splits=[K._split_plan(a, b, None)[0]
+                                                                         for a, b in zip(t, s)])
                     rows.append(row)
-                    g = f"{ms_g:.3f}" if ms_g is not None else "n/a"
-                    print(f"   {bb:<18} {row['dtype']:<8} {row['layout']:<13} b{batch:<3} {nbytes / 1e6:7.1f} MB"
-                          f"  fused {ms_f:.3f} ms (graph {g})  eager {ms_e:.3f} ms  x{ms_e / ms_f:5.1f}"
-                          f"  {bw:6.0f} GB/s = {100 * bw / copy_bw:3.0f}% copy  (pass 1: {100 * bw1 / copy_bw:3.0f}%)",
-                          flush=True)
+                    print(f"   {bb:<18} {row['dtype']:<8} {row['layout']:<13} b{batch:<3} {nbytes / 1e6:6.1f} MB"
+                          f"  eager {ms_e:.3f} ms  fused {ms_f:.3f} ms (x{ms_e / ms_f:4.1f})  GPU time: fused "
+                          f"{gpu_f * 1e3:6.1f} us = {bw:5.0f} GB/s = {100 * bw / copy_bw:3.0f}% copy, pass 1 "
+                          f"{gpu_p1 * 1e3:6.1f} us = {100 * bw1 / copy_bw:3.0f}%", flush=True)
     return {"copy_gbps": copy_bw, "target_frac": 0.6, "rows": rows}
 
 
@@ -298,11 +304,15 @@ def sec_preprocess() -> dict:
         ms_e = bench(lambda: eager_preprocess(frames, (256, 256), mean, std))
         ms_32 = bench(lambda: P.fused_preprocess(frames, 256))
         ms_16 = bench(lambda: P.fused_preprocess(frames, 256, out_dtype=torch.float16, channels_last=True))
+        other = "taps" if P.DEFAULT_IMPL == "mma" else "mma"
+        ms_o = bench(lambda: P.fused_preprocess(frames, 256, impl=other))
         gbps = frames.numel() / (ms_16 * 1e-3) / 1e9
-        rows.append(dict(batch=batch, eager_ms=ms_e, fused_fp32_ms=ms_32, fused_fp16_cl_ms=ms_16,
-                         speedup_fp32=ms_e / ms_32, input_gbps_fp16=gbps))
-        print(f"   1080p RGB -> 256^2 b{batch:<3} eager {ms_e:.3f} ms  fused fp32 {ms_32:.3f} ms (x{ms_e / ms_32:.1f})"
-              f"  fused fp16 channels_last {ms_16:.3f} ms  input read {gbps:.0f} GB/s", flush=True)
+        rows.append(dict(batch=batch, impl=P.DEFAULT_IMPL, eager_ms=ms_e, fused_fp32_ms=ms_32,
+                         fused_fp16_cl_ms=ms_16, speedup_fp32=ms_e / ms_32, input_gbps_fp16=gbps,
+                         other_impl=other, other_impl_fp32_ms=ms_o))
+        print(f"   1080p RGB -> 256^2 b{batch:<3} eager {ms_e:.3f} ms  fused[{P.DEFAULT_IMPL}] fp32 {ms_32:.3f} ms "
+              f"(x{ms_e / ms_32:.1f})  fp16 channels_last {ms_16:.3f} ms  input read {gbps:.0f} GB/s  "
+              f"[{other}] fp32 {ms_o:.3f} ms", flush=True)
     return res
 
 
@@ -397,6 +407,15 @@ class _Driver:
 
 
 def sec_aot() -> dict:
+    tuned = {k: getattr(K if k in TUNABLE else P, k) for k in DEFAULTS}
+    apply_config(DEFAULTS)  # the AOT variants are built from the code's defaults
+    try:
+        return _sec_aot()
+    finally:
+        apply_config(tuned)
+
+
+def _sec_aot() -> dict:
     cc = torch.cuda.get_device_capability(0)
     arch = cc[0] * 10 + cc[1]
     out = Path(tempfile.mkdtemp(prefix="cdd_aot_"))
@@ -418,9 +437,9 @@ def sec_aot() -> dict:
         i = infos[name]
         return drv.load((out / f"{name}.sm{arch}.cubin").read_bytes(), i["triton_name"]), i
 
-    # 1) preprocess fp32, 1080p RGB -> 256^2, against the JIT launcher
+    # 1) preprocess fp32 ("taps" and "mma"), 1080p RGB -> 256^2, against the JIT launcher
     frames = torch.randint(0, 256, (2, 1080, 1920, 3), dtype=torch.uint8, device=DEV)
-    want = P.fused_preprocess(frames, 256)
+    want = P.fused_preprocess(frames, 256, impl="taps")
     got = torch.empty_like(want)
     y0, wy = P._tables(1080, 256, DEV)
     x0, wx = P._tables(1920, 256, DEV)
@@ -436,7 +455,24 @@ def sec_aot() -> dict:
     torch.cuda.synchronize()
     e = (got - want).abs().max().item()
     res["launch_checks"].append(dict(kernel="cdd_preprocess_u8_to_fp32", max_abs_diff_vs_jit=e, passed=e <= 1e-5))
-    print(f"   {'PASS' if e <= 1e-5 else 'FAIL'} driver-API launch of preprocess: max |aot - jit| = {e:.2e}")
+    print(f"   {'PASS' if e <= 1e-5 else 'FAIL'} driver-API launch of preprocess taps: max |aot - jit| = {e:.2e}")
+
+    want = P.fused_preprocess(frames, 256, impl="mma")
+    got = torch.empty_like(want)
+    fn, info = fn_of("cdd_preprocess_mma_u8_to_fp32")
+    d = info["defines"]
+    rlo, wyb, clo, wxb = (x.to(DEV) for x in P._mma_tables_cpu(1080, 1920, 256, 256, d["BLOCK_M"], d["BLOCK_N"],
+                                                                  d["ROW_CHUNK"], d["COL_CHUNK"]))
+    drv.launch(fn, (triton.cdiv(256, d["BLOCK_N"]), triton.cdiv(256, d["BLOCK_M"]), 2), info, dict(
+        src_ptr=frames.data_ptr(), out_ptr=got.data_ptr(), rlo_ptr=rlo.data_ptr(), wyb_ptr=wyb.data_ptr(),
+        clo_ptr=clo.data_ptr(), wxb_ptr=wxb.data_ptr(), affine_ptr=aff.data_ptr(), H=1080, W=1920, h=256, w=256,
+        rw=wyb.shape[2], cw=wxb.shape[2], src_sn=frames.stride(0), src_sh=frames.stride(1),
+        src_sw=frames.stride(2), out_sn=got.stride(0), out_sc=got.stride(1), out_sh=got.stride(2),
+        ch0=0, ch1=1, ch2=2))
+    torch.cuda.synchronize()
+    e = (got - want).abs().max().item()
+    res["launch_checks"].append(dict(kernel="cdd_preprocess_mma_u8_to_fp32", max_abs_diff_vs_jit=e, passed=e <= 1e-5))
+    print(f"   {'PASS' if e <= 1e-5 else 'FAIL'} driver-API launch of preprocess mma: max |aot - jit| = {e:.2e}")
 
     # 2) anomaly map, mode add: pass 1 (fp16 NCHW, d16 variant) + sandwich + row max
     t, s = feats(2, SHAPES["wide_resnet50_2"], torch.float16, seed=21)
@@ -483,54 +519,101 @@ def sec_aot() -> dict:
     return res
 
 
+TUNABLE = ("PASS1_NCHW", "PASS1_CL", "PROGRAMS_PER_SM", "MAP_BLOCK_M", "MAP_BLOCK_N", "MAP_BLOCK_K",
+           "MAP_NUM_WARPS")
+TUNABLE_P = ("MMA_ROW_CHUNK", "MMA_COL_CHUNK", "MMA_NUM_WARPS", "DEFAULT_IMPL")
+DEFAULTS = {**{k: getattr(K, k) for k in TUNABLE}, **{k: getattr(P, k) for k in TUNABLE_P}}
+
+
+def apply_config(cfg: dict) -> None:
+    for k, v in cfg.items():
+        setattr(K if k in TUNABLE else P, k, v)
+
+
 def sec_tune() -> dict:
-    """Time a few block-size choices (informative: the defaults are set in kernels/*.py)."""
-    rows = []
-    t, s = feats(32, SHAPES["wide_resnet50_2"], torch.float16, seed=1)
-    nbytes = sum(x.numel() * x.element_size() for x in t + s)
-    orig_cfg, orig_pps = K._pass1_config, K.PROGRAMS_PER_SM
-    try:
-        for bc, bp, nw in ((16, 128, 4), (32, 128, 4), (16, 256, 4), (8, 256, 4), (32, 256, 8), (16, 128, 8)):
-            for pps in (2, 4, 8):
-                if time.time() - T0 > ARGS.budget_s + 60:
-                    break
-                K._pass1_config = lambda a, b, c=(bc, bp, nw): c
-                K.PROGRAMS_PER_SM = pps
-                ms = bench(_pass1_only(t, s))
-                rows.append(dict(kernel="pass1 wrn fp16 b32 nchw", block_c=bc, block_p=bp, warps=nw,
-                                 programs_per_sm=pps, ms=ms, gbps=nbytes / (ms * 1e-3) / 1e9))
-                print(f"   pass1 BLOCK_C {bc:<3} BLOCK_P {bp:<4} warps {nw} programs/SM {pps}: {ms:.4f} ms "
-                      f"{nbytes / (ms * 1e-3) / 1e9:.0f} GB/s", flush=True)
-    finally:
-        K._pass1_config, K.PROGRAMS_PER_SM = orig_cfg, orig_pps
-    te, se = feats(32, SHAPES["efficientnet_lite0"], torch.float16, seed=2)
-    orig = (K.MAP_BLOCK_M, K.MAP_BLOCK_N, K.MAP_BLOCK_K, K.MAP_NUM_WARPS)
-    try:
-        for bm, bn, bk, nw in ((64, 64, 16, 8), (64, 64, 16, 4), (32, 64, 16, 4), (64, 128, 16, 8),
-                               (32, 32, 16, 4), (64, 64, 32, 8), (128, 64, 16, 8)):
-            if time.time() - T0 > ARGS.budget_s + 60:
+    """Sweep block sizes with CUDA-graph (GPU-only) timings; returns the fastest of each kind."""
+    t_start = time.time()
+    limit = 110.0  # seconds for the whole sweep
+    rows, best = [], {}
+
+    def sweep(kind, candidates, make_fn, graph=True):
+        top = None
+        for cfg in candidates:
+            if time.time() - t_start > limit:
+                print(f"   {kind}: sweep cut at the time limit")
                 break
-            K.MAP_BLOCK_M, K.MAP_BLOCK_N, K.MAP_BLOCK_K, K.MAP_NUM_WARPS = bm, bn, bk, nw
-            for mode in ("add", "mul"):
-                ms = bench(lambda: K.fused_anomaly_map(te, se, 256, mode=mode))
-                rows.append(dict(kernel=f"map effnet fp16 b32 {mode}", block_m=bm, block_n=bn, block_k=bk,
-                                 warps=nw, ms=ms))
-                print(f"   map {mode} BM {bm:<3} BN {bn:<3} BK {bk} warps {nw}: {ms:.4f} ms", flush=True)
-    finally:
-        K.MAP_BLOCK_M, K.MAP_BLOCK_N, K.MAP_BLOCK_K, K.MAP_NUM_WARPS = orig
-    return {"rows": rows}
+            apply_config(cfg)
+            try:
+                fn = make_fn()
+                ms = bench_graph(fn) if graph else bench(fn)
+            except Exception as e:
+                print(f"   {kind} {cfg}: failed: {type(e).__name__}: {str(e)[:200]}")
+                continue
+            finally:
+                apply_config({k: DEFAULTS[k] for k in cfg})
+            if ms is None:
+                continue
+            rows.append(dict(kind=kind, config={k: str(v) for k, v in cfg.items()}, ms=ms))
+            print(f"   {kind:<34} {cfg}: {ms * 1e3:8.1f} us", flush=True)
+            if top is None or ms < top[1]:
+                top = (cfg, ms)
+        if top:
+            best[kind] = top
+
+    t, s = feats(32, SHAPES["wide_resnet50_2"], torch.float16, seed=1)
+    p1 = [dict(PASS1_NCHW=c, PROGRAMS_PER_SM=pps)
+          for c in ((16, 128, 4, 1), (32, 128, 4, 1), (64, 128, 8, 1), (16, 128, 4, 3), (32, 128, 4, 3),
+                    (32, 128, 4, 4), (64, 128, 8, 3), (16, 256, 4, 3), (32, 64, 4, 3))
+          for pps in (2, 4)]
+    sweep("pass1 wrn fp16 b32 nchw", p1, lambda: _pass1_only(t, s))
+    tc = [x.contiguous(memory_format=torch.channels_last) for x in t]
+    sc = [x.contiguous(memory_format=torch.channels_last) for x in s]
+    p1c = [dict(PASS1_CL=c) for c in ((2048, 64, 4, 1), (4096, 64, 4, 1), (2048, 64, 4, 3), (4096, 64, 8, 3),
+                                       (4096, 128, 8, 3), (2048, 32, 4, 3))]
+    sweep("pass1 wrn fp16 b32 channels_last", p1c, lambda: _pass1_only(tc, sc))
+    del t, s, tc, sc
+    te, se = feats(32, SHAPES["efficientnet_lite0"], torch.float16, seed=2)
+    p2 = [dict(MAP_BLOCK_M=bm, MAP_BLOCK_N=bn, MAP_BLOCK_K=bk, MAP_NUM_WARPS=nw)
+          for bm, bn, bk, nw in ((64, 64, 16, 8), (64, 64, 32, 8), (64, 64, 32, 4), (128, 64, 32, 8),
+                                 (64, 128, 32, 8), (32, 64, 32, 4), (128, 64, 16, 8), (128, 128, 32, 8))]
+    sweep("map add effnet fp16 b32", p2, lambda: (lambda: K.fused_anomaly_map(te, se, 256)))
+    mul_cands = [c for c in p2 if c == best.get("map add effnet fp16 b32", (None,))[0]] + [p2[0]]
+    sweep("map mul effnet fp16 b32", mul_cands, lambda: (lambda: K.fused_anomaly_map(te, se, 256, mode="mul")))
+    frames = torch.randint(0, 256, (32, 1080, 1920, 3), dtype=torch.uint8, device=DEV)
+    pp = [dict(DEFAULT_IMPL="mma", MMA_ROW_CHUNK=rc, MMA_COL_CHUNK=kc, MMA_NUM_WARPS=nw)
+          for rc, kc, nw in ((16, 64, 8), (16, 32, 4), (32, 32, 4), (16, 64, 4), (32, 64, 8))] + [
+          dict(DEFAULT_IMPL="taps")]
+    sweep("preprocess 1080p b32 fp16 cl", pp, lambda: (lambda: P.fused_preprocess(
+        frames, 256, out_dtype=torch.float16, channels_last=True)), graph=False)
+    chosen = {}
+    for kind, (cfg, ms) in best.items():
+        if kind.startswith("map mul"):
+            continue
+        chosen.update(cfg)
+    print(f"   fastest: {chosen}")
+    return {"rows": rows, "best": {k: dict(config={a: str(b) for a, b in c.items()}, ms=m)
+                                   for k, (c, m) in best.items()}, "chosen": {k: str(v) for k, v in chosen.items()},
+            "_chosen": chosen}
 
 
 def main() -> int:
     meta()
     write_report()
+    if HAS_CUDA and ARGS.apply_tuned and not ARGS.quick:
+        section("t", "tuning sweep (GPU time from CUDA graphs)", sec_tune)
+        chosen = REPORT["sections"].get("t", {}).pop("_chosen", {})
+        apply_config(chosen)
+        REPORT["meta"]["applied_config"] = {k: str(v) for k, v in chosen.items()}
+        print(f"   applied to the following sections: {chosen}")
     section("a", "correctness vs float64 reference", sec_correctness, quick_ok=True)
     if HAS_CUDA:
         section("b", "post-processing: fused vs eager anomaly_map", sec_postprocess)
         section("c", "pre-processing: fused vs eager", sec_preprocess)
         section("e", "AOT build + CUDA driver API launches", sec_aot)
         section("d", "pipeline: eager fp32 vs fp16 + channels_last + fused", sec_pipeline)
-        section("t", "tuning sweep (informative)", sec_tune)
+        if not ARGS.apply_tuned:
+            section("t", "tuning sweep (GPU time from CUDA graphs)", sec_tune)
+            REPORT["sections"].get("t", {}).pop("_chosen", None)
     else:
         for k in "bcdet":
             REPORT["skipped"].setdefault(k, "no CUDA device")

@@ -54,6 +54,12 @@ MAP_NUM_WARPS = 8
 # Pass-1 launch: aim for this many programs per SM so enough loads are in flight to saturate
 # HBM (Little's law: ~4.3 TB/s x ~0.6 us latency ~ 2.6 MB in flight over 132 SMs).
 PROGRAMS_PER_SM = 4
+# Pass-1 tiles. NCHW: (BLOCK_C, BLOCK_P, num_warps, num_stages); channels_last: (elements per
+# tile, max BLOCK_C, num_warps, num_stages). num_stages > 1 pipelines the channel loop's loads
+# through shared memory (cp.async). First H200 run (Triton 3.6, do_bench incl. launch cost):
+# NCHW fp16 batch 32, (16, 128, 4, 1) 1.9 TB/s, (32, 128, 4, 1) 2.3 TB/s.
+PASS1_NCHW = (16, 128, 4, 1)
+PASS1_CL = (2048, 64, 4, 1)
 META_FIELDS = 8  # h, w, splits, x_off, a_off, bt_off, rwin_off, cwin_off
 # The CPU interpreter runs each program as Python, one tile op at a time: there, bigger blocks
 # (fewer programs and loop trips) make tests ~5x faster. Tests switch this off to cover the
@@ -70,7 +76,7 @@ def _cosine_partials_kernel(t_ptr, s_ptr, ws_ptr,
                             t_sb, t_sc, t_sh, t_sw_div, s_sb, s_sc, s_sh, s_sw_div,
                             batch, c_per_split,
                             C_ALIGN: tl.constexpr, SW_ALIGN: tl.constexpr, FLAT: tl.constexpr,
-                            BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
+                            BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, STAGES: tl.constexpr):
     """ws[(q*splits + k)*B + b, p] = sum over split k's channels of T*S (q=0), T*T (1), S*S (2).
 
     Grid (cdiv(hw, BLOCK_P), B, splits). C = c_div*C_ALIGN, x-stride = *_sw_div*SW_ALIGN: the
@@ -104,7 +110,7 @@ def _cosine_partials_kernel(t_ptr, s_ptr, ws_ptr,
     c_end = tl.minimum(C, c_begin + c_per_split)
     # c_per_split is a multiple of BLOCK_C, so no chunk crosses into the next split: `c < C`
     # is the only channel mask needed (and it keeps the mask aligned for vector loads).
-    for c0 in range(c_begin, c_end, BLOCK_C):
+    for c0 in tl.range(c_begin, c_end, BLOCK_C, num_stages=STAGES):
         c = c0 + tl.arange(0, BLOCK_C)
         m = (c < C)[:, None] & pmask[None, :]
         c64 = c.to(tl.int64)[:, None]
@@ -366,18 +372,20 @@ def _big_blocks() -> bool:
     return INTERPRETER_BIG_BLOCKS and interpreting()
 
 
-def _pass1_config(t: torch.Tensor, st: torch.Tensor) -> tuple[int, int, int]:
-    """(BLOCK_C, BLOCK_P, num_warps) for one scale, from the memory layout."""
+def _pass1_config(t: torch.Tensor, st: torch.Tensor) -> tuple[int, int, int, int]:
+    """(BLOCK_C, BLOCK_P, num_warps, num_stages) for one scale, from the memory layout."""
     if _big_blocks():
-        return 64, min(1024, max(16, next_pow2(t.shape[2] * t.shape[3]))), 4
+        return 64, min(1024, max(16, next_pow2(t.shape[2] * t.shape[3]))), 4, 1
     if t.stride(1) == 1 and st.stride(1) == 1 and t.shape[1] > 1:
-        # channels_last: channels are contiguous, reduce along the fast axis;
-        # 2048-element tiles (4 KB fp16 per tensor per iteration).
-        block_c = min(64, max(16, next_pow2(t.shape[1])))
-        return block_c, 2048 // block_c, 4
-    # NCHW: pixels contiguous; 16 channels x 128 pixels per iteration (4 KB fp16 per tensor),
-    # 3 fp32 accumulators of 16 values per thread.
-    return 16, 128, 4
+        # channels_last: channels are contiguous, reduce along the fast axis
+        tile, max_c, warps, stages = PASS1_CL
+        block_c = min(max_c, max(16, next_pow2(t.shape[1])))
+        block_p = max(16, tile // block_c)
+    else:  # NCHW: pixels contiguous; BLOCK_C channels x BLOCK_P pixels per iteration
+        block_c, block_p, warps, stages = PASS1_NCHW
+    # pipelined loads stage both tensors' tiles in shared memory: keep that under 96 KB
+    per_stage = 2 * block_c * block_p * t.element_size()
+    return block_c, block_p, warps, max(1, min(stages, (96 * 1024) // per_stage))
 
 
 def _split_plan(t: torch.Tensor, st: torch.Tensor, forced: int | None) -> tuple[int, int]:
@@ -387,7 +395,7 @@ def _split_plan(t: torch.Tensor, st: torch.Tensor, forced: int | None) -> tuple[
     split, so a split's loop amortises its final reduction; ``forced`` overrides (tests).
     """
     B, C, h, w = t.shape
-    block_c, block_p, _ = _pass1_config(t, st)
+    block_c, block_p = _pass1_config(t, st)[:2]
     n_chunks = cdiv(C, block_c)
     if forced is None:
         want = PROGRAMS_PER_SM * sm_count(t.device)
@@ -401,7 +409,7 @@ def _split_plan(t: torch.Tensor, st: torch.Tensor, forced: int | None) -> tuple[
 def _launch_pass1(t: torch.Tensor, st: torch.Tensor, ws: torch.Tensor, splits: int, c_per_split: int) -> None:
     """Pass 1 for one scale into ``ws`` (flat fp32, (splits, 3, B, h*w))."""
     B, C, h, w = t.shape
-    block_c, block_p, warps = _pass1_config(t, st)
+    block_c, block_p, warps, stages = _pass1_config(t, st)
     # Pixel addressing is flat when y-stride == w * x-stride for both tensors (NCHW, NHWC).
     flat = all(x.stride(2) == w * x.stride(3) or h == 1 for x in (t, st))
     cap = max(1, 16 // t.element_size())  # elements per 16-byte vector
@@ -413,7 +421,7 @@ def _launch_pass1(t: torch.Tensor, st: torch.Tensor, ws: torch.Tensor, splits: i
         st.stride(0), st.stride(1), st.stride(2), st.stride(3) // sw_align,
         B, c_per_split,
         C_ALIGN=c_align, SW_ALIGN=sw_align, FLAT=flat, BLOCK_C=block_c, BLOCK_P=block_p,
-        num_warps=warps)
+        STAGES=stages, num_warps=warps)
 
 
 def _launch_sandwich(x, ops: _OperatorSet, splits, x_offs, out, B, H, W, from_partials, mul):

@@ -63,12 +63,12 @@ class KernelSpec:
 
 def _cosine_spec(dtype: str, aligned: bool) -> KernelSpec:
     t = "*" + dtype
-    block_c, block_p, warps = 16, 128, 4  # NCHW configuration of anomaly_map._pass1_config
+    block_c, block_p, warps, stages = _am.PASS1_NCHW  # the launcher's NCHW configuration
     types = {"t_ptr": t, "s_ptr": t, "ws_ptr": "*fp32", "c_div": "i32", "hw": "i32", "w": "i32",
              "t_sb": "i32", "t_sc": "i32", "t_sh": "i32", "s_sb": "i32", "s_sc": "i32", "s_sh": "i32",
              "batch": "i32", "c_per_split": "i32"}
     const = {"t_sw_div": 1, "s_sw_div": 1, "C_ALIGN": 1, "SW_ALIGN": 1, "FLAT": True,
-             "BLOCK_C": block_c, "BLOCK_P": block_p}
+             "BLOCK_C": block_c, "BLOCK_P": block_p, "STAGES": stages}
     div = ("t_ptr", "s_ptr", "ws_ptr", "c_per_split")
     if aligned:
         div += ("hw", "t_sc", "s_sc", "t_sb", "s_sb")
@@ -112,6 +112,25 @@ def _preprocess_spec(out: str) -> KernelSpec:
         defines={"BLOCK_M": _pp.PRE_BLOCK_M, "BLOCK_N": _pp.PRE_BLOCK_N, "ROW_CHUNK": _pp.PRE_ROW_CHUNK})
 
 
+def _preprocess_mma_spec(out: str) -> KernelSpec:
+    return KernelSpec(
+        name=f"cdd_preprocess_mma_u8_to_{out}", fn=_pp._preprocess_mma_kernel,
+        types={"src_ptr": "*u8", "out_ptr": "*" + out, "rlo_ptr": "*i32", "wyb_ptr": "*fp32", "clo_ptr": "*i32",
+               "wxb_ptr": "*fp16", "affine_ptr": "*fp32", "H": "i32", "W": "i32", "h": "i32", "w": "i32",
+               "rw": "i32", "cw": "i32", "src_sn": "i32", "src_sh": "i32", "src_sw": "i32",
+               "out_sn": "i32", "out_sc": "i32", "out_sh": "i32", "ch0": "i32", "ch1": "i32", "ch2": "i32"},
+        constexprs={"src_sc": 1, "out_sw": 1, "BLOCK_M": _pp.MMA_BLOCK_M, "BLOCK_N": _pp.MMA_BLOCK_N,
+                    "ROW_CHUNK": _pp.MMA_ROW_CHUNK, "COL_CHUNK": _pp.MMA_COL_CHUNK,
+                    "INV_SCALE": 1.0 / _pp.MMA_WEIGHT_SCALE},
+        div16=("out_ptr", "rlo_ptr", "wyb_ptr", "clo_ptr", "wxb_ptr", "affine_ptr", "rw", "cw"),
+        num_warps=_pp.MMA_NUM_WARPS, grid="(ceil(w / BLOCK_N), ceil(h / BLOCK_M), N)",
+        notes=("uint8 HWC frames -> NCHW " + out + " on the tensor cores; band tables from "
+               "kernels/preprocess.py band_tables (rw, cw multiples of ROW_CHUNK / COL_CHUNK, both "
+               "multiples of 16); ch0..ch2 as for cdd_preprocess_u8_to_*"),
+        defines={"BLOCK_M": _pp.MMA_BLOCK_M, "BLOCK_N": _pp.MMA_BLOCK_N, "ROW_CHUNK": _pp.MMA_ROW_CHUNK,
+                 "COL_CHUNK": _pp.MMA_COL_CHUNK, "WEIGHT_SCALE": int(_pp.MMA_WEIGHT_SCALE)})
+
+
 def kernel_specs() -> list[KernelSpec]:
     """Every variant the C++ engine embeds."""
     return [
@@ -125,6 +144,7 @@ def kernel_specs() -> list[KernelSpec]:
                    div16=("x_ptr", "out_ptr"), num_warps=1, grid="(B, 1, 1)",
                    notes="scores[b] = max(tile_max[b, :n])", defines={"BLOCK": 64}),
         _preprocess_spec("fp32"), _preprocess_spec("fp16"),
+        _preprocess_mma_spec("fp32"), _preprocess_mma_spec("fp16"),
     ]
 
 

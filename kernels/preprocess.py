@@ -13,9 +13,19 @@ center = scale*(j + 0.5), taps from int(center - support + 0.5) to int(center + 
 triangle weights max(0, 1 - |(k - center + 0.5) / max(scale, 1)|), normalised to sum 1.
 Tables are computed in float64 and cached per (in size, out size).
 
-Each program makes one BM x BN output tile: for chunks of RC input rows inside the tile's row
-band it applies the horizontal taps (gathered uint8 loads, fp32 FMAs) and then folds the chunk
-into the tile with one fp32 ``tl.dot`` (``input_precision="ieee"``) by the vertical weights.
+Two implementations, both one program per BM x BN output tile, chunk by chunk over the input
+rows of the tile's row band, each chunk folded into the tile with an fp32 ``tl.dot``
+(``input_precision="ieee"``, no TF32) by the vertical weights:
+
+- ``"mma"`` (``_preprocess_mma_kernel``): the horizontal pass is a matmul of a dense block of
+  pixels (contiguous row segments, uint8 -> fp16, exact) by the tile's dense band of horizontal
+  weights on the tensor cores. For fp32 accuracy each weight, scaled by 256 (a power of two,
+  so the split stays in fp16's normal range), is split into two fp16 parts hi + lo
+  (residual ~2^-22 relative); products are exact and accumulate in fp32. Host tables: per row
+  tile the first input row and a dense (BM, band) fp32 block; per column tile the first input
+  column and a dense (2, band, BN) fp16 block.
+- ``"taps"`` (``_preprocess_kernel``): the horizontal pass gathers each output column's taps
+  (uint8 gathers, fp32 FMAs) from per-column tap tables; simpler, slower on the GPU.
 """
 from __future__ import annotations
 
@@ -31,12 +41,22 @@ from cdd_engine.preprocess import IMAGENET_MEAN, IMAGENET_STD, PIXEL_FORMATS
 
 from ._common import cdiv, check_device, interpreting
 
-# 32x32 output tile, 16 input rows per chunk (the smallest tl.dot K), 4 warps: with 3 channel
-# accumulators this stays well under 128 registers per thread (see kernels/aot.py output).
+# "taps" kernel: 32x32 output tile, 16 input rows per chunk (the smallest tl.dot K), 4 warps:
+# ~120 registers per thread, no spills (kernels/aot.py output, sm_90).
 PRE_BLOCK_M = 32
 PRE_BLOCK_N = 32
 PRE_ROW_CHUNK = 16
 PRE_NUM_WARPS = 4
+# "mma" kernel: 32x32 output tile, 16 input rows x 64 input columns per chunk, 8 warps:
+# 128 registers, no spills on sm_90/sm_80 (32-row chunks with 4 warps needed 255 and spilled).
+MMA_BLOCK_M = 32
+MMA_BLOCK_N = 32
+MMA_ROW_CHUNK = 16
+MMA_COL_CHUNK = 64
+MMA_NUM_WARPS = 8
+MMA_WEIGHT_SCALE = 256.0  # power of two: keeps the fp16 low parts of the weights normal
+IMPLS = ("mma", "taps")
+DEFAULT_IMPL = "mma"
 OUT_DTYPES = (torch.float32, torch.float16)
 # Under the CPU interpreter bigger tiles (fewer Python-level programs) make tests faster; tests
 # switch this off to cover the GPU tile sizes too.
@@ -106,6 +126,78 @@ def _preprocess_kernel(src_ptr, out_ptr, y0_ptr, wy_ptr, x0_ptr, wx_ptr, affine_
     tl.store(optr + 2 * out_sc, (acc2 * tl.load(affine_ptr + 2) + tl.load(affine_ptr + 5)).to(ety), mask=omask)
 
 
+@triton.jit
+def _preprocess_mma_kernel(src_ptr, out_ptr, rlo_ptr, wyb_ptr, clo_ptr, wxb_ptr, affine_ptr,
+                           H, W, h, w, rw, cw,
+                           src_sn, src_sh, src_sw, src_sc,
+                           out_sn, out_sc, out_sh, out_sw,
+                           ch0, ch1, ch2,
+                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                           ROW_CHUNK: tl.constexpr, COL_CHUNK: tl.constexpr, INV_SCALE: tl.constexpr):
+    """One BLOCK_M x BLOCK_N tile of output frame n. Grid (cdiv(w, BN), cdiv(h, BM), N).
+
+    Row tile ti reads input rows rlo[ti] + [0, rw) with weights wyb[ti] (BM, rw) fp32; column
+    tile tj reads input columns clo[tj] + [0, cw) with weights wxb[tj] (2, cw, BN) fp16 (hi, lo
+    parts of 256 x weight; INV_SCALE = 1/256 undoes the scale). rw, cw are multiples of the
+    chunks; padding weights are 0. Pixel addressing and affine as in ``_preprocess_kernel``.
+    """
+    tj = tl.program_id(0)
+    ti = tl.program_id(1)
+    n = tl.program_id(2).to(tl.int64)
+    rows = ti * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tj * BLOCK_N + tl.arange(0, BLOCK_N)
+    rmask = rows < h
+    cmask = cols < w
+    r_lo = tl.load(rlo_ptr + ti)
+    c_lo = tl.load(clo_ptr + tj)
+    wy_tile = wyb_ptr + ti.to(tl.int64) * BLOCK_M * rw
+    wx_tile = wxb_ptr + tj.to(tl.int64) * 2 * cw * BLOCK_N
+    jj = tl.arange(0, BLOCK_N)
+    rc = tl.arange(0, ROW_CHUNK)
+    kc = tl.arange(0, COL_CHUNK)
+    acc0 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc1 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc2 = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    frame = src_ptr + n * src_sn
+    for r0 in range(0, rw, ROW_CHUNK):
+        rr = r_lo + r0 + rc
+        rrmask = rr < H
+        row_ptr = frame + rr.to(tl.int64)[:, None] * src_sh
+        h0 = tl.zeros([ROW_CHUNK, BLOCK_N], dtype=tl.float32)
+        h1 = tl.zeros([ROW_CHUNK, BLOCK_N], dtype=tl.float32)
+        h2 = tl.zeros([ROW_CHUNK, BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, cw, COL_CHUNK):
+            ks = c_lo + k0 + kc
+            m = rrmask[:, None] & (ks < W)[None, :]
+            px = row_ptr + ks.to(tl.int64)[None, :] * src_sw
+            woff = (k0 + kc)[:, None] * BLOCK_N + jj[None, :]
+            w_hi = tl.load(wx_tile + woff)
+            w_lo = tl.load(wx_tile + cw * BLOCK_N + woff)
+            # uint8 -> fp16 is exact; fp16 x fp16 products are exact in the fp32 accumulator
+            x = tl.load(px + ch0 * src_sc, mask=m, other=0).to(tl.float32).to(tl.float16)
+            h0 = tl.dot(x, w_hi, h0)
+            h0 = tl.dot(x, w_lo, h0)
+            x = tl.load(px + ch1 * src_sc, mask=m, other=0).to(tl.float32).to(tl.float16)
+            h1 = tl.dot(x, w_hi, h1)
+            h1 = tl.dot(x, w_lo, h1)
+            x = tl.load(px + ch2 * src_sc, mask=m, other=0).to(tl.float32).to(tl.float16)
+            h2 = tl.dot(x, w_hi, h2)
+            h2 = tl.dot(x, w_lo, h2)
+        wyc = tl.load(wy_tile + tl.arange(0, BLOCK_M)[:, None] * rw + (r0 + rc)[None, :])
+        acc0 += tl.dot(wyc, h0, input_precision="ieee")
+        acc1 += tl.dot(wyc, h1, input_precision="ieee")
+        acc2 += tl.dot(wyc, h2, input_precision="ieee")
+    omask = rmask[:, None] & cmask[None, :]
+    optr = out_ptr + n * out_sn + rows.to(tl.int64)[:, None] * out_sh + cols.to(tl.int64)[None, :] * out_sw
+    ety = out_ptr.dtype.element_ty
+    a0 = tl.load(affine_ptr + 0) * INV_SCALE
+    a1 = tl.load(affine_ptr + 1) * INV_SCALE
+    a2 = tl.load(affine_ptr + 2) * INV_SCALE
+    tl.store(optr, (acc0 * a0 + tl.load(affine_ptr + 3)).to(ety), mask=omask)
+    tl.store(optr + out_sc, (acc1 * a1 + tl.load(affine_ptr + 4)).to(ety), mask=omask)
+    tl.store(optr + 2 * out_sc, (acc2 * a2 + tl.load(affine_ptr + 5)).to(ety), mask=omask)
+
+
 def antialias_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
     """First input index (out,) int32 and tap weights (out, K) float64 of the 1-D resize.
 
@@ -140,6 +232,46 @@ def antialias_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]
 def _tables_cpu(in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     starts, table = antialias_taps(in_size, out_size)
     return torch.from_numpy(starts), torch.from_numpy(table).to(torch.float32)
+
+
+def band_tables(in_size: int, out_size: int, tile: int, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dense weight bands per output tile, for the "mma" kernel.
+
+    Returns (starts (n_tiles,) int32: first input index of each tile's band,
+    band (n_tiles, tile, width) float64: weight of input starts[t] + k for output t*tile + i),
+    width = the widest band rounded up to ``chunk``; outputs past ``out_size`` and padding are 0.
+    """
+    first, taps = antialias_taps(in_size, out_size)
+    n_tiles = -(-out_size // tile)
+    starts = np.zeros(n_tiles, dtype=np.int32)
+    ends = np.zeros(n_tiles, dtype=np.int64)
+    nz = taps != 0
+    last = np.where(nz.any(axis=1), taps.shape[1] - 1 - np.argmax(nz[:, ::-1], axis=1), 0)  # last non-zero tap
+    for t in range(n_tiles):
+        i0, i1 = t * tile, min(out_size, (t + 1) * tile)
+        starts[t] = first[i0]  # first[] is non-decreasing
+        ends[t] = max(int(first[i] + last[i] + 1) for i in range(i0, i1))
+    width = int(-(-int((ends - starts).max()) // chunk) * chunk)
+    band = np.zeros((n_tiles, tile, width), dtype=np.float64)
+    for i in range(out_size):
+        t = i // tile
+        off = first[i] - starts[t]
+        k = min(taps.shape[1], width - off)
+        band[t, i - t * tile, off:off + k] = taps[i, :k]
+    return starts, band
+
+
+@functools.lru_cache(maxsize=64)
+def _mma_tables_cpu(H: int, W: int, h: int, w: int, bm: int, bn: int, rc: int, kc: int):
+    rlo, wy = band_tables(H, h, bm, rc)
+    clo, wx = band_tables(W, w, bn, kc)
+    # (n_ct, bn, cw) -> (n_ct, cw, bn), scaled by 256, split into fp16 hi + lo
+    wx32 = torch.from_numpy(np.ascontiguousarray(wx.transpose(0, 2, 1)) * MMA_WEIGHT_SCALE).to(torch.float32)
+    hi = wx32.to(torch.float16)
+    lo = (wx32 - hi.to(torch.float32)).to(torch.float16)
+    wxb = torch.stack([hi, lo], dim=1).contiguous()  # (n_ct, 2, cw, bn)
+    return (torch.from_numpy(rlo), torch.from_numpy(wy).to(torch.float32).contiguous(),
+            torch.from_numpy(clo), wxb)
 
 
 _DEVICE_TABLES: dict = {}
@@ -196,7 +328,7 @@ def _check_frames(frames: torch.Tensor, fmt: str) -> torch.Tensor:
 def fused_preprocess(frames: torch.Tensor | np.ndarray, size: int | tuple[int, int],
                      mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                      pixel_format: str = "RGB", out_dtype: torch.dtype = torch.float32,
-                     channels_last: bool = False) -> torch.Tensor:
+                     channels_last: bool = False, impl: str | None = None) -> torch.Tensor:
     """uint8 frames (N, H, W, C) -> normalised (N, 3, h, w) ``out_dtype`` at model size ``size``.
 
     Args:
@@ -208,6 +340,7 @@ def fused_preprocess(frames: torch.Tensor | np.ndarray, size: int | tuple[int, i
         pixel_format: "RGB", "BGR" or "MONO".
         out_dtype: torch.float32 or torch.float16 (math in fp32, one rounding at the store).
         channels_last: return a channels_last tensor (same shape) for an NHWC fp16 model.
+        impl: "mma" or "taps" (see the module docstring); None -> ``DEFAULT_IMPL``.
 
     Returns:
         (N, 3, h, w) tensor equal to ``cdd_engine.preprocess.resize_normalize`` up to fp32
@@ -217,6 +350,9 @@ def fused_preprocess(frames: torch.Tensor | np.ndarray, size: int | tuple[int, i
         frames = torch.from_numpy(frames)
     fmt = pixel_format.upper() if isinstance(pixel_format, str) else pixel_format
     frames = _check_frames(frames, fmt)
+    impl = DEFAULT_IMPL if impl is None else impl
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if out_dtype not in OUT_DTYPES:
         raise TypeError(f"out_dtype must be one of {OUT_DTYPES}, got {out_dtype}")
     h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
@@ -229,14 +365,35 @@ def fused_preprocess(frames: torch.Tensor | np.ndarray, size: int | tuple[int, i
         raise ValueError(f"std must be positive, got {std_t}")
     N, H, W, _ = frames.shape
     device = frames.device
-    y0, wy = _tables(H, h, device)
-    x0, wx = _tables(W, w, device)
     affine = _affine(mean_t, std_t, device)
     fmt_kwargs = {"memory_format": torch.channels_last} if channels_last else {}
     out = torch.empty((N, 3, h, w), dtype=out_dtype, device=device, **fmt_kwargs)
     ch = CHANNEL_MAP[fmt]
+    big = INTERPRETER_BIG_BLOCKS and interpreting()
+    if impl == "mma":
+        bm, bn, rc, kc = MMA_BLOCK_M, MMA_BLOCK_N, MMA_ROW_CHUNK, MMA_COL_CHUNK
+        if big:
+            bm, bn = 64, 64
+        key = ("mma", H, W, h, w, bm, bn, rc, kc, str(device))
+        tabs = _DEVICE_TABLES.get(key)
+        if tabs is None:
+            tabs = tuple(t.to(device) for t in _mma_tables_cpu(H, W, h, w, bm, bn, rc, kc))
+            _DEVICE_TABLES[key] = tabs
+        rlo, wyb, clo, wxb = tabs
+        grid = (cdiv(w, bn), cdiv(h, bm), N)
+        _preprocess_mma_kernel[grid](
+            frames, out, rlo, wyb, clo, wxb, affine,
+            H, W, h, w, wyb.shape[2], wxb.shape[2],
+            frames.stride(0), frames.stride(1), frames.stride(2), frames.stride(3),
+            out.stride(0), out.stride(1), out.stride(2), out.stride(3),
+            ch[0], ch[1], ch[2],
+            BLOCK_M=bm, BLOCK_N=bn, ROW_CHUNK=rc, COL_CHUNK=kc, INV_SCALE=1.0 / MMA_WEIGHT_SCALE,
+            num_warps=MMA_NUM_WARPS)
+        return out
+    y0, wy = _tables(H, h, device)
+    x0, wx = _tables(W, w, device)
     bm, bn, rc = PRE_BLOCK_M, PRE_BLOCK_N, PRE_ROW_CHUNK
-    if INTERPRETER_BIG_BLOCKS and interpreting():
+    if big:
         bm, bn, rc = 64, 64, 32
     grid = (cdiv(w, bn), cdiv(h, bm), N)
     _preprocess_kernel[grid](

@@ -22,8 +22,8 @@ pytest.importorskip("triton")
 
 ROOT = Path(__file__).resolve().parents[1]
 # One variant of each @triton.jit kernel (the CLI's default builds all variants).
-VARIANTS = ["cdd_cosine_partials_fp16_nchw_d16", "cdd_map_add", "cdd_map_blur", "cdd_row_max",
-            "cdd_preprocess_u8_to_fp16"]
+VARIANTS = ["cdd_cosine_partials_fp16_nchw_d16", "cdd_map_add", "cdd_row_max",
+            "cdd_preprocess_u8_to_fp16", "cdd_preprocess_mma_u8_to_fp16"]
 
 
 def _env():

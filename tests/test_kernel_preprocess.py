@@ -42,6 +42,7 @@ def _ref64(frames, size, fmt, mean=IMAGENET_MEAN, std=IMAGENET_STD):
 
 
 def _check(frames, size, fmt="RGB", out_dtype=torch.float32, **kw):
+    """Both implementations ("mma": tensor-core band matmuls, "taps": gathers) against the references."""
     out = P.fused_preprocess(frames, size, pixel_format=fmt, out_dtype=out_dtype, **kw)
     n = frames.shape[0]
     assert out.shape == (n, 3, *size) and out.dtype == out_dtype
@@ -56,11 +57,12 @@ def _check(frames, size, fmt="RGB", out_dtype=torch.float32, **kw):
     return out
 
 
+@pytest.mark.parametrize("impl", P.IMPLS)
 @pytest.mark.parametrize("fmt", ["RGB", "BGR", "MONO"])
 @pytest.mark.parametrize("out_dtype", [torch.float32, torch.float16])
-def test_formats_and_dtypes(fmt, out_dtype):
+def test_formats_and_dtypes(fmt, out_dtype, impl):
     c = 1 if fmt == "MONO" else 3
-    _check(_frames(3, 47, 61, c, seed=1, row_pad=5), (20, 33), fmt, out_dtype)
+    _check(_frames(3, 47, 61, c, seed=1, row_pad=5), (20, 33), fmt, out_dtype, impl=impl)
 
 
 @pytest.mark.parametrize("src,size", [
@@ -70,8 +72,9 @@ def test_formats_and_dtypes(fmt, out_dtype):
     ((29, 31), (29, 31)),   # same size: the reference skips the resize, the kernel must be exact too
     ((200, 9), (7, 5)),     # strong downscale (many taps)
 ])
-def test_sizes(src, size):
-    _check(_frames(1, *src, 3, seed=sum(src) + sum(size), row_pad=3), size, "BGR")
+@pytest.mark.parametrize("impl", P.IMPLS)
+def test_sizes(src, size, impl):
+    _check(_frames(1, *src, 3, seed=sum(src) + sum(size), row_pad=3), size, "BGR", impl=impl)
 
 
 def test_mono_three_dim_and_numpy_and_custom_norm():
@@ -83,18 +86,37 @@ def test_mono_three_dim_and_numpy_and_custom_norm():
     torch.testing.assert_close(from_np, out, rtol=0, atol=0)
 
 
-def test_channels_last_output_and_strided_input():
+@pytest.mark.parametrize("impl", P.IMPLS)
+def test_channels_last_output_and_strided_input(impl):
     frames = _frames(2, 41, 38, 3, seed=6)
     strided = torch.flip(frames, dims=(0,)).contiguous()[:, ::2, 1::2]  # every other row/column
-    out = _check(strided, (12, 14), "RGB", channels_last=True)
+    out = _check(strided, (12, 14), "RGB", channels_last=True, impl=impl)
     assert out.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_gpu_block_config(monkeypatch):
     """The GPU tile sizes (32x32, 16-row chunks): several tiles and row chunks per tile."""
     monkeypatch.setattr(P, "INTERPRETER_BIG_BLOCKS", False)
-    _check(_frames(1, 150, 70, 3, seed=8, row_pad=7), (40, 35), "RGB")
-    _check(_frames(1, 20, 24, 3, seed=9), (45, 50), "BGR", torch.float16)
+    for impl in P.IMPLS:
+        _check(_frames(1, 150, 70, 3, seed=8, row_pad=7), (40, 35), "RGB", impl=impl)
+        _check(_frames(1, 20, 24, 3, seed=9), (45, 50), "BGR", torch.float16, impl=impl)
+
+
+def test_band_tables_hold_every_tap():
+    """The "mma" bands reproduce the tap tables exactly (nothing cut at band edges)."""
+    for n_in, n_out, tile, chunk in ((1080, 256, 32, 16), (1920, 256, 32, 64), (17, 40, 32, 16), (9, 7, 4, 16)):
+        first, taps = P.antialias_taps(n_in, n_out)
+        starts, band = P.band_tables(n_in, n_out, tile, chunk)
+        assert band.shape[2] % chunk == 0
+        dense = np.zeros((n_out, n_in + band.shape[2]))
+        for i in range(n_out):
+            dense[i, first[i]:first[i] + taps.shape[1]] += taps[i]
+        from_band = np.zeros_like(dense)
+        for i in range(n_out):
+            t = i // tile
+            from_band[i, starts[t]:starts[t] + band.shape[2]] = band[t, i - t * tile]
+        np.testing.assert_array_equal(from_band[:, :n_in], dense[:, :n_in])
+        assert not from_band[:, n_in:].any()
 
 
 def test_taps_are_normalised_and_in_range():
@@ -126,5 +148,7 @@ def test_bad_input():
         P.fused_preprocess(frames, 8, mean=(0.5,))
     with pytest.raises(ValueError, match=r"\(N,H,W,C\)"):
         P.fused_preprocess(frames[0, 0], 8)
+    with pytest.raises(ValueError, match="impl"):
+        P.fused_preprocess(frames, 8, impl="cuda")
     with pytest.raises(ValueError, match="zero-sized"):
         P.fused_preprocess(frames[:, :0], 8)
