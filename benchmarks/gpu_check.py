@@ -209,13 +209,14 @@ def sec_correctness() -> dict:
         mean = torch.tensor(P.IMAGENET_MEAN, dtype=torch.float64, device=DEV).view(1, 3, 1, 1) * 255
         std = torch.tensor(P.IMAGENET_STD, dtype=torch.float64, device=DEV).view(1, 3, 1, 1) * 255
         ref = (r - mean) / std
-        for out_dtype, atol in ((torch.float32, 2e-6), (torch.float16, 1e-3)):
-            out = P.fused_preprocess(frames, size, pixel_format=fmt, out_dtype=out_dtype)
+        for impl, out_dtype, atol in [(i, d, a) for i in P.IMPLS for d, a in ((torch.float32, 2e-6),
+                                                                              (torch.float16, 1e-3))]:
+            out = P.fused_preprocess(frames, size, pixel_format=fmt, out_dtype=out_dtype, impl=impl)
             err = (out.double() - ref).abs()
             rtol = 1e-5 if out_dtype == torch.float32 else 1e-3
             passed = bool((err <= atol + rtol * ref.abs()).all())
             ok &= passed
-            name = f"preprocess {H}x{W} {fmt} -> {size} {str(out_dtype)[6:]}{' padded' if pad else ''}"
+            name = f"preprocess[{impl}] {H}x{W} {fmt} -> {size} {str(out_dtype)[6:]}{' padded' if pad else ''}"
             pre_rows.append(dict(case=name, max_abs_err=err.max().item(), passed=passed))
             print(f"   {'PASS' if passed else 'FAIL'} {name:<60} max abs err {err.max().item():.2e}")
     return {"passed": ok, "anomaly_map": rows, "preprocess": pre_rows}
