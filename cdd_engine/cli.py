@@ -42,8 +42,11 @@ def _write_json(path: str | Path, obj: Any) -> None:
 
 
 def _print_metrics(m: dict, indent: str = "  ") -> None:
-    print(f"{indent}image AUROC {m['image_auroc']:.4f}   pixel AUROC {m['pixel_auroc']:.4f}   "
-          f"AUPRO {m['aupro']:.4f}   F1-max {m['f1_max']:.4f}")
+    def f(k: str) -> str:
+        return "n/a (no masks)" if m.get(k) is None else f"{m[k]:.4f}"
+
+    print(f"{indent}image AUROC {f('image_auroc')}   pixel AUROC {f('pixel_auroc')}   "
+          f"AUPRO {f('aupro')}   F1-max {f('f1_max')}")
     line = (f"{indent}test images: {m['n_test']} ({m['n_test_good']} good, {m['n_test_anomalous']} anomalous); "
             f"train images: {m['n_train']} ({m['n_injected']} injected anomalies)")
     print(line)

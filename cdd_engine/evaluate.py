@@ -63,7 +63,7 @@ def evaluate(model, split: DatasetSplit, batch_size: int = 16, device: str | tor
         model: returns (teacher_feats, student_feats) for normalised (B,3,H,W) images and has
             ``image_size`` (H, W) and ``normalization`` ((mean), (std)).
         split: its ``test`` needs good (label 0) and anomalous (label 1) images; anomalous
-            ones need masks. ``split.train`` is only counted.
+            ones without masks leave pixel_auroc/aupro None. ``split.train`` is only counted.
         color: "rgb"/"gray" (default: detected from the first training or test image).
         overlays_dir: write a heat-map overlay PNG per test image there (``<defect>/<stem>.png``).
         n_injected: training images injected from the test anomalies (default: counted from
@@ -87,7 +87,9 @@ def evaluate(model, split: DatasetSplit, batch_size: int = 16, device: str | tor
     mean, std = model.normalization
     # cache=False: the cache rounds resized images to uint8, and metrics must not depend on
     # whether overlays were asked for (overlays re-read the files).
-    dataset = ImageDataset(test, model.image_size, mean, std, color=color, with_masks=True, cache=False)
+    # Pixel metrics need a mask for every anomalous image; without them only image metrics.
+    has_masks = all(s.mask_path for s in test if s.label == ANOMALOUS)
+    dataset = ImageDataset(test, model.image_size, mean, std, color=color, with_masks=has_masks, cache=False)
     t0 = time.perf_counter()
     maps, scores, masks = score_dataset(model, dataset, batch_size, device, mode, sigma, progress, "evaluating")
     seconds = time.perf_counter() - t0
@@ -96,8 +98,8 @@ def evaluate(model, split: DatasetSplit, batch_size: int = 16, device: str | tor
         n_injected = sum(s.defect_type not in ("good", "unknown") for s in split.train)
     result: dict[str, Any] = {
         "image_auroc": float(image_auroc(labels, scores)),
-        "pixel_auroc": float(pixel_auroc(masks, maps)),
-        "aupro": float(aupro(masks, maps)),
+        "pixel_auroc": float(pixel_auroc(masks, maps)) if has_masks else None,
+        "aupro": float(aupro(masks, maps)) if has_masks else None,
         "f1_max": float(f1_max(labels, scores)),
         "n_test": len(test), "n_test_good": n_good, "n_test_anomalous": n_bad,
         "n_train": len(split.train), "n_injected": int(n_injected),

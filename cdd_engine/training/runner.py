@@ -248,7 +248,8 @@ def run_training(config: TrainConfig) -> Path:
             ckpt.write_json(run_dir / ckpt.METRICS_FILE, dict(metrics, epoch=config.epochs, history=[
                 {"epoch": h["epoch"], **h["eval"]} for h in history if h.get("eval")]))
             _log(config, "final: " + ", ".join(f"{k} {metrics[k]:.4f}" for k in
-                                               ("image_auroc", "pixel_auroc", "aupro", "f1_max")))
+                                               ("image_auroc", "pixel_auroc", "aupro", "f1_max")
+                                               if metrics[k] is not None))
         final = dict(written, epoch=config.epochs, complete=True, history=history,
                      timings=dict(timings, train_s=sum(timings["epoch_s"])))
         final["training"] = config.to_json()
