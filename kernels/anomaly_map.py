@@ -51,14 +51,15 @@ MAP_BLOCK_M = 64
 MAP_BLOCK_N = 64
 MAP_BLOCK_K = 16
 MAP_NUM_WARPS = 8
-# Pass-1 launch: aim for this many programs per SM so enough loads are in flight to saturate
-# HBM (Little's law: ~4.3 TB/s x ~0.6 us latency ~ 2.6 MB in flight over 132 SMs).
-PROGRAMS_PER_SM = 4
+# Pass-1 launch: split channels over programs until there are this many programs per SM, so
+# enough loads are in flight (Little's law: ~4.3 TB/s x ~0.6 us ~ 2.6 MB over 132 SMs).
+PROGRAMS_PER_SM = 2
 # Pass-1 tiles. NCHW: (BLOCK_C, BLOCK_P, num_warps, num_stages); channels_last: (elements per
 # tile, max BLOCK_C, num_warps, num_stages). num_stages > 1 pipelines the channel loop's loads
-# through shared memory (cp.async). First H200 run (Triton 3.6, do_bench incl. launch cost):
-# NCHW fp16 batch 32, (16, 128, 4, 1) 1.9 TB/s, (32, 128, 4, 1) 2.3 TB/s.
-PASS1_NCHW = (16, 128, 4, 1)
+# through shared memory (cp.async). First H200 run (Triton 3.6, WRN50 fp16 NCHW batch 32,
+# do_bench medians incl. launch cost): (16, 128, 4, 1) 1.9 TB/s at 4 programs/SM, 1.9 at 2;
+# (32, 128, 4, 1) 2.2 at 4, 2.3 TB/s at 2 (the fastest tried; num_stages > 1 untried on a GPU).
+PASS1_NCHW = (32, 128, 4, 1)
 PASS1_CL = (2048, 64, 4, 1)
 META_FIELDS = 8  # h, w, splits, x_off, a_off, bt_off, rwin_off, cwin_off
 # The CPU interpreter runs each program as Python, one tile op at a time: there, bigger blocks

@@ -148,11 +148,6 @@ def kernel_specs() -> list[KernelSpec]:
     ]
 
 
-def _unwrap(fn):
-    """The JITFunction behind an interpreter wrapper (modules imported with TRITON_INTERPRET=1)."""
-    return getattr(fn, "fn", fn) if not hasattr(fn, "arg_names") else fn
-
-
 def _ast_source(spec: KernelSpec):
     fn = spec.fn
     if not hasattr(fn, "arg_names") or type(fn).__name__ == "InterpretedFunction":
