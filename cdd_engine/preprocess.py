@@ -59,6 +59,6 @@ def resize_normalize(frames: torch.Tensor | np.ndarray, size: int | tuple[int, i
     x = to_rgb_nchw(frames, pixel_format)
     if tuple(x.shape[-2:]) != (h, w):
         x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
-    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255.0
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1) * 255.0
+    std_t = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1) * 255.0
     return (x - mean_t) / std_t
