@@ -12,6 +12,7 @@ stays float32 and is cast inside the graph, the features come out in float16.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import os
@@ -77,11 +78,11 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, *, image_size: Sequen
     h, w = tuple(image_size) if image_size is not None else tuple(model.image_size)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    param = next(model.parameters())
+    if param.device.type != "cpu" or param.dtype != dtype:
+        # Export on the CPU in the graph's dtype, from a copy: the caller's model stays as it was.
+        model = copy.deepcopy(model).to("cpu", dtype)
     net = FeatureNet(model, dtype).eval()
-    if dtype == torch.float16:
-        net = net.half()
-    # Export on the CPU with a float32 example whatever the model's device: tracing needs no kernels.
-    net = net.cpu()
     example = torch.randn(EXPORT_BATCH, 3, h, w, generator=torch.Generator().manual_seed(0))
     batch = torch.export.Dim("batch", min=1, max=max(max_batch, EXPORT_BATCH))
     kwargs = {} if opset is None else {"opset_version": opset}
