@@ -171,7 +171,7 @@ TEST_CASE("model files: hash mismatch, size mismatch, missing file, unlisted fil
     REQUIRE_THROWS(Engine(bad_xml, nohash), ErrorCode::Backend, "OpenVINO could not load");
 }
 
-TEST_CASE("mismatch between engine.json and the model: feature shape, image size, output name") {
+TEST_CASE("mismatch between engine.json and the model: feature shape, image size; inconsistent feature names") {
     using variants::Value;
     REQUIRE_THROWS(Engine(variant("feat_shape", [](Value& m) {
                               for (auto& f : m.object["features"].array)
