@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from cdd_engine.anomaly_map import anomaly_map
@@ -148,3 +149,13 @@ class MicroRD(torch.nn.Module):
             h = torch.tanh(conv(h))
             feats.append(h)
         return feats, [s(f) for s, f in zip(self.s, feats)]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny tensors gain nothing from a second intra-op thread, and on shared cores OpenMP threads
+    waiting for each other make small ops several times slower; restored afterwards."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

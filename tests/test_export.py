@@ -17,6 +17,7 @@ from cdd_engine.export import check_onnx, convert_to_openvino, export_onnx, quan
 from cdd_engine.runtime import BackendUnavailable, choose_backend
 from cdd_engine.runtime.engine_dir import FEATURE_NAMES
 
+from engine_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 from engine_helpers import IMAGE_SIZE, MicroRD, tiny_model
 
 NET_RTOL = 1e-5
