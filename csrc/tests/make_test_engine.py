@@ -4,9 +4,9 @@ The network is a random-teacher ``build_rd_model("resnet18", pretrained=False, i
 seed=0)``: ~11 M parameters, features (64,16,16), (128,8,8), (256,4,4), a few ms per frame.
 ``--micro`` writes a three-convolution stand-in with the same output contract instead
 (32x32 input, features (8,8,8), (16,4,4), (32,2,2), ~50 us per frame) for tests that score
-thousands of times (memory growth, AddressSanitizer). The directory follows docs/engine_format.md (model.onnx + OpenVINO IR +
-engine.json with sha256 of every file), written here by hand until ``cdd_engine.build`` can
-make it from a checkpoint.
+thousands of times (memory growth, AddressSanitizer). The directory is written by ``cdd_engine.build(model, backend="openvino")``, so the tests
+exercise the real engine format end to end; a checkout without the Python runtime falls
+back to writing docs/engine_format.md by hand (model.onnx + OpenVINO IR + engine.json).
 
 Reference scores come from the Python reference pipeline: ``cdd_engine.preprocess``
 (float32, as training) -> the PyTorch model -> ``cdd_engine.anomaly_map`` in float64.
@@ -47,27 +47,39 @@ FRAME_SPECS = [(64, 64, "RGB"), (97, 131, "RGB"), (45, 33, "MONO"), (200, 150, "
                (64, 80, "MONO"), (31, 257, "RGB"), (128, 128, "BGR"), (77, 77, "RGB"), (150, 90, "MONO")]
 
 
-class MicroRD(torch.nn.Module):
-    """Three strided convolutions (teacher) and three 1x1 convolutions (student): RD's output
-    contract at a fraction of the cost. ``forward`` -> (teacher list, student list)."""
-
-    image_size = (32, 32)
-    normalization = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+class _MicroTeacher(torch.nn.Module):
+    """Three strided convolutions: (B,3,32,32) -> [(B,8,8,8), (B,16,4,4), (B,32,2,2)]."""
 
     def __init__(self) -> None:
         super().__init__()
-        torch.manual_seed(SEED)
-        self.t = torch.nn.ModuleList([torch.nn.Conv2d(3, 8, 3, stride=4, padding=1),
-                                      torch.nn.Conv2d(8, 16, 3, stride=2, padding=1),
-                                      torch.nn.Conv2d(16, 32, 3, stride=2, padding=1)])
-        self.s = torch.nn.ModuleList([torch.nn.Conv2d(c, c, 1) for c in (8, 16, 32)])
+        self.convs = torch.nn.ModuleList([torch.nn.Conv2d(3, 8, 3, stride=4, padding=1),
+                                          torch.nn.Conv2d(8, 16, 3, stride=2, padding=1),
+                                          torch.nn.Conv2d(16, 32, 3, stride=2, padding=1)])
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         feats, h = [], x
-        for conv in self.t:
+        for conv in self.convs:
             h = torch.tanh(conv(h))  # tanh, not relu: no all-zero feature vectors
             feats.append(h)
-        return feats, [s(f) for s, f in zip(self.s, feats)]
+        return feats
+
+
+class _MicroStudent(torch.nn.Module):
+    """One 1x1 convolution per scale."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.convs = torch.nn.ModuleList([torch.nn.Conv2d(c, c, 1) for c in (8, 16, 32)])
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [conv(f) for conv, f in zip(self.convs, feats)]
+
+
+def micro_model() -> RDModel:
+    """RD's output contract at a fraction of the cost: an RDModel with a 3-conv teacher."""
+    torch.manual_seed(SEED)
+    return RDModel(_MicroTeacher(), _MicroStudent(), "micro", (32, 32),
+                   ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))).eval()
 
 
 class _Flat(torch.nn.Module):
@@ -82,9 +94,9 @@ class _Flat(torch.nn.Module):
         return (*t, *s)
 
 
-def tiny_model(micro: bool = False) -> torch.nn.Module:
+def tiny_model(micro: bool = False) -> RDModel:
     if micro:
-        return MicroRD().eval()
+        return micro_model()
     return build_rd_model(BACKBONE, pretrained=False, image_size=IMAGE_SIZE, seed=SEED).eval()
 
 
@@ -184,13 +196,21 @@ def make_engine(out: str | os.PathLike, frames_dir: str | os.PathLike | None = N
     with the reference scores of :func:`make_frames`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(SEED)
     model = tiny_model(micro)
-    export(model, out)
     mean, std = model.normalization
     frames = make_frames()
-    scores, maps = reference(model, frames, mean, std)
-    write_manifest(model, out, threshold=float(np.median(scores)))
+    scores, _ = reference(model, frames, mean, std)
+    threshold = float(np.median(scores))
+    try:
+        from cdd_engine.runtime import build
+    except ImportError:  # a checkout without the Python runtime: the documented format by hand
+        build = None
+    if build is not None:
+        build(model, backend="openvino", precision="fp32", max_batch=MAX_BATCH, output_dir=out,
+              threshold=threshold, verify=False, num_threads=1)
+    else:
+        export(model, out)
+        write_manifest(model, out, threshold=threshold)
     result = {"engine": str(out), "scores": scores.tolist()}
     if frames_dir is not None:
         frames_dir = Path(frames_dir)
@@ -240,8 +260,23 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="engine directory to write")
     ap.add_argument("--frames", help="also write demo frames and reference.json here")
     ap.add_argument("--micro", action="store_true", help="the ~50 us/frame stand-in network")
+    ap.add_argument("--reuse", action="store_true",
+                    help="link --out/--frames to the cache that the pytest suite uses (cached_engine)")
     args = ap.parse_args()
-    r = make_engine(args.out, args.frames, micro=args.micro)
+    if args.reuse:
+        r = cached_engine(micro=args.micro)
+        for link, target in ((args.out, r["engine"]), (args.frames, r.get("frames"))):
+            if link and target:
+                link = Path(link)
+                if link.is_symlink() or link.is_file():
+                    link.unlink()
+                elif link.is_dir():
+                    import shutil
+                    shutil.rmtree(link)
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(target, target_is_directory=True)
+    else:
+        r = make_engine(args.out, args.frames, micro=args.micro)
     print(json.dumps({k: v for k, v in r.items() if k != "scores"}))
 
 
