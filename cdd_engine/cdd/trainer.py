@@ -148,12 +148,13 @@ def compute_partition(features: TeacherFeatures, options: CDDOptions, seed: int)
     return make_partition(options.partition, n, options.domains, seed, descriptors, options.balanced)
 
 
-def new_student(backbone: str, channels: Sequence[int], seed: int, device: str | torch.device) -> nn.Module:
-    """A freshly initialised student, its weights drawn from ``seed`` alone."""
+def new_student(backbone: str, channels: Sequence[int], seed: int, device: str | torch.device,
+                dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A freshly initialised student, its weights drawn from ``seed`` alone (in float32, then cast)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         student = build_student(backbone, channels)
-    return student.to(device)
+    return student.to(device=device, dtype=dtype)
 
 
 class TargetBank:
@@ -185,11 +186,126 @@ def make_target_fn(students: Sequence[nn.Module], domains: torch.Tensor, options
     return target_fn
 
 
+class CDDTrainer:
+    """DST + CDKA, one global-student epoch at a time (the unit of checkpoints and resume).
+
+    ``train_epoch(e)`` for e = 0..epochs-1 runs, with the "sequential" schedule, all of DST
+    first (inside epoch 0) and then one epoch of the global student; with "alternate", one
+    round of every domain student (plus ``warmup_epochs`` rounds before epoch 0) and then one
+    epoch of the global student toward the current domain students.
+
+    The state that resume needs beyond modules and optimisers (each domain student's batch
+    generator and its updates done) lives in the buffers of :attr:`state`, a module saved with
+    the domain students. ``dist`` (a :class:`cdd_engine.cdd.distributed.DistContext`) spreads
+    the domain students over ranks and trains the global student data-parallel.
+    """
+
+    def __init__(self, features: TeacherFeatures, backbone: str, channels: Sequence[int], options: CDDOptions,
+                 epochs: int, batch_size: int = 16, lr: float = 0.005, betas: tuple[float, float] = (0.5, 0.999),
+                 seed: int = 0, global_student: nn.Module | None = None,
+                 make_optimizer: Callable[..., torch.optim.Optimizer] = make_adam, dist=None,
+                 log: Callable[[str], None] | None = None) -> None:
+        dtype = features.cached[0].dtype if features.cached is not None else torch.float32
+        options.validate()
+        self.features, self.options, self.epochs, self.batch_size = features, options, epochs, batch_size
+        self.dist = dist
+        self.log = log or (lambda msg: None)
+        device = features.device
+        n, k = len(features), options.domains
+        self.domains = compute_partition(features, options, seed)
+        self.log(f"CDD: {n} images in {k} domains of {torch.bincount(self.domains, minlength=k).tolist()} "
+                 f"({options.partition} partition)")
+        self.students = [new_student(backbone, channels, seed + SEED_STRIDE * (j + 1), device, dtype)
+                         for j in range(k)]
+        self.optims = [make_optimizer(s.parameters(), lr, betas) for s in self.students]
+        self.subsets = [(self.domains == j).nonzero().squeeze(1) for j in range(k)]
+        self.global_student = global_student if global_student is not None else new_student(
+            backbone, channels, seed, device, dtype)
+        self.g_opt = make_optimizer(self.global_student.parameters(), lr, betas)
+        self.total_steps = domain_steps(n, batch_size, epochs, options.domain_update_ratio)
+        gens = [torch.Generator().manual_seed(seed + SEED_STRIDE * (j + 1)) for j in range(k)]
+        self.state = nn.Module()
+        self.state.register_buffer("domains", self.domains.clone())
+        self.state.register_buffer("rng", torch.stack([g.get_state() for g in gens]))
+        self.state.register_buffer("steps_done", torch.zeros(k, dtype=torch.int64))
+        self._bank: TargetBank | None = None
+        self.history: list[dict[str, Any]] = []
+
+    # -- names used by checkpoints: "student" is deployed, the rest go to domain_students.safetensors
+    def modules(self) -> dict[str, nn.Module]:
+        mods: dict[str, nn.Module] = {"student": self.global_student}
+        mods.update({f"domain{j}": s for j, s in enumerate(self.students)})
+        mods["cdd_state"] = self.state
+        return mods
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        opts = {"student": self.g_opt}
+        opts.update({f"domain{j}": o for j, o in enumerate(self.optims)})
+        return opts
+
+    def _owned(self, j: int) -> bool:
+        return self.dist is None or self.dist.owns(j)
+
+    def _run_domain(self, j: int, steps: int, stage: str, progress: bool) -> None:
+        if steps <= 0:
+            return
+        if self._owned(j):
+            g = torch.Generator()
+            g.set_state(self.state.rng[j].clone())
+            stats = fit_epoch(self.students[j], _steps_iter(self.features, self.subsets[j], g, self.batch_size, steps),
+                              self.optims[j], progress=progress, desc=f"{stage} domain student {j + 1}/{len(self.students)}",
+                              total=steps * self.batch_size)
+            self.state.rng[j] = g.get_state()
+            self.history.append({"stage": stage, "student": f"domain{j}", "loss": stats.loss,
+                                 "images": stats.images, "seconds": stats.seconds})
+        self.state.steps_done[j] += steps
+
+    def _sync_domain_students(self) -> None:
+        if self.dist is not None:
+            self.dist.sync_domain_students(self.students, self.state)
+
+    def train_epoch(self, epoch: int, generator: torch.Generator, progress: bool = False) -> dict[str, float]:
+        """DST (as the schedule says) then one epoch of the global student; returns loss/images/seconds."""
+        o, k = self.options, len(self.students)
+        t0 = time.perf_counter()
+        if o.schedule == "sequential":
+            if int(self.state.steps_done.min()) < self.total_steps:
+                for j in range(k):
+                    self._run_domain(j, self.total_steps - int(self.state.steps_done[j]), "DST", progress)
+                self._sync_domain_students()
+                self._bank = None
+            for s in self.students:
+                s.eval()
+            if self._bank is None:  # frozen domain students: their targets never change
+                self._bank = TargetBank(self.students, self.features, self.domains, o, self.batch_size)
+            target_fn = self._bank
+        else:
+            rounds = o.warmup_epochs + self.epochs
+            per_round = [self.total_steps * (r + 1) // rounds - self.total_steps * r // rounds for r in range(rounds)]
+            todo = range(0, o.warmup_epochs + 1) if epoch == 0 else [o.warmup_epochs + epoch]
+            for r in todo:
+                for j in range(k):
+                    self._run_domain(j, per_round[r], f"DST round {r + 1}/{rounds}", progress)
+                self._sync_domain_students()
+            target_fn = make_target_fn(self.students, self.domains, o)
+        desc = f"CDKA global student epoch {epoch + 1}/{self.epochs}"
+        if self.dist is None:
+            stats = fit_epoch(self.global_student, self.features.batches(generator, self.batch_size), self.g_opt,
+                              target_fn=target_fn, progress=progress, desc=desc, total=len(self.features))
+        else:
+            stats = self.dist.fit_epoch(self.global_student, self.features.batches(generator, self.batch_size),
+                                        self.g_opt, target_fn, progress=progress, desc=desc)
+        self.history.append({"stage": "CDKA", "student": "global", "epoch": epoch, "loss": stats.loss,
+                             "images": stats.images, "seconds": stats.seconds})
+        return {"loss": stats.loss, "images": stats.images, "seconds": time.perf_counter() - t0,
+                "images_per_s": stats.images_per_s}
+
+
 def train_cdd(features: TeacherFeatures, backbone: str, channels: Sequence[int], options: CDDOptions,
               epochs: int, batch_size: int = 16, lr: float = 0.005, betas: tuple[float, float] = (0.5, 0.999),
               seed: int = 0, progress: bool = True, log: Callable[[str], None] | None = None,
               global_student: nn.Module | None = None,
-              make_optimizer: Callable[..., torch.optim.Optimizer] = make_adam) -> CDDResult:
+              make_optimizer: Callable[..., torch.optim.Optimizer] = make_adam, dist=None) -> CDDResult:
     """Train K domain students and the global student on the teacher features of the training set.
 
     Args:
@@ -199,59 +315,19 @@ def train_cdd(features: TeacherFeatures, backbone: str, channels: Sequence[int],
             (domain students get the same number of updates each, see module doc).
         global_student: a pre-built global student (RD's initialisation), else one seeded by ``seed``.
         make_optimizer: (params, lr, betas) -> optimizer; RD's Adam by default.
+        dist: a DistContext for multi-process training (None: this process does everything).
 
-    Returns: :class:`CDDResult`; the global student is left in eval mode.
+    Returns: :class:`CDDResult`; all students are left in eval mode. The global student's batch
+    order is drawn from ``torch.Generator().manual_seed(seed)``, as RD's runner does.
     """
-    options.validate()
-    log = log or (lambda msg: None)
     t_start = time.perf_counter()
-    device = features.device
-    n, k = len(features), options.domains
-    domains = compute_partition(features, options, seed)
-    sizes = torch.bincount(domains, minlength=k).tolist()
-    log(f"CDD: {n} images in {k} domains of {sizes} ({options.partition} partition)")
-    students = [new_student(backbone, channels, seed + SEED_STRIDE * (j + 1), device) for j in range(k)]
-    optims = [make_optimizer(s.parameters(), lr, betas) for s in students]
-    gens = [torch.Generator().manual_seed(seed + SEED_STRIDE * (j + 1)) for j in range(k)]
-    subsets = [(domains == j).nonzero().squeeze(1) for j in range(k)]
-    if global_student is None:
-        global_student = new_student(backbone, channels, seed, device)
-    g_opt = make_optimizer(global_student.parameters(), lr, betas)
-    g_gen = torch.Generator().manual_seed(seed)
-    total_steps = domain_steps(n, batch_size, epochs, options.domain_update_ratio)
-    history: list[dict[str, Any]] = []
-
-    def run_domain(j: int, steps: int, stage: str) -> None:
-        stats = fit_epoch(students[j], _steps_iter(features, subsets[j], gens[j], batch_size, steps), optims[j],
-                          progress=progress, desc=f"{stage} domain student {j + 1}/{k}",
-                          total=steps * batch_size)
-        history.append({"stage": stage, "student": f"domain{j}", "loss": stats.loss, "images": stats.images,
-                        "seconds": stats.seconds})
-
-    def run_global(target_fn, epoch: int) -> None:
-        stats = fit_epoch(global_student, features.batches(g_gen, batch_size), g_opt, target_fn=target_fn,
-                          progress=progress, desc=f"CDKA global student epoch {epoch + 1}/{epochs}", total=n)
-        history.append({"stage": "CDKA", "student": "global", "epoch": epoch, "loss": stats.loss,
-                        "images": stats.images, "seconds": stats.seconds})
-
-    if options.schedule == "sequential":
-        for j in range(k):
-            run_domain(j, total_steps, "DST")
-            students[j].eval()
-            log(f"DST domain student {j + 1}/{k}: {total_steps} updates, last loss {history[-1]['loss']:.4f}")
-        bank = TargetBank(students, features, domains, options, batch_size)
-        for e in range(epochs):
-            run_global(bank, e)
-    else:
-        rounds = options.warmup_epochs + epochs
-        per_round = [total_steps * (r + 1) // rounds - total_steps * r // rounds for r in range(rounds)]
-        target_fn = make_target_fn(students, domains, options)
-        for r in range(rounds):
-            for j in range(k):
-                run_domain(j, per_round[r], f"DST round {r + 1}/{rounds}")
-            if r >= options.warmup_epochs:
-                run_global(target_fn, r - options.warmup_epochs)
-        for s in students:
-            s.eval()
-    global_student.eval()
-    return CDDResult(global_student, students, domains, history, time.perf_counter() - t_start)
+    trainer = CDDTrainer(features, backbone, channels, options, epochs, batch_size, lr, betas, seed,
+                         global_student, make_optimizer, dist, log)
+    generator = torch.Generator().manual_seed(seed)
+    for e in range(epochs):
+        trainer.train_epoch(e, generator, progress)
+    for s in trainer.students:
+        s.eval()
+    trainer.global_student.eval()
+    return CDDResult(trainer.global_student, trainer.students, trainer.domains, trainer.history,
+                     time.perf_counter() - t_start)
