@@ -1,0 +1,110 @@
+"""CDD end to end on a tiny random-teacher run: train(method="cdd") -> run directory whose
+deployed model is teacher + global student, domain students and partition kept beside it,
+and an interrupted CDD run resumed to bit-identical weights."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cdd_engine.checkpoint import load_checkpoint
+from cdd_engine.training import methods as methods_mod
+from cdd_engine.training import train
+from rd_fixtures import TINY, one_torch_thread, write_tiny_mvtec  # noqa: F401 (autouse fixture)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return write_tiny_mvtec(tmp_path_factory.mktemp("data"), n_train=10, n_bad=6)
+
+
+@pytest.fixture(autouse=True)
+def cdd_registered():
+    """Register method "cdd" for these tests only and restore the registry afterwards (the
+    package wires the import itself once the lead adds it)."""
+    saved_methods, saved_planned = dict(methods_mod.METHODS), dict(methods_mod.PLANNED_METHODS)
+    from cdd_engine.cdd.method import CDDMethod
+    methods_mod.METHODS["cdd"] = CDDMethod
+    methods_mod.PLANNED_METHODS.pop("cdd", None)
+    yield
+    methods_mod.METHODS.clear()
+    methods_mod.METHODS.update(saved_methods)
+    methods_mod.PLANNED_METHODS.clear()
+    methods_mod.PLANNED_METHODS.update(saved_planned)
+
+
+KW = dict(category="widget", noise_ratio=0.3, seed=5, method="cdd", **TINY)
+
+
+def test_cdd_run_directory_and_inference_model(tiny_data, tmp_path):
+    run = train(tiny_data, tmp_path / "run", epochs=2, method_options={"domains": 3}, **KW)
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["method"] == "cdd" and cfg["complete"]
+    mc = cfg["method_config"]
+    assert mc["domains"] == 3 and mc["partition"] == "random" and sum(mc["domain_sizes"]) == 13  # 10 + int(0.3*10)
+    # domain students and the partition stay in the checkpoint for analysis
+    dom = load_file(str(run / "domain_students.safetensors"))
+    for j in range(3):
+        assert any(k.startswith(f"domain{j}.") for k in dom)
+    domains = dom["cdd_state.domains"]
+    assert domains.shape == (13,) and torch.bincount(domains, minlength=3).tolist() == mc["domain_sizes"]
+    # the deployed model is teacher + global student only, exactly like an RD checkpoint
+    model = load_checkpoint(run)
+    glob = load_file(str(run / "student.safetensors"))
+    sd = model.student.state_dict()
+    assert sd.keys() == glob.keys()
+    assert all(torch.equal(sd[k], glob[k]) for k in sd)
+    assert not any(k.startswith("domain") for k in glob)
+    # the global student differs from every domain student (it was trained toward other targets)
+    key = "decoder.stages.0.0.conv1.weight"
+    assert all(not torch.equal(glob[key], dom[f"domain{j}.{key}"]) for j in range(3))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    t, s = model(x)
+    assert [f.shape for f in t] == [f.shape for f in s]
+    scores = json.loads((run / "train_scores.json").read_text())
+    assert len(scores["scores"]) == 13 and sum(e["injected"] for e in scores["scores"]) == 3
+    assert json.loads((run / "metrics.json").read_text())["n_injected"] == 3
+
+
+def test_bad_cdd_options_are_clear_errors(tiny_data, tmp_path):
+    with pytest.raises(ValueError, match="unknown CDD option"):
+        train(tiny_data, tmp_path / "a", epochs=1, method_options={"domain": 2}, **KW)
+    with pytest.raises(ValueError, match="domains must be an int >= 2"):
+        train(tiny_data, tmp_path / "b", epochs=1, method_options={"domains": 1}, **KW)
+
+
+@pytest.mark.parametrize("options", [{"domains": 2, "partition": "cluster"},
+                                     {"domains": 2, "schedule": "alternate", "warmup_epochs": 1}],
+                         ids=["sequential-cluster", "alternate"])
+def test_interrupted_cdd_run_resumes_to_bit_identical_weights(tiny_data, tmp_path, monkeypatch, options):
+    kw = dict(KW, method_options=options)
+    straight = train(tiny_data, tmp_path / "straight", epochs=2, **kw)
+
+    import cdd_engine.cdd.trainer as trainer_mod
+    real_fit = trainer_mod.fit_epoch
+    state = {"global_calls": 0}
+
+    def crashing_fit(student, batches, *a, **k):  # crash in the 2nd global epoch after one step
+        if str(k.get("desc", "")).startswith("CDKA"):
+            state["global_calls"] += 1
+            if state["global_calls"] == 2:
+                def one_then_crash():
+                    it = iter(batches)
+                    yield next(it)
+                    raise KeyboardInterrupt
+                return real_fit(student, one_then_crash(), *a, **k)
+        return real_fit(student, batches, *a, **k)
+
+    monkeypatch.setattr(trainer_mod, "fit_epoch", crashing_fit)
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_data, tmp_path / "resumed", epochs=2, **kw)
+    assert json.loads((tmp_path / "resumed/config.json").read_text())["epoch"] == 1
+    monkeypatch.setattr(trainer_mod, "fit_epoch", real_fit)
+    resumed = train(tiny_data, tmp_path / "resumed", epochs=2, resume=True, **kw)
+    for name in ("student.safetensors", "domain_students.safetensors"):
+        a, b = load_file(str(straight / name)), load_file(str(resumed / name))
+        assert a.keys() == b.keys() and len(a) > 50
+        for k in a:
+            assert torch.equal(a[k], b[k]), f"{name}: {k}"
