@@ -60,7 +60,15 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     from .training import DEFAULT_EPOCHS, method_names
     g = p.add_argument_group("model and training")
     g.add_argument("--method", default="rd", choices=method_names(),
-                   help="rd = Reverse Distillation; cdd = Cross-Domain Distillation (arrives with the CDD issue)")
+                   help="rd = Reverse Distillation; cdd = Cross-Domain Distillation (K domain students + a "
+                        "global student that never learns the training set's defects)")
+    g.add_argument("--domains", type=int, default=3, metavar="K", help="cdd: number of domains (domain students)")
+    g.add_argument("--partition", default="random", choices=("random", "cluster"),
+                   help="cdd: how the training set is split into domains: seeded random, or k-means of the "
+                        "teacher's pooled features")
+    g.add_argument("--cdd-option", action="append", default=[], metavar="NAME=VALUE",
+                   help="cdd: any other CDD option (aggregate=median, teacher_share=0.3, schedule=alternate, "
+                        "warmup_epochs=2, ...; see cdd_engine.cdd.CDDOptions); repeatable")
     g.add_argument("--backbone", default="efficientnet_lite0", choices=sorted(TEACHERS),
                    help="frozen ImageNet teacher; efficientnet_lite0 is the fast CPU default")
     g.add_argument("--teacher-weights", metavar="PATH", default=None,
@@ -89,8 +97,25 @@ def _add_data_options(p: argparse.ArgumentParser, required: bool = True) -> None
                    help="category folder inside --data (needed when the root holds several)")
 
 
+def _cdd_options(a: argparse.Namespace) -> dict[str, Any]:
+    """--domains/--partition/--cdd-option NAME=VALUE -> TrainConfig.method_options (method cdd only)."""
+    if a.method != "cdd":
+        return {}
+    import cdd_engine.cdd.method  # noqa: F401  (registers method "cdd")
+    opts: dict[str, Any] = {"domains": a.domains, "partition": a.partition}
+    for item in a.cdd_option:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--cdd-option takes NAME=VALUE, got {item!r}")
+        try:
+            opts[name.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            opts[name.strip()] = value  # a bare word such as median or alternate
+    return opts
+
+
 def _train_kwargs(a: argparse.Namespace) -> dict[str, Any]:
-    return dict(method=a.method, backbone=a.backbone, teacher_weights=a.teacher_weights,
+    return dict(method=a.method, method_options=_cdd_options(a), backbone=a.backbone, teacher_weights=a.teacher_weights,
                 image_size=a.image_size, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
                 eval_every=a.eval_every, device=a.device, num_workers=a.num_workers,
                 cache_features="no" if a.no_feature_cache else "auto", progress=not a.quiet)
@@ -250,8 +275,43 @@ def run_eval(a: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- report
+def add_report(sub) -> None:
+    p = sub.add_parser(
+        "report", formatter_class=_Formatter, help="rank the training images by anomaly score (find hidden defects)",
+        description="Contamination report of a finished run: every training image ranked by the anomaly score "
+                    "of the deployed student (CDD's global student never learned the training defects), a CSV "
+                    "and JSON list, and heat-map overlays of the most suspicious images. When the run injected "
+                    "known defects (--noise-ratio), the precision of the top-ranked images is reported.",
+        epilog="examples:\n  cdd-engine report --checkpoint runs/line\n"
+               "  cdd-engine report --checkpoint runs/line --top 32 --out suspicious/")
+    p.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="run directory written by train")
+    p.add_argument("--out", metavar="DIR", default=None, help="output folder (default: RUN_DIR/report)")
+    p.add_argument("--top", type=int, default=16, metavar="N", help="overlays of the N highest-scoring images")
+    p.add_argument("--data", metavar="DIR", default=None, help="data set root, if it moved since training")
+    p.add_argument("--teacher-weights", metavar="PATH", default=None)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(handler=run_report)
+
+
+def run_report(a: argparse.Namespace) -> int:
+    from .report import contamination_report
+    r = contamination_report(a.checkpoint, a.out, top=a.top, data=a.data, device=a.device,
+                             teacher_weights=a.teacher_weights)
+    s = r["summary"]
+    out = Path(a.out) if a.out else Path(a.checkpoint) / "report"
+    print(f"{s['n_train']} training images, {s['n_above_threshold']} above the threshold {s['threshold']:.4g}")
+    for e in r["ranked"][:min(a.top, 10)]:
+        print(f"  {e['rank']:4d}  {e['score']:.4f}  {e['path']}")
+    if s.get("precision_at_n_injected") is not None:
+        print(f"  precision of the top {s['n_injected_known']} at finding the injected images: "
+              f"{s['precision_at_n_injected']:.3f}")
+    print(f"  list: {out / 'contamination.csv'}; overlays: {out / 'overlays'}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- dispatch
-COMMANDS: list[Callable[[Any], None]] = [add_demo, add_train, add_eval]
+COMMANDS: list[Callable[[Any], None]] = [add_demo, add_train, add_eval, add_report]
 
 
 def build_parser() -> argparse.ArgumentParser:
