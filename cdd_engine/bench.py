@@ -1,0 +1,397 @@
+"""Throughput benchmarks: engines against the eager PyTorch reference pipeline, in one run.
+
+What is timed, per backbone and batch size: uint8 frames (N, H, W, 3) in -> scores and maps
+(N, H, W) out.
+
+- ``eager``: the reference pipeline, ``resize_normalize -> RDModel -> anomaly_map`` in
+  ``torch.inference_mode`` (what training and evaluation use);
+- ``<backend>``: ``Engine.score(frames)`` of an engine built from the same model.
+
+Calls are interleaved round by round (eager, engine, eager, engine, ... with the order
+rotated every round), because the machines this runs on are shared and their load drifts:
+each round's pair sees about the same load. Reported: images/s from the median call time,
+p50/p99 latency per call, the ratio of median images/s, and the median of the per-round
+ratios (the most load-robust figure). A breakdown of each pipeline's stages (pre-processing,
+network + map, output) is timed after the main loop. ``postprocess_benchmark`` times the
+anomaly map alone on WRN50-shaped features (fast paths vs the eager reference).
+
+``demo_engine_step`` is the "build an engine and print its images/s beside eager" step of
+``cdd-engine demo``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from .anomaly_map import anomaly_map
+from .preprocess import resize_normalize
+
+log = logging.getLogger("cdd_engine.bench")
+DEFAULT_BACKBONES = ("wide_resnet50_2", "efficientnet_lite0")
+DEFAULT_BATCHES = (1, 8, 32)
+
+
+# ----------------------------------------------------------------------------- machine
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, memory, library versions and the load average (the runs share cores)."""
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                            "torch_threads": torch.get_num_threads()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
+        info["simd"] = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+                        if f" {f}" in flags]
+        mem = next(ln for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
+        info["memory_gb"] = round(int(mem.split()[1]) / 2**20, 1)
+    except (OSError, StopIteration):
+        pass
+    try:
+        import openvino
+        info["openvino"] = openvino.__version__.split("-")[0]
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    info["loadavg_start"] = _loadavg()
+    return info
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# ----------------------------------------------------------------------------- pipelines
+def eager_pipeline(model: torch.nn.Module, mode: str = "add", sigma: float = 4.0) -> Callable[[np.ndarray], Any]:
+    """The reference pipeline as a callable: uint8 (N,H,W,3) -> (maps (N,H,W), scores (N,))."""
+    mean, std = model.normalization
+    size = tuple(model.image_size)
+
+    def run(frames: np.ndarray):
+        with torch.inference_mode():
+            x = resize_normalize(frames, size, mean, std)
+            t, s = model(x)
+            maps, scores = anomaly_map(t, s, size, mode, sigma)
+            return maps.numpy(), scores.numpy()
+
+    return run
+
+
+def _percentile(v: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(v), q))
+
+
+def time_interleaved(contenders: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1
+                     ) -> dict[str, list[float]]:
+    """Seconds per call of each contender, ``rounds`` calls each, interleaved with the order
+    rotated every round (so neither side always runs right after the other)."""
+    names = list(contenders)
+    for _ in range(warmup):
+        for name in names:
+            contenders[name]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            t0 = time.perf_counter()
+            contenders[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def summarize(times: dict[str, list[float]], batch: int, baseline: str = "eager") -> dict[str, dict[str, float]]:
+    """images/s, p50/p99 latency (ms per call) and ratios against ``baseline``."""
+    out = {}
+    base = np.asarray(times[baseline])
+    for name, t in times.items():
+        t = np.asarray(t)
+        row = {"images_per_s": batch / float(np.median(t)), "p50_ms": 1e3 * _percentile(t, 50),
+               "p99_ms": 1e3 * _percentile(t, 99), "calls": int(t.size)}
+        if name != baseline:
+            row["ratio_vs_eager"] = float(np.median(base) / np.median(t))
+            row["median_paired_ratio"] = float(np.median(base / t))
+        out[name] = row
+    return out
+
+
+def _stage_times(engine, frames: np.ndarray, eager_model: torch.nn.Module, reps: int) -> dict[str, dict[str, float]]:
+    """ms per image of each stage of the engine and of the eager pipeline (median of ``reps``)."""
+    from .runtime.engine import _numpy
+    from .runtime.frames import to_frames
+
+    n = frames.shape[0]
+    size = tuple(eager_model.image_size)
+    mean, std = eager_model.normalization
+    st: dict[str, list[float]] = {k: [] for k in ("engine_pre", "engine_network_and_map", "engine_out",
+                                                  "eager_pre", "eager_network", "eager_map")}
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        f = to_frames(frames)
+        x = engine.prepare(f, 0, n)
+        t1 = time.perf_counter()
+        maps, scores = engine.backend.score_batch(x)
+        t2 = time.perf_counter()
+        _numpy(maps).copy(), _numpy(scores).copy()  # what Engine.score does with the backend's outputs
+        t3 = time.perf_counter()
+        st["engine_pre"].append(t1 - t0)
+        st["engine_network_and_map"].append(t2 - t1)
+        st["engine_out"].append(t3 - t2)
+        with torch.inference_mode():
+            t0 = time.perf_counter()
+            xr = resize_normalize(frames, size, mean, std)
+            t1 = time.perf_counter()
+            t, s = eager_model(xr)
+            t2 = time.perf_counter()
+            anomaly_map(t, s, size)
+            t3 = time.perf_counter()
+        st["eager_pre"].append(t1 - t0)
+        st["eager_network"].append(t2 - t1)
+        st["eager_map"].append(t3 - t2)
+    return {k: 1e3 * float(np.median(v)) / n for k, v in st.items()}
+
+
+def _engine_for(backbone: str, backend: str, model: torch.nn.Module, engines_dir: Path, max_batch: int,
+                engine_options: dict[str, Any]):
+    import cdd_engine
+    from .runtime.errors import EngineFormatError
+
+    out = engines_dir / f"{backbone}_{model.image_size[0]}_{backend}"
+    if (out / "engine.json").is_file():
+        try:
+            eng = cdd_engine.load(out, **engine_options)
+            if eng.max_batch >= max_batch:
+                return eng
+        except EngineFormatError as e:
+            log.info("rebuilding %s: %s", out, e)
+    log.info("building the %s engine of %s (random weights) in %s", backend, backbone, out)
+    return cdd_engine.build(model, backend=backend, max_batch=max_batch, output_dir=out, threshold=1.0,
+                            verify=False, **engine_options)
+
+
+def throughput_benchmark(backbones: Sequence[str] = DEFAULT_BACKBONES, backends: Sequence[str] = ("openvino",),
+                         batch_sizes: Sequence[int] = DEFAULT_BATCHES, image_size: int = 256,
+                         frame_size: int | None = None, rounds: int | dict[int, int] = 5,
+                         engines_dir: str | os.PathLike | None = None, stage_reps: int = 2,
+                         engine_options: dict[str, Any] | None = None, progress: Callable[[str], None] | None = None,
+                         ) -> dict[str, Any]:
+    """Engines vs the eager reference, interleaved. Returns the JSON-able results.
+
+    Args:
+        backbones: RD teachers to build (random weights: speed does not depend on them).
+        backends: engine backends to time ("openvino", "torch", ...).
+        batch_sizes: frames per call.
+        frame_size: side of the square uint8 input frames (default: the model size, no resize).
+        rounds: timed calls per contender (an int, or {batch: rounds}).
+        engines_dir: where engines are built/reused (default: a temporary directory).
+        stage_reps: repetitions of the per-stage breakdown (0 skips it).
+    """
+    from .models import build_rd_model
+
+    say = progress or (lambda msg: log.info(msg))
+    engine_options = dict(engine_options or {})
+    engines_path = Path(engines_dir) if engines_dir else Path(tempfile.mkdtemp(prefix="cdd_bench_"))
+    frame_size = frame_size or image_size
+    results: dict[str, Any] = {"machine": machine_info(), "image_size": image_size, "frame_size": frame_size,
+                               "batch_sizes": list(batch_sizes), "backends": list(backends), "runs": []}
+    rng = np.random.default_rng(0)
+    max_batch = max(batch_sizes)
+    for backbone in backbones:
+        model = build_rd_model(backbone, pretrained=False, image_size=image_size, seed=0).eval()
+        engines = {b: _engine_for(backbone, b, model, engines_path, max_batch, engine_options) for b in backends}
+        eager = eager_pipeline(model)
+        for batch in batch_sizes:
+            n_rounds = rounds[batch] if isinstance(rounds, dict) else rounds
+            frames = rng.integers(0, 256, size=(batch, frame_size, frame_size, 3), dtype=np.uint8)
+            contenders: dict[str, Callable[[], Any]] = {"eager": lambda: eager(frames)}
+            for b, eng in engines.items():
+                contenders[b] = lambda eng=eng: eng.score(frames)
+            say(f"{backbone} batch {batch}: {n_rounds} interleaved rounds of {', '.join(contenders)}")
+            load0 = _loadavg()
+            times = time_interleaved(contenders, n_rounds)
+            run = {"backbone": backbone, "batch": batch, "loadavg": [load0, _loadavg()],
+                   "results": summarize(times, batch), "seconds": {k: v for k, v in times.items()}}
+            if stage_reps:
+                run["stages_ms_per_image"] = {b: _stage_times(eng, frames, model, stage_reps)
+                                              for b, eng in engines.items()}
+            results["runs"].append(run)
+            for b in engines:
+                r = run["results"][b]
+                say(f"  {b}: {r['images_per_s']:.2f} img/s, {r['ratio_vs_eager']:.2f}x eager "
+                    f"({run['results']['eager']['images_per_s']:.2f} img/s); paired {r['median_paired_ratio']:.2f}x")
+    results["machine"]["loadavg_end"] = _loadavg()
+    return results
+
+
+# ----------------------------------------------------------------------------- post-processing alone
+def postprocess_benchmark(batch: int = 8, image_size: int = 256, rounds: int = 7,
+                          shapes: Sequence[tuple[int, int, int]] = ((256, 64, 64), (512, 32, 32), (1024, 16, 16)),
+                          ) -> dict[str, Any]:
+    """The anomaly map alone on WRN50-shaped fp32 features: eager reference vs the fast paths
+    (torch separable, OpenVINO graph, Triton fused on CUDA when present). ms per image."""
+    from .runtime.postprocess import FastAnomalyMap
+
+    g = torch.Generator().manual_seed(0)
+    t = [torch.randn(batch, *s, generator=g) for s in shapes]
+    s_ = [x + 0.3 * torch.randn(x.shape, generator=g) for x in t]
+    fast = FastAnomalyMap(image_size)
+    contenders: dict[str, Callable[[], Any]] = {
+        "eager": lambda: anomaly_map(t, s_, image_size),
+        "torch_fast": lambda: fast(t, s_),
+    }
+    try:
+        contenders["openvino_graph"] = _openvino_post(shapes, image_size, t, s_)
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        try:
+            from .runtime.backends.torch_backend import import_kernels
+            k = import_kernels()
+            tc, sc = [x.cuda() for x in t], [x.cuda() for x in s_]
+
+            def triton_run():
+                k.fused_anomaly_map(tc, sc, image_size)
+                torch.cuda.synchronize()
+
+            contenders["triton_cuda"] = triton_run
+        except Exception as e:  # reported, not fatal: the CPU figures stand on their own
+            log.info("triton post-processing not timed: %s", e)
+    times = time_interleaved(contenders, rounds)
+    res = summarize(times, batch)
+    return {"batch": batch, "image_size": image_size, "feature_shapes": [list(x) for x in shapes],
+            "ms_per_image": {k: 1e3 / v["images_per_s"] for k, v in res.items()},
+            "speedup_vs_eager": {k: v.get("ratio_vs_eager", 1.0) for k, v in res.items()}}
+
+
+def _openvino_post(shapes, image_size, t, s_) -> Callable[[], Any]:
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    from .runtime.backends.openvino_backend import append_anomaly_map
+    from .runtime.engine_dir import FEATURE_NAMES
+
+    params, results = [], []
+    for i, name in enumerate(FEATURE_NAMES):
+        p = ops.parameter([-1, *shapes[i % 3]], np.float32, name=f"in_{name}")
+        r = ops.result(ops.multiply(p, ops.constant(np.float32(1.0))))
+        r.output(0).get_tensor().set_names({name})
+        params.append(p)
+        results.append(r)
+    manifest = {"image_size": [image_size, image_size], "features": [{"shape": list(x)} for x in shapes] * 2,
+                "anomaly_map": {"mode": "add", "sigma": 4.0, "truncate": 4.0, "eps": 1e-8}}
+    model = append_anomaly_map(ov.Model(results, params, "post"), manifest)
+    req = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                 "PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
+    inputs = [x.numpy() for x in t + s_]
+    return lambda: req.infer(inputs, share_inputs=True)
+
+
+# ----------------------------------------------------------------------------- report
+def to_markdown(results: dict[str, Any], command: str | None = None) -> str:
+    """A markdown table of a throughput_benchmark result (+ post-processing when present)."""
+    m = results["machine"]
+    lines = [f"Machine: {m.get('cpu', '?')}, {m.get('cpu_count')} cores ({', '.join(m.get('simd', []))}), "
+             f"{m.get('memory_gb', '?')} GB; torch {m['torch']} ({m['torch_threads']} threads), "
+             f"OpenVINO {m.get('openvino', '-')}; load average {m.get('loadavg_start')} -> {m.get('loadavg_end')} "
+             f"(shared cores). Model {results['image_size']}², uint8 frames {results['frame_size']}², fp32."]
+    if command:
+        lines.append(f"Command: `{command}`")
+    lines += ["", "| backbone | batch | pipeline | images/s | p50 ms/call | p99 ms/call | x eager (medians) | "
+                  "x eager (paired) |", "|---|---|---|---|---|---|---|---|"]
+    for run in results["runs"]:
+        for name, r in run["results"].items():
+            lines.append(f"| {run['backbone']} | {run['batch']} | {name} | {r['images_per_s']:.2f} | "
+                         f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
+                         f"{r.get('ratio_vs_eager', 1.0):.2f} | {r.get('median_paired_ratio', 1.0):.2f} |")
+    stages = [(run, b, st) for run in results["runs"] for b, st in run.get("stages_ms_per_image", {}).items()]
+    if stages:
+        lines += ["", "Stages, ms per image (median):", "",
+                  "| backbone | batch | engine | pre | network+map | out | eager pre | eager network | eager map |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for run, b, st in stages:
+            lines.append(f"| {run['backbone']} | {run['batch']} | {b} | {st['engine_pre']:.1f} | "
+                         f"{st['engine_network_and_map']:.1f} | {st['engine_out']:.2f} | {st['eager_pre']:.1f} | "
+                         f"{st['eager_network']:.1f} | {st['eager_map']:.1f} |")
+    post = results.get("postprocess")
+    if post:
+        lines += ["", f"Anomaly map alone (batch {post['batch']}, WRN50 feature shapes, fp32), ms per image:", "",
+                  "| path | ms/image | x eager |", "|---|---|---|"]
+        for k, v in post["ms_per_image"].items():
+            lines.append(f"| {k} | {v:.2f} | {post['speedup_vs_eager'][k]:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(results: dict[str, Any], json_path: str | os.PathLike | None = None,
+                  md_path: str | os.PathLike | None = None, command: str | None = None) -> str:
+    md = to_markdown(results, command)
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    if md_path:
+        Path(md_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(md_path).write_text(md, encoding="utf-8")
+    return md
+
+
+# ----------------------------------------------------------------------------- demo step
+def demo_engine_step(run_dir: str | os.PathLike, test_images: Sequence[Any], out_dir: str | os.PathLike,
+                     backend: str = "auto", batch: int = 8, rounds: int = 3) -> dict[str, Any]:
+    """Build an engine from a demo run, score the test images through it, time it against eager.
+
+    Args:
+        run_dir: checkpoint written by training.
+        test_images: uint8 frames (H, W, 3) or paths of image files.
+        out_dir: where the engine directory goes (``out_dir/engine``).
+        batch: frames per timed call (taken from the test images, repeated if there are fewer).
+
+    Returns:
+        {"engine_dir", "backend", "build_seconds", "scores" (list), "is_anomalous" (list),
+         "threshold", "engine_images_per_s", "eager_images_per_s", "speedup", "max_abs_score_diff"}
+        where the last one compares the engine's scores with the eager reference's on the test images.
+    """
+    import cdd_engine
+    from .checkpoint import load_checkpoint, read_config
+
+    color = read_config(run_dir).get("data", {}).get("color") or "rgb"
+    frames = [_as_frame(im, color) for im in test_images]
+    if not frames:
+        raise ValueError("demo_engine_step needs at least one test image")
+    t0 = time.perf_counter()
+    engine = cdd_engine.build(run_dir, backend=backend, output_dir=Path(out_dir) / "engine")
+    build_s = time.perf_counter() - t0
+    result = engine.score(frames)
+    model = load_checkpoint(run_dir)
+    am = read_config(run_dir)["model"].get("anomaly_map", {})
+    eager = eager_pipeline(model, am.get("mode", "add"), am.get("sigma", 4.0))
+    ref_scores = np.concatenate([eager(f[None])[1] for f in frames])
+    same_size = [f for f in frames if f.shape == frames[0].shape]
+    timed = np.stack([same_size[i % len(same_size)] for i in range(batch)])
+    times = time_interleaved({"eager": lambda: eager(timed), "engine": lambda: engine.score(timed)}, rounds)
+    res = summarize(times, batch)
+    return {"engine_dir": str(engine.engine_dir), "backend": engine.backend_name, "build_seconds": build_s,
+            "scores": result.scores.tolist(), "is_anomalous": result.is_anomalous.tolist(),
+            "threshold": engine.threshold, "engine_images_per_s": res["engine"]["images_per_s"],
+            "eager_images_per_s": res["eager"]["images_per_s"], "speedup": res["engine"]["ratio_vs_eager"],
+            "max_abs_score_diff": float(np.abs(result.scores - ref_scores).max())}
+
+
+def _as_frame(im: Any, color: str = "rgb") -> np.ndarray:
+    """A frame, or an image file decoded the way training read it (grey files replicated to RGB)."""
+    if isinstance(im, (str, os.PathLike)):
+        from .data import load_image
+        return load_image(im, color)
+    return np.asarray(im)

@@ -1,0 +1,106 @@
+"""``cdd-engine build | score | bench`` (cdd_engine/cli_engine.py) on the tiny run directory.
+
+The subcommands are exercised through a parser built the way ``cdd_engine.cli`` registers them
+(and through ``cli.main`` once registered there).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cdd_engine import cli_engine
+
+from engine_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
+from engine_helpers import THRESHOLD, engine_dir, frames, model_and_run_dir, reference, rel_err
+
+
+def _main(argv):
+    parser = argparse.ArgumentParser(prog="cdd-engine")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true")
+    common.add_argument("--quiet", action="store_true")
+    sub = parser.add_subparsers(dest="command")
+    real = sub.add_parser
+    sub.add_parser = lambda name, **kw: real(name, parents=[common], **kw)  # as cli.build_parser does
+    for add in (cli_engine.add_build_parser, cli_engine.add_score_parser, cli_engine.add_bench_parser):
+        add(sub)
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    d = tmp_path_factory.mktemp("imgs")
+    x = frames(3, 70, 90, seed=42)
+    for i, f in enumerate(x):
+        Image.fromarray(f).save(d / f"rgb_{i}.png")
+    Image.fromarray(x[0][..., 1]).save(d / "gray.png")
+    return d, x
+
+
+def test_build_command(tmp_path, capsys):
+    _, run = model_and_run_dir()
+    assert _main(["build", "--checkpoint", str(run), "--backend", "torch", "--max-batch", "2",
+                  "--out", str(tmp_path / "eng"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "backend torch (asked for)" in out and f"threshold {THRESHOLD:.6g}" in out
+    m = json.loads((tmp_path / "eng" / "engine.json").read_text())
+    assert m["max_batch"] == 2 and m["backend"] == "torch"
+
+
+def test_score_command_json_and_overlays(images, tmp_path, capsys):
+    folder, x = images
+    model, _ = model_and_run_dir()
+    assert _main(["score", "--engine", str(engine_dir("torch")), str(folder), "--json", str(tmp_path / "r.json"),
+                  "--overlay", str(tmp_path / "ov")]) == 0
+    printed = capsys.readouterr().out
+    assert "of 4 anomalous" in printed
+    report = json.loads((tmp_path / "r.json").read_text())
+    by_name = {r["image"].split("/")[-1]: r for r in report["results"]}
+    assert set(by_name) == {"gray.png", "rgb_0.png", "rgb_1.png", "rgb_2.png"}
+    want = reference(model, list(x))[1]
+    got = [by_name[f"rgb_{i}.png"]["score"] for i in range(3)]
+    assert rel_err(got, want) <= 1e-5
+    gray_want = reference(model, [x[0][..., 1]], "MONO")[1]
+    assert rel_err([by_name["gray.png"]["score"]], gray_want) <= 1e-5
+    assert all(r["is_anomalous"] == (r["score"] > THRESHOLD) for r in report["results"])
+    ov = sorted(p.name for p in (tmp_path / "ov").iterdir())
+    assert ov == ["gray_overlay.png", "rgb_0_overlay.png", "rgb_1_overlay.png", "rgb_2_overlay.png"]
+    assert np.asarray(Image.open(tmp_path / "ov" / "rgb_0_overlay.png")).shape == (70, 90, 3)
+
+
+def test_score_command_json_to_stdout_and_threshold(images, capsys):
+    folder, _ = images
+    assert _main(["score", "--engine", str(engine_dir("torch")), str(folder / "rgb_1.png"), "--json",
+                  "--threshold", "-5"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["threshold"] == -5.0 and report["results"][0]["is_anomalous"] is True
+
+
+def test_score_command_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such image file or folder"):
+        _main(["score", "--engine", str(engine_dir("torch")), str(tmp_path / "missing.png")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no image files"):
+        _main(["score", "--engine", str(engine_dir("torch")), str(tmp_path / "empty")])
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="cannot read image"):
+        _main(["score", "--engine", str(engine_dir("torch")), str(tmp_path / "bad.png")])
+
+
+def test_bench_command_small(tmp_path, capsys):
+    assert _main(["bench", "--backbones", "resnet18", "--backends", "torch", "--batch-sizes", "1,2",
+                  "--image-size", "64", "--rounds", "2", "--no-postprocess", "--engines-dir", str(tmp_path / "e"),
+                  "--json", str(tmp_path / "b.json"), "--md", str(tmp_path / "b.md"), "--quiet"]) == 0
+    res = json.loads((tmp_path / "b.json").read_text())
+    assert [(r["backbone"], r["batch"]) for r in res["runs"]] == [("resnet18", 1), ("resnet18", 2)]
+    for r in res["runs"]:
+        assert set(r["results"]) == {"eager", "torch"}
+        assert r["results"]["torch"]["images_per_s"] > 0 and r["results"]["torch"]["calls"] == 2
+    md = (tmp_path / "b.md").read_text()
+    assert "| resnet18 | 2 | torch |" in md and "cdd-engine bench --backbones resnet18" in md
+    assert md in capsys.readouterr().out
