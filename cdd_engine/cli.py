@@ -166,8 +166,10 @@ def run_demo(a: argparse.Namespace) -> int:
         s["noise_ratio"] = a.noise_ratio
     out = Path(a.out).expanduser().absolute()
     run_dir = out / "runs" / f"{a.category}_rd_seed{a.seed}"
-    if (run_dir / "config.json").is_file():
-        raise FileExistsError(f"{run_dir} already holds a demo run; remove {out} or pass another --out")
+    n = 1
+    while run_dir.exists():  # running the demo again keeps the earlier runs
+        n += 1
+        run_dir = out / "runs" / f"{a.category}_rd_seed{a.seed}-{n}"
     t0 = time.perf_counter()
     say = (lambda *x: None) if a.quiet else print
     say(f"[1/3] generating the demo data set ({a.category}, {s['n_train']} train, "

@@ -13,12 +13,11 @@ from ..models import RDModel
 from .config import TrainConfig
 from .loop import TeacherFeatures
 
+# Methods that live in another module: name -> module whose import registers them (imported
+# on first use, so ``import cdd_engine.training`` stays light).
+LAZY_METHODS = {"cdd": "cdd_engine.cdd.method"}
 # Methods that are announced but not in this version: name -> what to tell the user.
-PLANNED_METHODS = {
-    "cdd": "--method cdd (Cross-Domain Distillation: K domain students + a global student) arrives "
-           "with the CDD issue and is not in this version yet; use --method rd (Reverse Distillation)",
-}
-
+PLANNED_METHODS: dict[str, str] = {}
 
 class TrainingMethod(ABC):
     """One way of training the student that is deployed beside the frozen teacher.
@@ -65,12 +64,15 @@ def register_method(cls: type[TrainingMethod]) -> type[TrainingMethod]:
 
 
 def method_names() -> list[str]:
-    """Methods the CLI accepts (available ones, then announced ones that explain themselves)."""
-    return sorted(METHODS) + sorted(set(PLANNED_METHODS) - set(METHODS))
+    """Methods the CLI accepts (available or importable ones, then announced ones that explain themselves)."""
+    return sorted(set(METHODS) | set(LAZY_METHODS)) + sorted(set(PLANNED_METHODS) - set(METHODS) - set(LAZY_METHODS))
 
 
 def get_method(name: str) -> type[TrainingMethod]:
     """The method class for ``name``; NotImplementedError for announced ones, ValueError otherwise."""
+    if name not in METHODS and name in LAZY_METHODS:
+        import importlib
+        importlib.import_module(LAZY_METHODS[name])
     if name in METHODS:
         return METHODS[name]
     if name in PLANNED_METHODS:

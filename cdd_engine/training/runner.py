@@ -189,6 +189,7 @@ def run_training(config: TrainConfig) -> Path:
                                    progress=config.progress)
         method = method_cls(config, model, features)
         modules, optimizers = method.modules(), method.optimizers()
+        model.student = modules["student"]  # the deployed student is what evaluation scores
         spec = teacher_spec(config.backbone)
         student_cfg = {"class": "Student", "channels": list(model.teacher.stage_channels),
                        "width_mult": spec.width_mult, "bottleneck_blocks": BOTTLENECK_BLOCKS,
@@ -236,7 +237,6 @@ def run_training(config: TrainConfig) -> Path:
             base["files"] = written["files"]
 
         # final: training scores -> threshold, evaluation, config marked complete
-        model.student = modules["student"]
         t0 = time.perf_counter()
         threshold = _write_train_scores(run_dir, split, manifest, training_scores(model, features, config),
                                         config, config.epochs)
