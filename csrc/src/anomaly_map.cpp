@@ -18,11 +18,34 @@
 
 #include "cdd/error.hpp"
 #include "cdd/kernels.hpp"
+#include "operators.hpp"
 #include "parallel.hpp"
 #include "simd.hpp"
 
 namespace cdd {
 namespace kernels {
+
+using detail::blur_upsample_matrix;
+
+/// (n_out x n_in) bilinear align_corners=True interpolation as (source index, weight of the next one).
+static void align_corners_coords(int n_out, int n_in, std::vector<int>& i0, std::vector<float>& frac,
+                          std::vector<double>* frac_d = nullptr) {
+    i0.resize(n_out);
+    frac.resize(n_out);
+    if (frac_d) frac_d->resize(n_out);
+    const double scale = n_out > 1 ? static_cast<double>(n_in - 1) / (n_out - 1) : 0.0;
+    for (int i = 0; i < n_out; ++i) {
+        const double src = scale * i;
+        int k = std::min(static_cast<int>(src), n_in - 1);
+        double f = src - k;
+        if (k == n_in - 1) f = 0.0;  // last source sample: no right neighbour
+        i0[i] = k;
+        frac[i] = static_cast<float>(f);
+        if (frac_d) (*frac_d)[i] = f;
+    }
+}
+
+
 
 float half_to_float(std::uint16_t h) noexcept {
     const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
@@ -72,49 +95,6 @@ std::vector<double> gaussian_taps(double sigma, double truncate) {
 }
 
 namespace {
-
-/// (n_out x n_in) bilinear align_corners=True interpolation as (source index, weight of the next one).
-void align_corners_coords(int n_out, int n_in, std::vector<int>& i0, std::vector<float>& frac,
-                          std::vector<double>* frac_d = nullptr) {
-    i0.resize(n_out);
-    frac.resize(n_out);
-    if (frac_d) frac_d->resize(n_out);
-    const double scale = n_out > 1 ? static_cast<double>(n_in - 1) / (n_out - 1) : 0.0;
-    for (int i = 0; i < n_out; ++i) {
-        const double src = scale * i;
-        int k = std::min(static_cast<int>(src), n_in - 1);
-        double f = src - k;
-        if (k == n_in - 1) f = 0.0;  // last source sample: no right neighbour
-        i0[i] = k;
-        frac[i] = static_cast<float>(f);
-        if (frac_d) (*frac_d)[i] = f;
-    }
-}
-
-/// Dense (n_out x n_in) matrix G U: blur (reflect, taps; identity if empty) after
-/// align-corners upsampling from n_in to n_out samples.
-std::vector<double> blur_upsample_matrix(int n_out, int n_in, const std::vector<double>& taps) {
-    std::vector<int> i0;
-    std::vector<float> ff;
-    std::vector<double> fd;
-    align_corners_coords(n_out, n_in, i0, ff, &fd);
-    std::vector<double> U(static_cast<std::size_t>(n_out) * n_in, 0.0);
-    for (int i = 0; i < n_out; ++i) {
-        U[static_cast<std::size_t>(i) * n_in + i0[i]] += 1.0 - fd[i];
-        if (fd[i] != 0.0) U[static_cast<std::size_t>(i) * n_in + i0[i] + 1] += fd[i];
-    }
-    if (taps.empty()) return U;
-    const int r = static_cast<int>(taps.size() / 2);
-    std::vector<double> GU(U.size(), 0.0);
-    for (int i = 0; i < n_out; ++i)
-        for (int t = -r; t <= r; ++t) {
-            const int src = reflect_index(static_cast<long long>(i) + t, n_out);
-            const double w = taps[t + r];
-            for (int k = 0; k < n_in; ++k)
-                GU[static_cast<std::size_t>(i) * n_in + k] += w * U[static_cast<std::size_t>(src) * n_in + k];
-        }
-    return GU;
-}
 
 /// Stores a dense double matrix as float plus each row's [lo, hi) range of non-zeros.
 void banded(const std::vector<double>& m, int rows, int cols, std::vector<float>& out, std::vector<int>& lo,
@@ -444,4 +424,42 @@ void AnomalyMap::run_batch(const FeaturePair* levels, std::size_t batch, float* 
 }
 
 }  // namespace kernels
+}  // namespace cdd
+
+namespace cdd {
+namespace detail {
+
+std::vector<double> blur_upsample_matrix(int n_out, int n_in, const std::vector<double>& taps) {
+    std::vector<int> i0;
+    std::vector<float> ff;
+    std::vector<double> fd;
+    kernels::align_corners_coords(n_out, n_in, i0, ff, &fd);
+    std::vector<double> U(static_cast<std::size_t>(n_out) * n_in, 0.0);
+    for (int i = 0; i < n_out; ++i) {
+        U[static_cast<std::size_t>(i) * n_in + i0[i]] += 1.0 - fd[i];
+        if (fd[i] != 0.0) U[static_cast<std::size_t>(i) * n_in + i0[i] + 1] += fd[i];
+    }
+    if (taps.empty()) return U;
+    const int r = static_cast<int>(taps.size() / 2);
+    std::vector<double> GU(U.size(), 0.0);
+    for (int i = 0; i < n_out; ++i)
+        for (int t = -r; t <= r; ++t) {
+            const int src = kernels::reflect_index(static_cast<long long>(i) + t, n_out);
+            const double w = taps[t + r];
+            for (int k = 0; k < n_in; ++k)
+                GU[static_cast<std::size_t>(i) * n_in + k] += w * U[static_cast<std::size_t>(src) * n_in + k];
+        }
+    return GU;
+}
+
+std::vector<double> blur_matrix(int n, const std::vector<double>& taps) {
+    std::vector<double> g(static_cast<std::size_t>(n) * n, 0.0);
+    const int r = static_cast<int>(taps.size() / 2);
+    for (int i = 0; i < n; ++i)
+        for (int t = -r; t <= r; ++t)
+            g[static_cast<std::size_t>(i) * n + kernels::reflect_index(static_cast<long long>(i) + t, n)] += taps[t + r];
+    return g;
+}
+
+}  // namespace detail
 }  // namespace cdd

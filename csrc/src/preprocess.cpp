@@ -12,6 +12,7 @@
 
 #include "cdd/error.hpp"
 #include "cdd/kernels.hpp"
+#include "operators.hpp"
 #include "parallel.hpp"
 #include "simd.hpp"
 
@@ -19,49 +20,9 @@ namespace cdd {
 namespace kernels {
 namespace {
 
-/// Filter windows along one axis: output i reads inputs [start[i], start[i] + size[i]) with
-/// weights w[i * max_taps + j].
-struct AxisWeights {
-    std::vector<int> start, size;
-    std::vector<float> w;
-    int max_taps = 0;
-};
+using detail::AxisWeights;
+using detail::antialias_weights;
 
-AxisWeights antialias_weights(int in, int out) {
-    AxisWeights a;
-    const double scale = static_cast<double>(in) / out;
-    const double support = scale >= 1.0 ? scale : 1.0;  // bilinear: interp_size / 2 = 1, widened by scale
-    const double invscale = scale >= 1.0 ? 1.0 / scale : 1.0;
-    a.max_taps = static_cast<int>(std::ceil(support)) * 2 + 1;
-    a.start.resize(out);
-    a.size.resize(out);
-    a.w.assign(static_cast<std::size_t>(out) * a.max_taps, 0.f);
-    std::vector<double> w(a.max_taps);
-    for (int i = 0; i < out; ++i) {
-        const double center = scale * (i + 0.5);
-        // truncation toward zero, then clamp: PyTorch's static_cast<int64_t>(x + 0.5)
-        long long lo = std::max(static_cast<long long>(center - support + 0.5), 0LL);
-        long long hi = std::min(static_cast<long long>(center + support + 0.5), static_cast<long long>(in));
-        int n = static_cast<int>(std::max(hi - lo, 0LL));
-        n = std::min(n, a.max_taps);
-        double total = 0.0;
-        for (int j = 0; j < n; ++j) {
-            const double x = std::abs((j + lo - center + 0.5) * invscale);
-            w[j] = x < 1.0 ? 1.0 - x : 0.0;
-            total += w[j];
-        }
-        // drop zero-weight taps at both ends (exact: they add nothing)
-        int b = 0, e = n;
-        while (b < e && w[b] == 0.0) ++b;
-        while (e > b && w[e - 1] == 0.0) --e;
-        a.start[i] = static_cast<int>(lo) + b;
-        a.size[i] = e - b;
-        for (int j = b; j < e; ++j)
-            a.w[static_cast<std::size_t>(i) * a.max_taps + (j - b)] =
-                static_cast<float>(total != 0.0 ? w[j] / total : w[j]);
-    }
-    return a;
-}
 
 /// Width pass of one input row: `src` has `C` interleaved channels; writes plane c of the
 /// planar row buffer at dst + c * plane_stride.
@@ -164,4 +125,46 @@ void resize_plane(const float* src, int in_h, int in_w, std::size_t src_stride, 
 }
 
 }  // namespace kernels
+}  // namespace cdd
+
+namespace cdd {
+namespace detail {
+
+AxisWeights antialias_weights(int in, int out, bool trim) {
+    AxisWeights a;
+    const double scale = static_cast<double>(in) / out;
+    const double support = scale >= 1.0 ? scale : 1.0;  // bilinear: interp_size / 2 = 1, widened by scale
+    const double invscale = scale >= 1.0 ? 1.0 / scale : 1.0;
+    a.max_taps = static_cast<int>(std::ceil(support)) * 2 + 1;
+    a.start.resize(out);
+    a.size.resize(out);
+    a.w.assign(static_cast<std::size_t>(out) * a.max_taps, 0.f);
+    std::vector<double> w(a.max_taps);
+    for (int i = 0; i < out; ++i) {
+        const double center = scale * (i + 0.5);
+        // truncation toward zero, then clamp: PyTorch's static_cast<int64_t>(x + 0.5)
+        long long lo = std::max(static_cast<long long>(center - support + 0.5), 0LL);
+        long long hi = std::min(static_cast<long long>(center + support + 0.5), static_cast<long long>(in));
+        int n = static_cast<int>(std::max(hi - lo, 0LL));
+        n = std::min(n, a.max_taps);
+        double total = 0.0;
+        for (int j = 0; j < n; ++j) {
+            const double x = std::abs((j + lo - center + 0.5) * invscale);
+            w[j] = x < 1.0 ? 1.0 - x : 0.0;
+            total += w[j];
+        }
+        // drop zero-weight taps at both ends (exact: they add nothing)
+        int b = 0, e = n;
+        while (trim && b < e && w[b] == 0.0) ++b;
+        while (trim && e > b && w[e - 1] == 0.0) --e;
+        a.start[i] = static_cast<int>(lo) + b;
+        a.size[i] = e - b;
+        for (int j = b; j < e; ++j)
+            a.w[static_cast<std::size_t>(i) * a.max_taps + (j - b)] =
+                static_cast<float>(total != 0.0 ? w[j] / total : w[j]);
+    }
+    return a;
+}
+
+}  // namespace detail
 }  // namespace cdd

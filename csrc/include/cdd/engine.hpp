@@ -49,6 +49,9 @@ struct EngineOptions {
     MapOutput map = MapOutput::ModelSize;
     /// Check the sha256 of every model file listed in engine.json (a few ms per 10 MB).
     bool verify_hashes = true;
+    /// OpenVINO: compile a static-shape network per batch size met (faster on CPUs; up to 3
+    /// of them, the rest share a dynamic-batch one) instead of one dynamic-batch network.
+    bool static_shapes = true;
 };
 
 /// Per-call settings of score().
