@@ -108,3 +108,35 @@ def test_interrupted_cdd_run_resumes_to_bit_identical_weights(tiny_data, tmp_pat
         assert a.keys() == b.keys() and len(a) > 50
         for k in a:
             assert torch.equal(a[k], b[k]), f"{name}: {k}"
+
+
+def test_streamed_teacher_features_give_the_same_students():
+    """Without the feature cache (large data sets) targets are computed per batch instead of
+    being cached; the students must not change."""
+    from cdd_engine.cdd import CDDOptions, train_cdd
+    from cdd_engine.models import build_teacher
+    from cdd_engine.training.loop import TeacherFeatures
+
+    class Images(torch.utils.data.Dataset):
+        def __init__(self) -> None:
+            self.x = torch.randn(9, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+
+        def __len__(self) -> int:
+            return len(self.x)
+
+        def __getitem__(self, i):
+            return {"image": self.x[i]}
+
+    torch.manual_seed(0)
+    teacher, _ = build_teacher("resnet18", "random")
+    states = []
+    for cache in (True, False):
+        feats = TeacherFeatures(teacher, Images(), 4, cache=cache)
+        res = train_cdd(feats, "resnet18", teacher.stage_channels, CDDOptions(domains=2, partition="cluster"), 2, 4,
+                        seed=1, progress=False)
+        states.append({"g": res.global_student.state_dict(), "d": res.domain_students[1].state_dict(),
+                       "p": res.domains})
+    assert torch.equal(states[0]["p"], states[1]["p"])
+    for part in ("g", "d"):
+        for k, v in states[0][part].items():
+            assert torch.equal(v, states[1][part][k]), f"{part}: {k}"

@@ -159,7 +159,7 @@ def new_student(backbone: str, channels: Sequence[int], seed: int, device: str |
 
 class TargetBank:
     """Targets of every training image from frozen domain students, computed once ((N, ...) per
-    scale, on the CPU like the feature cache)."""
+    scale, on the CPU like the feature cache; used only when the teacher features are cached)."""
 
     def __init__(self, students: Sequence[nn.Module], features: TeacherFeatures, domains: torch.Tensor,
                  options: CDDOptions, batch_size: int) -> None:
@@ -276,9 +276,12 @@ class CDDTrainer:
                 self._bank = None
             for s in self.students:
                 s.eval()
-            if self._bank is None:  # frozen domain students: their targets never change
-                self._bank = TargetBank(self.students, self.features, self.domains, o, self.batch_size)
-            target_fn = self._bank
+            if self.features.cached is None:  # no feature cache: no target cache either (same memory)
+                target_fn = make_target_fn(self.students, self.domains, o)
+            else:
+                if self._bank is None:  # frozen domain students: their targets never change
+                    self._bank = TargetBank(self.students, self.features, self.domains, o, self.batch_size)
+                target_fn = self._bank
         else:
             rounds = o.warmup_epochs + self.epochs
             per_round = [self.total_steps * (r + 1) // rounds - self.total_steps * r // rounds for r in range(rounds)]
