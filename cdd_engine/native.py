@@ -28,6 +28,10 @@ class NativeUnavailable(ImportError):
 def load() -> ModuleType:
     """The compiled module ``cdd_engine._native``."""
     try:
+        # Loads libopenvino from the installed openvino package first, so the module's
+        # dependency resolves by soname also in an editable install (whose rpath points at
+        # the temporary build environment's openvino).
+        import openvino  # noqa: F401
         from . import _native
     except ImportError as e:
         raise NativeUnavailable(f"cdd_engine's native runtime is not built ({e}); {_HOW_TO_BUILD}") from e
