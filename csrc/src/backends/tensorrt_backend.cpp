@@ -214,9 +214,9 @@ private:
         if (!context_->enqueueV3(st))
             throw Error(ErrorCode::Backend, "TensorRT enqueueV3 failed: " + s.logger.last());
         const cuda::Driver& d = cuda::driver();
-        const std::size_t full = static_cast<std::size_t>(s.H) * s.W;
 #ifdef CDD_WITH_CUDA
         if (gpu_map_) {
+            const std::size_t full = static_cast<std::size_t>(s.H) * s.W;
             std::vector<cuda::DeviceFeature> levels;
             for (std::size_t k = 0; k < s.features.size(); ++k) levels.push_back({teacher_[k].get(), student_[k].get()});
             gpu_map_->run(levels.data(), n, maps_dev_.get(), scores_dev_.get(), st);

@@ -74,7 +74,7 @@ KernelSet::KernelSet(int cc) {
                     "Triton can compile kernels/aot.py, or pass -DCDD_AOT_DIR=<its output>)");
     const Driver& d = driver();
     std::map<std::string, const AotKernel*> best;
-    for (std::size_t i = 0; i < kAotKernelCount; ++i) {
+    for (std::size_t i = 0; i != kAotKernelCount; ++i) {
         const AotKernel& k = kAotKernels[i];
         if (k.arch > cc || k.global_scratch_bytes > 0) continue;  // cannot run / needs scratch we do not pass
         const AotKernel*& b = best[k.name];
