@@ -10,7 +10,6 @@ import torch
 from safetensors.torch import load_file
 
 from cdd_engine.checkpoint import load_checkpoint
-from cdd_engine.training import methods as methods_mod
 from cdd_engine.training import train
 from rd_fixtures import TINY, one_torch_thread, write_tiny_mvtec  # noqa: F401 (autouse fixture)
 
@@ -18,21 +17,6 @@ from rd_fixtures import TINY, one_torch_thread, write_tiny_mvtec  # noqa: F401 (
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     return write_tiny_mvtec(tmp_path_factory.mktemp("data"), n_train=10, n_bad=6)
-
-
-@pytest.fixture(autouse=True)
-def cdd_registered():
-    """Register method "cdd" for these tests only and restore the registry afterwards (the
-    package wires the import itself once the lead adds it)."""
-    saved_methods, saved_planned = dict(methods_mod.METHODS), dict(methods_mod.PLANNED_METHODS)
-    from cdd_engine.cdd.method import CDDMethod
-    methods_mod.METHODS["cdd"] = CDDMethod
-    methods_mod.PLANNED_METHODS.pop("cdd", None)
-    yield
-    methods_mod.METHODS.clear()
-    methods_mod.METHODS.update(saved_methods)
-    methods_mod.PLANNED_METHODS.clear()
-    methods_mod.PLANNED_METHODS.update(saved_planned)
 
 
 KW = dict(category="widget", noise_ratio=0.3, seed=5, method="cdd", **TINY)
