@@ -55,6 +55,41 @@ void need_equal(const Manifest& m, const std::string& got, const std::string& wa
     if (got != want) bad(m, "\"" + key + "\" is \"" + got + "\"; this library supports only \"" + want + "\"");
 }
 
+/// RFC 3629 UTF-8 (no overlongs, no surrogates, at most U+10FFFF).
+bool valid_utf8(const std::string& s) {
+    std::size_t i = 0;
+    while (i < s.size()) {
+        const unsigned char c = static_cast<unsigned char>(s[i]);
+        int n = 0;
+        unsigned cp = 0;
+        if (c < 0x80) {
+            ++i;
+            continue;
+        } else if ((c & 0xE0) == 0xC0) {
+            n = 1;
+            cp = c & 0x1F;
+        } else if ((c & 0xF0) == 0xE0) {
+            n = 2;
+            cp = c & 0x0F;
+        } else if ((c & 0xF8) == 0xF0) {
+            n = 3;
+            cp = c & 0x07;
+        } else {
+            return false;
+        }
+        for (int k = 1; k <= n; ++k) {
+            if (i + k >= s.size()) return false;
+            const unsigned char d = static_cast<unsigned char>(s[i + k]);
+            if ((d & 0xC0) != 0x80) return false;
+            cp = cp << 6 | (d & 0x3F);
+        }
+        static const unsigned min_cp[4] = {0, 0x80, 0x800, 0x10000};
+        if (cp < min_cp[n] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
+        i += n + 1;
+    }
+    return true;
+}
+
 bool plain_relative(const std::string& name) {
     if (name.empty() || name[0] == '/' || name.find('\\') != std::string::npos) return false;
     std::stringstream ss(name);
@@ -81,8 +116,10 @@ Manifest read_manifest(const std::string& engine_dir) {
     std::stringstream buf;
     buf << in.rdbuf();
     json::Value root;
+    const std::string text = buf.str();
+    if (!valid_utf8(text)) bad(m, "corrupt file: not UTF-8 text");
     try {
-        root = json::parse(buf.str());
+        root = json::parse(text);
     } catch (const std::exception& e) {
         bad(m, std::string("corrupt file: ") + e.what());
     }
@@ -94,6 +131,8 @@ Manifest read_manifest(const std::string& engine_dir) {
         bad(m, "format_version " + std::to_string(m.format_version) + " is not supported by this library (it reads " +
                    std::to_string(kFormatVersion) + "); rebuild the engine with the matching cdd_engine version");
     m.backend = need_string(m, root, "backend", "");
+    if (m.backend != "openvino" && m.backend != "tensorrt" && m.backend != "torch")
+        bad(m, "\"backend\" must be openvino, tensorrt or torch, got \"" + m.backend + "\"");
     m.precision = need_string(m, root, "precision", "");
     if (m.precision != "fp32" && m.precision != "fp16" && m.precision != "int8")
         bad(m, "\"precision\" must be fp32, fp16 or int8, got \"" + m.precision + "\"");
@@ -118,10 +157,12 @@ Manifest read_manifest(const std::string& engine_dir) {
         }
     }
     for (int c = 0; c < 3; ++c)
-        if (m.norm.std[c] == 0.f) bad(m, "\"input.std\" must not contain 0");
+        if (!(m.norm.std[c] > 0.f)) bad(m, "\"input.std\" must be positive");
 
+    // the six feature names in this order (docs/engine_format.md)
+    static const char* kNames[6] = {"teacher_0", "teacher_1", "teacher_2", "student_0", "student_1", "student_2"};
     const json::Value& feats = need(m, root, "features", json::Value::Type::Array, "");
-    std::map<std::string, FeatureInfo> by_name;
+    std::vector<FeatureInfo> all;
     for (const auto& f : feats.array) {
         if (!f.is_object()) bad(m, "\"features\" entries must be objects");
         FeatureInfo fi;
@@ -134,24 +175,23 @@ Manifest read_manifest(const std::string& engine_dir) {
         fi.dtype = need_string(m, f, "dtype", "features[].");
         if (fi.dtype != "float32" && fi.dtype != "float16")
             bad(m, "feature " + fi.name + ": dtype must be float32 or float16, got \"" + fi.dtype + "\"");
-        if (!by_name.emplace(fi.name, fi).second) bad(m, "feature " + fi.name + " is listed twice");
+        all.push_back(fi);
     }
-    for (int s = 0;; ++s) {
-        auto t = by_name.find("teacher_" + std::to_string(s));
-        auto u = by_name.find("student_" + std::to_string(s));
-        if (t == by_name.end() && u == by_name.end()) break;
-        if (t == by_name.end() || u == by_name.end())
-            bad(m, "features: scale " + std::to_string(s) + " needs both teacher_" + std::to_string(s) +
-                       " and student_" + std::to_string(s));
-        if (t->second.channels != u->second.channels || t->second.height != u->second.height ||
-            t->second.width != u->second.width)
-            bad(m, "features: teacher_" + std::to_string(s) + " and student_" + std::to_string(s) +
-                       " must have the same shape");
-        m.teachers.push_back(t->second);
-        m.students.push_back(u->second);
+    bool names_ok = all.size() == 6;
+    for (std::size_t k = 0; names_ok && k < 6; ++k) names_ok = all[k].name == kNames[k];
+    if (!names_ok) {
+        std::string got;
+        for (const auto& f : all) got += (got.empty() ? "" : ", ") + f.name;
+        bad(m, "\"features\" must be teacher_0, teacher_1, teacher_2, student_0, student_1, student_2 in this "
+               "order, got [" + got + "]");
     }
-    if (m.teachers.empty()) bad(m, "\"features\" must list teacher_0.. and student_0..");
-    if (m.teachers.size() * 2 != by_name.size()) bad(m, "\"features\" holds names other than teacher_N / student_N");
+    for (int s = 0; s < 3; ++s) {
+        const FeatureInfo &t = all[s], &u = all[s + 3];
+        if (t.channels != u.channels || t.height != u.height || t.width != u.width || t.dtype != u.dtype)
+            bad(m, "features: " + t.name + " and " + u.name + " must have the same shape and dtype");
+        m.teachers.push_back(t);
+        m.students.push_back(u);
+    }
 
     const json::Value& am = need(m, root, "anomaly_map", json::Value::Type::Object, "");
     const std::string mode = need_string(m, am, "mode", "anomaly_map.");
@@ -182,7 +222,17 @@ Manifest read_manifest(const std::string& engine_dir) {
         fe.bytes = static_cast<std::uint64_t>(bytes.number);
         m.files[kv.first] = fe;
     }
+    static const std::map<std::string, std::vector<std::string>> kBackendFiles = {
+        {"openvino", {"model.onnx", "model.xml", "model.bin"}},
+        {"tensorrt", {"model.onnx", "model.plan"}},
+        {"torch", {"model.safetensors"}}};
+    for (const std::string& f : kBackendFiles.at(m.backend))
+        if (!m.lists(f)) bad(m, "backend " + m.backend + " needs " + f + " listed in \"files\"");
     return m;
+}
+
+void verify_files(const Manifest& m, bool hash) {
+    for (const auto& kv : m.files) verify_file(m, kv.first, hash);
 }
 
 void verify_file(const Manifest& m, const std::string& file, bool hash) {

@@ -44,5 +44,9 @@ Manifest read_manifest(const std::string& engine_dir);
 /// `hash`) the listed sha256. NotFound for a missing file, EngineFormat for a mismatch.
 void verify_file(const Manifest& m, const std::string& file, bool hash);
 
+/// verify_file() for every file engine.json lists (a reader refuses a directory with any
+/// listed file missing, truncated or changed, loaded by this backend or not).
+void verify_files(const Manifest& m, bool hash);
+
 }  // namespace detail
 }  // namespace cdd

@@ -95,6 +95,10 @@ TEST_CASE("engine directory: missing, no engine.json, corrupt JSON") {
     }
     REQUIRE_THROWS(Engine(corrupt, fast()), ErrorCode::EngineFormat, "object");
     {
+        std::ofstream(corrupt + "/engine.json", std::ios::binary) << "{\"format\": \"cdd-\xff\xfe\"}";
+    }
+    REQUIRE_THROWS(Engine(corrupt, fast()), ErrorCode::EngineFormat, "UTF-8");
+    {
         std::string deep(10000, '[');  // deep nesting must not overflow the stack
         std::ofstream(corrupt + "/engine.json") << deep;
     }
@@ -125,6 +129,24 @@ TEST_CASE("engine.json: wrong format, version, missing keys, bad values") {
                           }),
                           fast()),
                    ErrorCode::EngineFormat, "student_1");
+    REQUIRE_THROWS(Engine(variant("std_neg", [](Value& m) { m.object["input"].object["std"].array[2].number = -0.2; }),
+                          fast()),
+                   ErrorCode::EngineFormat, "positive");
+    REQUIRE_THROWS(Engine(variant("order", [](Value& m) {
+                              auto& f = m.object["features"].array;
+                              std::swap(f[0], f[1]);
+                          }),
+                          fast()),
+                   ErrorCode::EngineFormat, "in this order");
+    REQUIRE_THROWS(Engine(variant("backend", [](Value& m) { m.object["backend"] = variants::string("onnxruntime"); }),
+                          fast()),
+                   ErrorCode::EngineFormat, "backend");
+    REQUIRE_THROWS(Engine(variant("torch", [](Value& m) {
+                              m.object["backend"] = variants::string("torch");
+                              m.object["files"].object["model.safetensors"] = m.object["files"].object["model.bin"];
+                          }),
+                          fast()),
+                   ErrorCode::Unsupported, "torch");
     REQUIRE_THROWS(Engine(variant("traversal", [](Value& m) {
                               m.object["files"].object["../model.bin"] = m.object["files"].object["model.bin"];
                           }),
@@ -154,7 +176,10 @@ TEST_CASE("model files: hash mismatch, size mismatch, missing file, unlisted fil
                               m.object["files"].object.erase("model.onnx");
                           }),
                           fast()),
-                   ErrorCode::EngineFormat, "neither");
+                   ErrorCode::EngineFormat, "needs model.onnx");
+    // every listed file is checked, also one this backend does not load
+    REQUIRE_THROWS(Engine(variant("no_onnx", [](Value&) {}, {"model.onnx"}), fast()), ErrorCode::NotFound,
+                   "model.onnx");
     // a replaced model.xml: caught by its hash; with hashes off (size kept equal), OpenVINO's
     // own error comes back wrapped as a cdd::Error
     const std::string bad_xml = variant("bad_xml", [](Value&) {}, {"model.xml"});

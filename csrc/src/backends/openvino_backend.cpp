@@ -164,17 +164,13 @@ void check_port(const Manifest& m, const ov::PartialShape& ps, const FeatureInfo
 std::vector<std::unique_ptr<Worker>> make_openvino_workers(const Manifest& m, const EngineOptions& options,
                                                            EngineInfo& info) {
     // model.xml/.bin when the engine was built for OpenVINO, else the portable model.onnx
-    std::string model_file;
-    if (m.lists("model.xml")) {
-        verify_file(m, "model.xml", options.verify_hashes);
-        verify_file(m, "model.bin", options.verify_hashes);
-        model_file = "model.xml";
-    } else if (m.lists("model.onnx")) {
-        verify_file(m, "model.onnx", options.verify_hashes);
-        model_file = "model.onnx";
-    } else {
-        throw Error(ErrorCode::EngineFormat, m.dir + "/engine.json lists neither model.xml nor model.onnx in \"files\"");
-    }
+    // (a TensorRT engine directory runs on the CPU that way too)
+    if (m.backend == "torch")
+        throw Error(ErrorCode::Unsupported, m.dir + " is a \"torch\" engine (a PyTorch state dict), which the C++ "
+                                                    "library cannot run: build it with backend=\"openvino\" (CPU) or "
+                                                    "\"tensorrt\" (NVIDIA GPU)");
+    verify_files(m, options.verify_hashes);
+    const std::string model_file = m.lists("model.xml") ? "model.xml" : "model.onnx";
     auto sh = std::make_shared<Shared>(make_anomaly_map(m));
     sh->H = m.image_h;
     sh->W = m.image_w;

@@ -335,7 +335,11 @@ kernels::DType feature_dtype(const Manifest& m, const nvinfer1::ICudaEngine& e, 
 
 std::vector<std::unique_ptr<Worker>> make_tensorrt_workers(const Manifest& m, const EngineOptions& options,
                                                            EngineInfo& info) {
-    verify_file(m, "model.plan", options.verify_hashes);
+    if (m.backend != "tensorrt")
+        throw Error(ErrorCode::EngineFormat, m.dir + " was built for backend \"" + m.backend +
+                                                 "\"; a CUDA device needs an engine built with backend=\"tensorrt\" "
+                                                 "on this machine");
+    verify_files(m, options.verify_hashes);
     auto sh = std::make_shared<Shared>(make_anomaly_map(m));
     sh->ctx.reset(new cuda::Context(cuda_ordinal(options.device)));
     sh->H = m.image_h;
