@@ -220,3 +220,23 @@ def test_repr_and_properties(engine):
     text = repr(engine)
     assert engine.backend_name in text and "resnet18" in text and f"max_batch={MAX_BATCH}" in text
     assert engine.image_size == (IMAGE_SIZE, IMAGE_SIZE) and engine.precision == "fp32"
+
+
+@pytest.mark.parametrize("options", [dict(openvino_mode="latency"), dict(openvino_mode="throughput"),
+                                     dict(sub_batch=3), dict(static_shapes=False)])
+def test_openvino_ways_of_running_a_batch_agree(model, options):
+    """auto (streams of single images), one latency request, throughput jobs of 3 with a
+    remainder, dynamic shapes: the same maps and scores within fp32 tolerance."""
+    x = frames(5, 64, 64, seed=30)  # max batch 4: chunks of 4 and 1
+    want_maps, want_scores = reference(model, x)
+    r = cdd_engine.load(engine_dir("openvino"), **options).score(x)
+    assert rel_err(r.maps, want_maps) <= RTOL and rel_err(r.scores, want_scores) <= RTOL
+
+
+def test_openvino_mode_is_checked():
+    with pytest.raises(ValueError, match="OpenVINO mode must be one of"):
+        cdd_engine.load(engine_dir("openvino"), openvino_mode="fastest")
+    with pytest.raises(ValueError, match="sub_batch must be a positive integer"):
+        cdd_engine.load(engine_dir("openvino"), sub_batch=0)
+    with pytest.raises(TypeError, match="does not take option"):
+        cdd_engine.load(engine_dir("torch"), sub_batch=2)

@@ -72,8 +72,10 @@ class Engine:
             openvino runs on the CPU.
         num_threads: inference threads (OpenVINO ``INFERENCE_NUM_THREADS``; torch intra-op threads).
         use_triton: torch/tensorrt backends: use the Triton kernels (default: on CUDA when present).
-        performance_hint, static_shapes: OpenVINO compile options (defaults measured fastest on
-            2-core CPUs: "LATENCY", static shapes per batch size).
+        openvino_mode, sub_batch, static_shapes: how OpenVINO runs a batch: "auto" (default:
+            one latency request for a single image, batches split into jobs of ``sub_batch``
+            (default 1) images on the plugin's streams), "latency" or "throughput"; static
+            shapes per batch size (default). See backends/openvino_backend.py.
         verify_hashes: check every file's SHA-256 against engine.json (sizes are always checked).
 
     Raises:
@@ -83,13 +85,14 @@ class Engine:
 
     def __init__(self, engine_dir: str | os.PathLike, *, threshold: float | None = None,
                  device: str | torch.device | None = None, num_threads: int | None = None,
-                 use_triton: bool | None = None, performance_hint: str | None = None,
-                 static_shapes: bool | None = None, verify_hashes: bool = True) -> None:
+                 use_triton: bool | None = None, openvino_mode: str | None = None,
+                 sub_batch: int | None = None, static_shapes: bool | None = None,
+                 verify_hashes: bool = True) -> None:
         self.engine_dir = Path(engine_dir)
         self.manifest = read_manifest(self.engine_dir, verify_hashes=verify_hashes)
         self._threshold = _check_threshold(self.manifest["threshold"]["value"] if threshold is None else threshold)
         self.backend = make_backend(self.engine_dir, self.manifest, device=device, num_threads=num_threads,
-                                    use_triton=use_triton, performance_hint=performance_hint,
+                                    use_triton=use_triton, mode=openvino_mode, sub_batch=sub_batch,
                                     static_shapes=static_shapes)
         self.image_size: tuple[int, int] = tuple(self.manifest["image_size"])
         self.max_batch: int = int(self.manifest["max_batch"])

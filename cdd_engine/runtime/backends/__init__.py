@@ -10,13 +10,13 @@ from typing import Any
 def make_backend(engine_dir: str | os.PathLike, manifest: dict, **options: Any) -> Any:
     """Instantiate the backend named in ``manifest["backend"]`` (imported only when used).
 
-    options: ``device``, ``num_threads``, ``use_triton`` (torch/tensorrt), ``performance_hint`` and
+    options: ``device``, ``num_threads``, ``use_triton`` (torch/tensorrt), ``mode``, ``sub_batch`` and
     ``static_shapes`` (openvino); options a backend does not take are ignored when None.
     """
     name = manifest["backend"]
     if name == "openvino":
         from .openvino_backend import OpenVINOBackend as cls
-        allowed = {"num_threads", "performance_hint", "static_shapes"}
+        allowed = {"num_threads", "mode", "sub_batch", "static_shapes"}
         device = options.get("device")
         if device not in (None, "cpu"):
             raise ValueError(f"the OpenVINO backend runs on the CPU, got device={device!r}")

@@ -11,7 +11,7 @@ against 6-10 ms/image for the torch fast path and 30+ ms for the eager reference
 
 Compiled models are cached per batch size with static shapes (static shapes let the CPU
 plugin pick its kernels once; see benchmarks/RESULTS.md for the measured difference), and
-each thread gets its own infer request, so one Engine may be shared by threads.
+each thread gets its own infer requests, so one Engine may be shared by threads.
 """
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ from ..postprocess import FastAnomalyMap
 
 log = logging.getLogger("cdd_engine.runtime")
 MAP_OUTPUT, SCORE_OUTPUT = "anomaly_map", "score"
-# Compiled static-shape models kept at once: batch 1, the max batch and a remainder cover a
-# stream of max-batch chunks; each holds its own repacked weights (~0.5 GB for WRN50 RD).
-MAX_COMPILED = 3
+# Compiled static-shape models kept at once (latency batch 1, throughput jobs, a remainder and
+# the features-only model); each holds its own repacked weights (~0.5 GB for WRN50 RD).
+MAX_COMPILED = 4
 
 
 def _ov():
@@ -91,36 +91,58 @@ def append_anomaly_map(model: Any, manifest: dict) -> Any:
 
 
 class OpenVINOBackend:
-    """``score_batch(x (B,3,H,W) float32 CPU tensor) -> (maps (B,H,W), scores (B,))`` numpy views.
+    """``score_batch(x (B,3,H,W) float32 CPU tensor) -> (maps (B,H,W), scores (B,))`` numpy arrays.
 
-    The returned arrays belong to the calling thread's infer request and are overwritten
-    by its next call: copy what must outlive it (Engine.score does).
+    Two ways of running a batch (``mode``):
+
+    - ``latency``: one infer request over the whole batch, all threads on it
+      (``PERFORMANCE_HINT=LATENCY``);
+    - ``throughput``: the batch split into jobs of ``sub_batch`` images run concurrently on the
+      plugin's streams (``PERFORMANCE_HINT=THROUGHPUT``; 2 streams of 1 thread on 2 cores);
+    - ``auto`` (default): latency for a single image, throughput for batches. Measured on the
+      2-core development machine (benchmarks/RESULTS.md): a WRN50 batch of 8 as one request ran
+      at about the per-image speed of batch 1 or worse (activations 8x larger than the caches),
+      while two single-thread streams of one image each ran it faster and were less hurt by
+      other processes on the same cores (no cross-thread barriers).
+
+    Maps of a latency call are views of the thread's request buffers, overwritten by its next
+    call: copy what must outlive it (Engine.score does).
     """
 
     name = "openvino"
+    MODES = ("auto", "latency", "throughput")
 
     def __init__(self, engine_dir: str | os.PathLike, manifest: dict, *, num_threads: int | None = None,
-                 performance_hint: str = "LATENCY", static_shapes: bool = True) -> None:
+                 mode: str = "auto", sub_batch: int = 1, static_shapes: bool = True) -> None:
         ov, _ = _ov()
+        if mode not in self.MODES:
+            raise ValueError(f"OpenVINO mode must be one of {self.MODES}, got {mode!r}")
+        if isinstance(sub_batch, bool) or not isinstance(sub_batch, int) or sub_batch < 1:
+            raise ValueError(f"sub_batch must be a positive integer, got {sub_batch!r}")
         self.device = torch.device("cpu")
         self.manifest = manifest
+        self.mode = mode
+        self.sub_batch = sub_batch
         self.static_shapes = bool(static_shapes)
+        self._ov = ov
         self.core = ov.Core()
         net = self.core.read_model(str(Path(engine_dir) / "model.xml"))
         self._features_model = net
         self._scored_model = append_anomaly_map(net.clone(), manifest)
-        self.config: dict[str, Any] = {"PERFORMANCE_HINT": performance_hint}
+        base: dict[str, Any] = {}
         if manifest["precision"] == "fp32":
             # CPUs with bf16/AMX default to bf16 inference; fp32 engines must stay fp32 (DESIGN.md §3)
-            self.config["INFERENCE_PRECISION_HINT"] = "f32"
+            base["INFERENCE_PRECISION_HINT"] = "f32"
         if num_threads:
-            self.config["INFERENCE_NUM_THREADS"] = int(num_threads)
-        self._compiled: OrderedDict[tuple[str, int], Any] = OrderedDict()
+            base["INFERENCE_NUM_THREADS"] = int(num_threads)
+        self.configs = {"latency": {**base, "PERFORMANCE_HINT": "LATENCY"},
+                        "throughput": {**base, "PERFORMANCE_HINT": "THROUGHPUT"}}
+        self._compiled: OrderedDict[tuple[str, str, int], Any] = OrderedDict()
         self._lock = threading.Lock()
         self._local = threading.local()
 
-    def _compiled_for(self, kind: str, batch: int) -> Any:
-        key = (kind, batch if self.static_shapes else -1)
+    def _compiled_for(self, kind: str, flavour: str, batch: int) -> Any:
+        key = (kind, flavour, batch if self.static_shapes else -1)
         with self._lock:
             cm = self._compiled.get(key)
             if cm is not None:
@@ -130,33 +152,82 @@ class OpenVINOBackend:
             if self.static_shapes:
                 H, W = self.manifest["image_size"]
                 model.reshape({model.inputs[0]: [batch, 3, H, W]})
-            cm = self.core.compile_model(model, "CPU", self.config)
+            cm = self.core.compile_model(model, "CPU", self.configs[flavour])
             self._compiled[key] = cm
             while len(self._compiled) > MAX_COMPILED:
                 self._compiled.popitem(last=False)
             return cm
 
-    def _request(self, kind: str, batch: int) -> Any:
-        cm = self._compiled_for(kind, batch)
-        reqs = getattr(self._local, "requests", None)
-        if reqs is None:
-            reqs = self._local.requests = {}
-        entry = reqs.get((kind, batch))
+    def _thread_cache(self) -> dict:
+        cache = getattr(self._local, "cache", None)
+        if cache is None:
+            cache = self._local.cache = {}
+        return cache
+
+    def _request(self, kind: str, flavour: str, batch: int) -> Any:
+        cm = self._compiled_for(kind, flavour, batch)
+        cache = self._thread_cache()
+        entry = cache.get(("req", kind, flavour, batch))
         if entry is None or entry[0] is not cm:
-            entry = reqs[(kind, batch)] = (cm, cm.create_infer_request())
+            entry = cache[("req", kind, flavour, batch)] = (cm, cm.create_infer_request())
         return entry[1]
 
-    def _run(self, kind: str, x: torch.Tensor) -> Any:
+    def _async_requests(self, batch: int) -> list:
+        """This thread's pool of requests on the throughput model (one per stream, as the plugin advises)."""
+        cm = self._compiled_for("score", "throughput", batch)
+        cache = self._thread_cache()
+        entry = cache.get(("pool", batch))
+        if entry is None or entry[0] is not cm:
+            n = max(1, int(cm.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+            entry = cache[("pool", batch)] = (cm, [cm.create_infer_request() for _ in range(n)])
+        return entry[1]
+
+    @staticmethod
+    def _check(x: torch.Tensor) -> np.ndarray:
         if x.device.type != "cpu" or x.dtype != torch.float32 or not x.is_contiguous():
             raise ValueError(f"OpenVINO backend needs a contiguous float32 CPU tensor, got {x.dtype} on {x.device}")
-        req = self._request(kind, int(x.shape[0]))
-        return req.infer({0: x.numpy()}, share_inputs=True, share_outputs=True)
+        return x.numpy()
 
     def score_batch(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        out = self._run("score", x)
-        return out[MAP_OUTPUT], out[SCORE_OUTPUT]
+        arr = self._check(x)
+        b = arr.shape[0]
+        if self.mode == "latency" or (self.mode == "auto" and b == 1):
+            out = self._request("score", "latency", b).infer({0: arr}, share_inputs=True, share_outputs=True)
+            return out[MAP_OUTPUT], out[SCORE_OUTPUT]
+        H, W = self.manifest["image_size"]
+        maps = np.empty((b, H, W), dtype=np.float32)
+        scores = np.empty(b, dtype=np.float32)
+        sub = min(self.sub_batch, b)
+        full = b - b % sub
+        pool = self._async_requests(sub)
+        started: list[int | None] = [None] * len(pool)  # first image of the job each request runs
+
+        def collect(k: int) -> None:
+            start = started[k]
+            pool[k].wait()
+            maps[start:start + sub] = pool[k].get_tensor(MAP_OUTPUT).data
+            scores[start:start + sub] = pool[k].get_tensor(SCORE_OUTPUT).data
+            started[k] = None
+
+        # Round-robin over the pool without Python callbacks: a callback needs the GIL on a plugin
+        # thread while the caller may hold it, which is how an AsyncInferQueue can deadlock.
+        for j, start in enumerate(range(0, full, sub)):
+            k = j % len(pool)
+            if started[k] is not None:
+                collect(k)
+            pool[k].start_async({0: arr[start:start + sub]}, share_inputs=True)
+            started[k] = start
+        if full < b:  # the remainder, meanwhile, as one request of its own size
+            out = self._request("score", "throughput", b - full).infer({0: arr[full:]}, share_inputs=True)
+            maps[full:] = out[MAP_OUTPUT]
+            scores[full:] = out[SCORE_OUTPUT]
+        for k in range(len(pool)):
+            if started[k] is not None:
+                collect(k)
+        return maps, scores
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The network alone: six (B, C, h, w) float32 tensors (copies), for parity checks."""
-        out = self._run("features", x)
+        arr = self._check(x)
+        out = self._request("features", "latency", arr.shape[0]).infer({0: arr}, share_inputs=True)
         return [torch.from_numpy(np.array(out[name])) for name in FEATURE_NAMES]
