@@ -183,17 +183,28 @@ def _engine_for(backbone: str, backend: str, model: torch.nn.Module, engines_dir
                             verify=False, **engine_options)
 
 
+def parse_variant(spec: str) -> tuple[str, str, dict[str, Any]]:
+    """"openvino" or "openvino:latency" / "openvino:throughput" -> (label, backend, Engine options)."""
+    backend, _, mode = spec.partition(":")
+    options: dict[str, Any] = {}
+    if mode:
+        if backend != "openvino":
+            raise ValueError(f"only openvino takes a mode (openvino:auto|latency|throughput), got {spec!r}")
+        options["openvino_mode"] = mode
+    return spec, backend, options
+
+
 def throughput_benchmark(backbones: Sequence[str] = DEFAULT_BACKBONES, backends: Sequence[str] = ("openvino",),
                          batch_sizes: Sequence[int] = DEFAULT_BATCHES, image_size: int = 256,
                          frame_size: int | None = None, rounds: int | dict[int, int] = 5,
                          engines_dir: str | os.PathLike | None = None, stage_reps: int = 2,
-                         engine_options: dict[str, Any] | None = None, progress: Callable[[str], None] | None = None,
-                         ) -> dict[str, Any]:
+                         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Engines vs the eager reference, interleaved. Returns the JSON-able results.
 
     Args:
         backbones: RD teachers to build (random weights: speed does not depend on them).
-        backends: engine backends to time ("openvino", "torch", ...).
+        backends: engines to time: "openvino", "torch", or "openvino:<mode>" for one OpenVINO
+            way of running batches (auto, latency, throughput; see backends/openvino_backend.py).
         batch_sizes: frames per call.
         frame_size: side of the square uint8 input frames (default: the model size, no resize).
         rounds: timed calls per contender (an int, or {batch: rounds}).
@@ -203,7 +214,7 @@ def throughput_benchmark(backbones: Sequence[str] = DEFAULT_BACKBONES, backends:
     from .models import build_rd_model
 
     say = progress or (lambda msg: log.info(msg))
-    engine_options = dict(engine_options or {})
+    variants = [parse_variant(b) for b in backends]
     engines_path = Path(engines_dir) if engines_dir else Path(tempfile.mkdtemp(prefix="cdd_bench_"))
     frame_size = frame_size or image_size
     results: dict[str, Any] = {"machine": machine_info(), "image_size": image_size, "frame_size": frame_size,
@@ -212,26 +223,27 @@ def throughput_benchmark(backbones: Sequence[str] = DEFAULT_BACKBONES, backends:
     max_batch = max(batch_sizes)
     for backbone in backbones:
         model = build_rd_model(backbone, pretrained=False, image_size=image_size, seed=0).eval()
-        engines = {b: _engine_for(backbone, b, model, engines_path, max_batch, engine_options) for b in backends}
+        engines = {label: _engine_for(backbone, backend, model, engines_path, max_batch, options)
+                   for label, backend, options in variants}
         eager = eager_pipeline(model)
         for batch in batch_sizes:
             n_rounds = rounds[batch] if isinstance(rounds, dict) else rounds
             frames = rng.integers(0, 256, size=(batch, frame_size, frame_size, 3), dtype=np.uint8)
             contenders: dict[str, Callable[[], Any]] = {"eager": lambda: eager(frames)}
-            for b, eng in engines.items():
-                contenders[b] = lambda eng=eng: eng.score(frames)
+            for label, eng in engines.items():
+                contenders[label] = lambda eng=eng: eng.score(frames)
             say(f"{backbone} batch {batch}: {n_rounds} interleaved rounds of {', '.join(contenders)}")
             load0 = _loadavg()
             times = time_interleaved(contenders, n_rounds)
             run = {"backbone": backbone, "batch": batch, "loadavg": [load0, _loadavg()],
                    "results": summarize(times, batch), "seconds": {k: v for k, v in times.items()}}
             if stage_reps:
-                run["stages_ms_per_image"] = {b: _stage_times(eng, frames, model, stage_reps)
-                                              for b, eng in engines.items()}
+                run["stages_ms_per_image"] = {label: _stage_times(eng, frames, model, stage_reps)
+                                              for label, eng in engines.items()}
             results["runs"].append(run)
-            for b in engines:
-                r = run["results"][b]
-                say(f"  {b}: {r['images_per_s']:.2f} img/s, {r['ratio_vs_eager']:.2f}x eager "
+            for label in engines:
+                r = run["results"][label]
+                say(f"  {label}: {r['images_per_s']:.2f} img/s, {r['ratio_vs_eager']:.2f}x eager "
                     f"({run['results']['eager']['images_per_s']:.2f} img/s); paired {r['median_paired_ratio']:.2f}x")
     results["machine"]["loadavg_end"] = _loadavg()
     return results
