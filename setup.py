@@ -113,6 +113,11 @@ class CMakeBuild(build_ext):
                 "-DCMAKE_INSTALL_LIBDIR=lib", "-DCMAKE_INSTALL_INCLUDEDIR=include", "-DCDD_PYTHON_INSTALL_DIR=."]
         if ninja and not (build_dir / "CMakeCache.txt").exists():
             args += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
+        # the target environment's site-packages (not pip's temporary build environment): its
+        # openvino/libs is where libopenvino is found at run time and by linkers of consumers
+        purelib = _python_query("import sysconfig; print(sysconfig.get_paths()['purelib'])")
+        if purelib:
+            args.append(f"-DCDD_EXTRA_RPATH={Path(purelib) / 'openvino' / 'libs'}")
         args += os.environ.get("CDD_CMAKE_ARGS", "").split()
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 2)
         try:
