@@ -104,3 +104,22 @@ def test_bench_command_small(tmp_path, capsys):
     md = (tmp_path / "b.md").read_text()
     assert "| resnet18 | 2 | torch |" in md and "cdd-engine bench --backbones resnet18" in md
     assert md in capsys.readouterr().out
+
+
+def test_demo_engine_step(images, tmp_path):
+    """The demo's engine step: build from the run, score the test images (files or arrays), time vs eager."""
+    from cdd_engine.bench import demo_engine_step
+
+    folder, x = images
+    model, run = model_and_run_dir()
+    files = sorted(str(p) for p in folder.glob("rgb_*.png"))
+    out = demo_engine_step(run, files, tmp_path / "demo", backend="torch", batch=2, rounds=1)
+    assert out["backend"] == "torch" and out["engine_dir"] == str(tmp_path / "demo" / "engine")
+    assert rel_err(out["scores"], reference(model, list(x))[1]) <= 1e-5
+    assert out["max_abs_score_diff"] <= 1e-5 * max(out["scores"])
+    assert out["is_anomalous"] == [s > THRESHOLD for s in out["scores"]]
+    assert out["engine_images_per_s"] > 0 and out["eager_images_per_s"] > 0 and out["speedup"] > 0
+    arrays = demo_engine_step(run, list(x[:1]), tmp_path / "demo2", backend="torch", batch=1, rounds=1)
+    assert arrays["scores"] == pytest.approx(out["scores"][:1], rel=1e-6)
+    with pytest.raises(ValueError, match="at least one test image"):
+        demo_engine_step(run, [], tmp_path / "demo3", backend="torch")

@@ -127,9 +127,11 @@ class Engine:
     def _input_buffer(self, n: int) -> torch.Tensor:
         buf = getattr(self._local, "buffer", None)
         if buf is None or buf.shape[0] < n:
-            buf = torch.empty(max(n, 1), 3, *self.image_size, dtype=torch.float32, device=self.backend.device)
+            fmt = getattr(self.backend, "input_memory_format", torch.contiguous_format)
+            buf = torch.empty(max(n, 1), 3, *self.image_size, dtype=torch.float32, device=self.backend.device,
+                              memory_format=fmt)
             self._local.buffer = buf
-        return buf[:n]  # a leading-dimension slice of a contiguous tensor stays contiguous
+        return buf[:n]  # a leading-dimension slice keeps the memory format
 
     def prepare(self, frames: Frames, start: int, stop: int) -> torch.Tensor:
         """frames[start:stop] -> normalised (n, 3, H, W) float32 on the backend's device.

@@ -111,6 +111,9 @@ class TorchBackend:
             use_triton = self.device.type == "cuda" and _kernels_or_none() is not None
         self.kernels = import_kernels() if use_triton else None
         self.post = FastAnomalyMap(self.image_size, am["mode"], am["sigma"], am["truncate"], am["eps"])
+        # The network runs channels-last (NHWC) inputs faster in eager PyTorch: measured on 2 cores,
+        # efficientnet_lite0 at 256² took 331 ms from a channels-last input vs 468 ms from NCHW.
+        self.input_memory_format = torch.channels_last
         # Engine.score hands uint8 frames to this instead of its CPU pre-processing when set.
         self.fused_preprocess: Callable[[torch.Tensor, str], torch.Tensor] | None = (
             self._triton_preprocess if self.kernels is not None else None)
@@ -118,7 +121,7 @@ class TorchBackend:
     def _triton_preprocess(self, frames: torch.Tensor, pixel_format: str) -> torch.Tensor:
         inp = self.manifest["input"]
         return self.kernels.fused_preprocess(frames.to(self.device), self.image_size, inp["mean"], inp["std"],
-                                             pixel_format, self.dtype)
+                                             pixel_format, self.dtype, channels_last=True)
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         with torch.inference_mode():
