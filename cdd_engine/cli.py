@@ -313,7 +313,10 @@ def run_report(a: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- dispatch
-COMMANDS: list[Callable[[Any], None]] = [add_demo, add_train, add_eval, add_report]
+from .cli_engine import add_bench_parser, add_build_parser, add_score_parser  # noqa: E402 (deployment commands)
+
+COMMANDS: list[Callable[[Any], None]] = [add_demo, add_train, add_eval, add_report,
+                                         add_build_parser, add_score_parser, add_bench_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

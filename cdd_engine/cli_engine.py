@@ -109,7 +109,6 @@ def add_score_parser(sub) -> None:
     p.add_argument("--overlay", default=None, metavar="DIR", help="write <name>_overlay.png heat maps here")
     p.add_argument("--threshold", type=float, default=None, metavar="T", help="override the engine's threshold")
     p.add_argument("--device", default=None, help="torch/tensorrt engines: cpu or cuda")
-    p.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="inference threads")
     p.set_defaults(handler=run_score)
 
 
@@ -147,7 +146,9 @@ def _read_image(path: Path) -> tuple[np.ndarray, str]:
 def run_score(a: argparse.Namespace) -> int:
     import cdd_engine
 
-    engine = cdd_engine.load(a.engine, threshold=a.threshold, device=a.device, num_threads=a.threads)
+    # --threads is one of cli.py's common options: it also sets the engine's inference threads
+    engine = cdd_engine.load(a.engine, threshold=a.threshold, device=a.device,
+                             num_threads=getattr(a, "threads", None))
     paths = _expand_images(a.images)
     decoded = [_read_image(p) for p in paths]
     # a call takes one pixel format: grey files are scored as MONO, colour files as RGB

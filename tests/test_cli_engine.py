@@ -23,6 +23,7 @@ def _main(argv):
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true")
     common.add_argument("--quiet", action="store_true")
+    common.add_argument("--threads", type=int, default=None)
     sub = parser.add_subparsers(dest="command")
     real = sub.add_parser
     sub.add_parser = lambda name, **kw: real(name, parents=[common], **kw)  # as cli.build_parser does
