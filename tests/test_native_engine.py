@@ -84,7 +84,9 @@ def score_each(engine, frames, **kw):
     return np.concatenate([r[0] for r in res]), [r[1] for r in res], np.concatenate([r[2] for r in res])
 
 
-def test_scores_and_maps_match_reference(engine, model):
+@pytest.mark.parametrize("in_network", [True, False], ids=["distances_in_network", "features_out"])
+def test_scores_and_maps_match_reference(engine_dir, model, in_network):
+    engine = native.Engine(engine_dir, num_threads=2, distances_in_network=in_network)
     frames = fresh_frames(1)
     scores, maps, flags = score_each(engine, frames)
     ref_maps, ref_scores = reference(model, frames)

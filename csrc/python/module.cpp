@@ -253,14 +253,14 @@ PYBIND11_MODULE(_native, m) {
 
     py::class_<cdd::Engine>(m, "Engine", R"doc(
 Engine(engine_dir, num_threads=0, num_streams=1, device="CPU", threshold=None, sensitivity=None,
-       verify_hashes=True, static_shapes=True)
+       verify_hashes=True, static_shapes=True, distances_in_network=True)
 
 The C++ engine on an engine directory. Thread-safe; the GIL is released while scoring.
 num_threads: CPU threads (0 = all cores); num_streams: inference requests in the pool;
 threshold overrides the calibrated threshold; sensitivity divides it instead.)doc")
         .def(py::init([](const std::string& engine_dir, int num_threads, int num_streams, const std::string& device,
                          std::optional<float> threshold, std::optional<float> sensitivity, bool verify_hashes,
-                         bool static_shapes) {
+                         bool static_shapes, bool distances_in_network) {
                  cdd::EngineOptions o;
                  o.num_threads = num_threads;
                  o.num_streams = num_streams;
@@ -269,12 +269,13 @@ threshold overrides the calibrated threshold; sensitivity divides it instead.)do
                  o.sensitivity = sensitivity;
                  o.verify_hashes = verify_hashes;
                  o.static_shapes = static_shapes;
+                 o.distances_in_network = distances_in_network;
                  py::gil_scoped_release release;  // compiling the model takes a while
                  return new cdd::Engine(engine_dir, o);
              }),
              py::arg("engine_dir"), py::arg("num_threads") = 0, py::arg("num_streams") = 1, py::arg("device") = "CPU",
              py::arg("threshold") = py::none(), py::arg("sensitivity") = py::none(), py::arg("verify_hashes") = true,
-             py::arg("static_shapes") = true)
+             py::arg("static_shapes") = true, py::arg("distances_in_network") = true)
         .def("score", &score, py::arg("images"), py::arg("pixel_format") = "RGB", py::arg("return_maps") = true,
              py::arg("map_size") = "model", R"doc(
 score(images, pixel_format="RGB", return_maps=True, map_size="model")

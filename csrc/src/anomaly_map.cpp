@@ -423,6 +423,34 @@ void AnomalyMap::run_batch(const FeaturePair* levels, std::size_t batch, float* 
     });
 }
 
+void AnomalyMap::run_batch_from_distances(const float* const* distances, std::size_t batch, float* maps,
+                                          float* scores, int num_threads) const {
+    if (distances == nullptr || scores == nullptr)
+        throw Error(ErrorCode::InvalidArgument, "anomaly map: null distances or scores pointer");
+    for (std::size_t s = 0; s < scales_.size(); ++s)
+        if (distances[s] == nullptr)
+            throw Error(ErrorCode::InvalidArgument, "anomaly map: scale " + std::to_string(s) + " has a null pointer");
+    if (batch == 0) return;
+    const std::size_t full = static_cast<std::size_t>(out_h_) * out_w_;
+    const int threads = std::max(1, num_threads);
+    const int outer = static_cast<int>(std::min<std::size_t>(batch, threads));
+    const int inner = std::max(1, threads / outer);
+    detail::parallel_for(batch, outer, [&](std::size_t b, std::size_t e) {
+        std::vector<float> dist(dist_floats_);
+        std::vector<float> scratch(scratch_floats());
+        std::vector<float> own_map(maps ? 0 : full);
+        for (std::size_t i = b; i < e; ++i) {
+            for (std::size_t s = 0; s < scales_.size(); ++s) {  // gather image i's maps (a few KB)
+                const std::size_t hw = static_cast<std::size_t>(scales_[s].h) * scales_[s].w;
+                std::memcpy(dist.data() + dist_offset_[s], distances[s] + i * hw, hw * sizeof(float));
+            }
+            float* m = maps ? maps + i * full : own_map.data();
+            scores[i] = settings_.mode == MapMode::Add ? map_add(dist.data(), m, scratch.data(), inner)
+                                                       : map_mul(dist.data(), m, scratch.data(), inner);
+        }
+    });
+}
+
 }  // namespace kernels
 }  // namespace cdd
 

@@ -70,6 +70,25 @@ TEST_CASE("scores equal the Python reference on the demo frames (1e-5 relative)"
     CHECK(flagged > 0 && flagged < static_cast<int>(r.size()));  // the median threshold splits them
 }
 
+TEST_CASE("distances inside the network or the whole map in C++: the same maps (1e-5)") {
+    EngineOptions o = opts();
+    o.distances_in_network = false;
+    Engine features_out(g_engine, o);
+    Engine in_graph(g_engine, opts());
+    const Frames& f = frames();
+    const auto a = features_out.score(f.views.data(), f.views.size());
+    const auto b = in_graph.score(f.views.data(), f.views.size());
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        CHECK_CLOSE(a[i].score, f.ref_scores[i], 1e-5, std::fabs(f.ref_scores[i]));
+        float worst = 0, scale = 0;
+        for (std::size_t k = 0; k < a[i].map.size(); ++k) {
+            worst = std::max(worst, std::fabs(a[i].map[k] - b[i].map[k]));
+            scale = std::max(scale, std::fabs(a[i].map[k]));
+        }
+        CHECK_MSG(worst <= 1e-5f * scale, "frame " + std::to_string(i) + ": maps differ by " + std::to_string(worst / scale));
+    }
+}
+
 TEST_CASE("maps: model size (max = score), input size, none") {
     Engine e(g_engine, opts());
     const Frames& f = frames();

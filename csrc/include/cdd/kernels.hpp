@@ -80,6 +80,12 @@ public:
     void run_batch(const FeaturePair* levels, std::size_t batch, float* maps, float* scores,
                    int num_threads = 1) const;
 
+    /// The same from per-pixel cosine distances computed elsewhere (e.g. inside the network):
+    /// distances[s] points at (batch, h_s, w_s) floats, d = 1 - <T,S> / (max|T|,eps)(max|S|,eps).
+    /// Only the small part runs here (upsampling, blur, sum/product, max).
+    void run_batch_from_distances(const float* const* distances, std::size_t batch, float* maps, float* scores,
+                                  int num_threads = 1) const;
+
 private:
     struct Scale {
         int h, w;
