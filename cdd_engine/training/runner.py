@@ -15,6 +15,7 @@ import torch
 
 from .. import checkpoint as ckpt
 from ..anomaly_map import anomaly_map
+from ..threshold import threshold_from_scores as label_free_threshold
 from ..models import build_rd_model, teacher_spec
 from ..models.teachers import RANDOM
 from .config import TrainConfig, config_differences
@@ -110,24 +111,15 @@ def _use_cache(config: TrainConfig, model, n_images: int) -> bool:
 
 
 def threshold_from_scores(scores: np.ndarray, rule: str = "median_mad", k: float = 3.0) -> dict[str, float]:
-    """A score threshold from *training* scores only (no labels).
-
-    ``median_mad``: median + k · 1.4826 · MAD (1.4826 makes the MAD a standard deviation for
-    normal data; k = 3 flags ~0.1 % of normal-looking scores). Median and MAD ignore a
-    minority of contaminated training images, unlike mean/std. ``quantile``: the k-quantile.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.size == 0 or not np.all(np.isfinite(scores)):
-        raise ValueError(f"need a non-empty array of finite training scores, got {scores.size} values")
+    """The threshold record stored in ``train_scores.json``: the label-free threshold of
+    :mod:`cdd_engine.threshold` (the one definition of the rules) plus, for ``median_mad``,
+    the median and MAD it came from."""
+    record = {"threshold": label_free_threshold(scores, rule, k)}
     if rule == "median_mad":
-        med = float(np.median(scores))
-        mad = float(np.median(np.abs(scores - med)))
-        return {"threshold": med + k * 1.4826 * mad, "median": med, "mad": mad}
-    if rule == "quantile":
-        if not 0.0 <= k <= 1.0:
-            raise ValueError(f"quantile threshold needs k in [0, 1], got {k}")
-        return {"threshold": float(np.quantile(scores, k))}
-    raise ValueError(f"threshold rule must be 'median_mad' or 'quantile', got {rule!r}")
+        s = np.asarray(scores, dtype=np.float64)
+        med = float(np.median(s))
+        record.update(median=med, mad=float(np.median(np.abs(s - med))))
+    return record
 
 
 def training_scores(model, features: TeacherFeatures, config: TrainConfig) -> np.ndarray:
