@@ -4,7 +4,9 @@ memory beyond its warm-up level (VmRSS from /proc/self/status). A tiny stand-in 
 variant of this check is the ctest ``memory`` (csrc/tests/test_memory.cpp)."""
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -36,8 +38,8 @@ def rss_kib() -> int:
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
-def test_ten_thousand_calls_do_not_grow_memory():
+def measure() -> dict:
+    """Warm up, then score CALLS times; RSS before and after (run in a fresh process)."""
     engine = native.Engine(mte.cached_engine(micro=True)["engine"], num_threads=2)
     rng = np.random.default_rng(8)
     frames = [rng.integers(0, 256, size=s, dtype=np.uint8) for s in [(48, 40, 3), (31, 33), (64, 64, 3)]]
@@ -52,7 +54,23 @@ def test_ten_thousand_calls_do_not_grow_memory():
     checksum = sum(call(i) for i in range(WARMUP))
     before = rss_kib()
     checksum += sum(call(i) for i in range(CALLS))
-    after = rss_kib()
-    print(f"RSS warm {before} KiB, after {CALLS} calls {after} KiB, growth {after - before} KiB")
-    assert np.isfinite(checksum)
-    assert after - before <= ALLOWED_GROWTH_KIB, f"RSS grew by {after - before} KiB over {CALLS} calls"
+    return {"before": before, "after": rss_kib(), "checksum": checksum}
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_ten_thousand_calls_do_not_grow_memory():
+    # A fresh process: inside the test session, threads and caches left by earlier tests
+    # (torch, OpenVINO pools) move RSS by megabytes on their own and made this flaky.
+    mte.cached_engine(micro=True)  # build the engine here, so the child only scores
+    out = subprocess.run([sys.executable, __file__], capture_output=True, text=True, timeout=600,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    growth = r["after"] - r["before"]
+    print(f"RSS warm {r['before']} KiB, after {CALLS} calls {r['after']} KiB, growth {growth} KiB")
+    assert np.isfinite(r["checksum"])
+    assert growth <= ALLOWED_GROWTH_KIB, f"RSS grew by {growth} KiB over {CALLS} calls"
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure()))
