@@ -62,8 +62,10 @@ def test_ten_thousand_calls_do_not_grow_memory():
     # A fresh process: inside the test session, threads and caches left by earlier tests
     # (torch, OpenVINO pools) move RSS by megabytes on their own and made this flaky.
     mte.cached_engine(micro=True)  # build the engine here, so the child only scores
-    out = subprocess.run([sys.executable, __file__], capture_output=True, text=True, timeout=600,
-                         cwd=Path(__file__).resolve().parents[1])
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ)  # the child imports cdd_engine as this session does (installed or from the checkout)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH", "")) if p)
+    out = subprocess.run([sys.executable, __file__], capture_output=True, text=True, timeout=600, cwd=root, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     r = json.loads(out.stdout.strip().splitlines()[-1])
     growth = r["after"] - r["before"]
