@@ -47,11 +47,10 @@ class CMakeExtension(Extension):
         self.sourcedir = str(sourcedir.resolve())
 
 
-def _python_query(code: str, target_only: bool = False) -> str | None:
+def _python_query(code: str) -> str | None:
     """Output of ``code`` run by this interpreter, then by the same interpreter outside pip's
-    isolated build environment (where the target environment's packages are visible);
-    ``target_only``: only the latter."""
-    for clean in ((True,) if target_only else (False, True)):
+    isolated build environment (where the target environment's packages are visible)."""
+    for clean in (False, True):
         env = dict(os.environ)
         if clean:
             for var in ("PYTHONPATH", "PYTHONNOUSERSITE", "PYTHONHOME"):
@@ -116,16 +115,9 @@ class CMakeBuild(build_ext):
             args += ["-G", "Ninja", f"-DCMAKE_MAKE_PROGRAM={ninja}"]
         # the target environment's site-packages (not pip's temporary build environment): its
         # openvino/libs is where libopenvino is found at run time and by linkers of consumers
-        # (the openvino that environment imports, e.g. a system one seen through a venv, else
-        # where the install will put it)
-        target_ov = _python_query("import openvino, os; print(os.path.join(os.path.dirname(openvino.__file__), "
-                                  "'libs'))", target_only=True)
         purelib = _python_query("import sysconfig; print(sysconfig.get_paths()['purelib'])")
-        extra = [p for p in (target_ov, str(Path(purelib) / "openvino" / "libs") if purelib else None) if p]
-        if extra:
-            args.append(f"-DCDD_EXTRA_RPATH={';'.join(dict.fromkeys(extra))}")
-        if ov_dir and target_ov and Path(ov_dir).parent != Path(target_ov).parent:
-            args.append("-DCDD_RPATH_BUILD_OPENVINO=OFF")  # built against pip's temporary copy: not a run-time path
+        if purelib:
+            args.append(f"-DCDD_EXTRA_RPATH={Path(purelib) / 'openvino' / 'libs'}")
         args += os.environ.get("CDD_CMAKE_ARGS", "").split()
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 2)
         try:

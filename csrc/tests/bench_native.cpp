@@ -1,7 +1,7 @@
 // bench_native: images/s of the C++ engine, and the fused CPU post-processing against the
 // unfused reference (anomaly_map_naive, double precision, one thread). JSON lines out.
 //
-//   bench_native [--engine DIR] [--batch 8] [--iters 5] [--threads 2] [--streams 1] [--frame 256x256]
+//   bench_native [--engine DIR] [--batch 8] [--iters 5] [--threads 2] [--frame 256x256]
 //
 // Without --engine only the post-processing is measured, on wide_resnet50_2's feature shapes
 // at 256x256: (256,64,64), (512,32,32), (1024,16,16). Built with -DCDD_BUILD_BENCHMARKS=ON.
@@ -45,7 +45,7 @@ std::vector<double> time_runs(int iters, F&& f) {
 
 int main(int argc, char** argv) {
     std::string engine_dir;
-    int batch = 8, iters = 5, threads = 2, streams = 1, fw = 0, fh = 0;
+    int batch = 8, iters = 5, threads = 2, fw = 0, fh = 0;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
@@ -53,11 +53,9 @@ int main(int argc, char** argv) {
         else if (a == "--batch") batch = std::atoi(next().c_str());
         else if (a == "--iters") iters = std::atoi(next().c_str());
         else if (a == "--threads") threads = std::atoi(next().c_str());
-        else if (a == "--streams") streams = std::atoi(next().c_str());
         else if (a == "--frame") std::sscanf(next().c_str(), "%dx%d", &fw, &fh);
         else {
-            std::fprintf(stderr, "usage: bench_native [--engine DIR] [--batch N] [--iters N] [--threads N] [--streams N] "
-                                 "[--frame WxH]\n");
+            std::fprintf(stderr, "usage: bench_native [--engine DIR] [--batch N] [--iters N] [--threads N] [--frame WxH]\n");
             return 2;
         }
     }
@@ -69,7 +67,6 @@ int main(int argc, char** argv) {
     if (!engine_dir.empty()) {
         cdd::EngineOptions o;
         o.num_threads = threads;
-        o.num_streams = streams;
         cdd::Engine engine(engine_dir, o);
         const auto& info = engine.info();
         H = info.image_height;
@@ -91,8 +88,8 @@ int main(int argc, char** argv) {
         const auto t = time_runs(iters, [&] { engine.score(views.data(), views.size()); });
         const double m = median(t);
         std::printf("{\"what\": \"engine\", \"backend\": \"%s\", \"batch\": %d, \"frame\": \"%dx%d\", \"threads\": %d, "
-                    "\"streams\": %d, \"s_per_batch_median\": %.4f, \"images_per_s\": %.3f}\n",
-                    info.backend.c_str(), batch, fw, fh, threads, streams, m, batch / m);
+                    "\"s_per_batch_median\": %.4f, \"images_per_s\": %.3f}\n",
+                    info.backend.c_str(), batch, fw, fh, threads, m, batch / m);
         std::fflush(stdout);
     }
 

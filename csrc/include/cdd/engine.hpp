@@ -36,11 +36,8 @@ struct EngineOptions {
     std::string device = "CPU";
     /// CPU threads for inference and for the pre/post-processing kernels; 0 = all cores.
     int num_threads = 0;
-    /// Inference requests (OpenVINO) / execution contexts (TensorRT) in the pool. Calls from
-    /// different threads run side by side on them; one call with several frames splits them
-    /// over all idle ones. OpenVINO: 1 = one request on all threads (lowest latency per
-    /// frame); N > 1 = N streams sharing the threads (more frames/s for batches: on 2 cores,
-    /// 2 streams ran a batch of 8 ~8% faster).
+    /// Inference requests (OpenVINO) / execution contexts (TensorRT) in the pool: how many
+    /// score() calls from different threads run the network at the same time.
     int num_streams = 1;
     /// Replaces the engine's calibrated threshold.
     std::optional<float> threshold;
@@ -113,8 +110,8 @@ public:
     Engine& operator=(const Engine&) = delete;
 
     /// Scores `n` frames (any sizes and formats mixed), split into batches of at most
-    /// max_batch (and over the idle streams). Thread-safe: many threads may call score() on
-    /// one Engine; up to num_streams of them run the network at the same time, others wait.
+    /// max_batch. Thread-safe: many threads may call score() on one Engine; up to
+    /// num_streams of them run the network at the same time, the others wait.
     std::vector<Result> score(const ImageView* views, std::size_t n) const;
     std::vector<Result> score(const ImageView* views, std::size_t n, const ScoreOptions& options) const;
     Result score(const ImageView& view) const;
