@@ -9,7 +9,9 @@ identical to 3 decimals.
 Backends: ``torch`` (eager network + separable CPU anomaly map), ``torch+triton`` (Triton
 pre-processing and fused anomaly map, in the CPU interpreter: a subprocess with
 TRITON_INTERPRET=1, which must be set before Triton is imported), ``openvino`` (IR network with
-the anomaly map in its graph), ``tensorrt`` (only where TensorRT and a GPU exist).
+the anomaly map in its graph), ``native-c++`` (the C++ library reading the OpenVINO engine
+directory build() wrote, where the native module is built), ``tensorrt`` (only where TensorRT
+and a GPU exist).
 
 What OpenVINO's network achieves alone (features vs torch, fp32) is checked in
 tests/test_engine.py::test_features_match_the_torch_network (about 1e-6 relative on this model).
@@ -105,10 +107,27 @@ def _result(r):
     return r.maps, r.scores, RTOL
 
 
+def _native_or_none():
+    try:
+        from cdd_engine.native import load
+        return load()
+    except (ImportError, OSError):  # NativeUnavailable is an ImportError
+        return None
+
+
+def _score_native(frames, tmp):
+    """The C++ library (pybind11 module) reading the engine directory build() wrote."""
+    native = _native_or_none()
+    scores, maps, _, _ = native.Engine(str(engine_dir("openvino"))).score(list(frames))
+    return np.asarray(maps), np.asarray(scores), RTOL
+
+
 BACKENDS = {
     "torch": _score_torch,
     "torch+triton": _score_triton,
     "openvino": _score_openvino,
+    "native-c++": pytest.param(_score_native, marks=pytest.mark.skipif(
+        _native_or_none() is None, reason="the native module (libcdd_engine) is not built here")),
     "tensorrt": pytest.param(_score_tensorrt, marks=pytest.mark.skipif(
         not _tensorrt_usable(), reason="TensorRT and an NVIDIA GPU are not both present (DESIGN.md §6)")),
 }
