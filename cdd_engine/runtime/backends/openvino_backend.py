@@ -6,8 +6,9 @@ max(., eps)), then the separable upsample+blur as MatMuls with the constant matr
 :mod:`cdd_engine.runtime.postprocess` (``A_s d_s B_s^T`` summed for ``add``; upsample,
 multiply, blur for ``mul``), then the max. The CPU plugin runs that on its own threads with
 fused kernels, and the 14.7 MB/image of WRN50 features never reach Python. Measured on the
-2-core development machine (batch 8, WRN50 feature shapes): 3.6 ms/image in the graph
-against 6-10 ms/image for the torch fast path and 30+ ms for the eager reference.
+2-core development machine (batch 8, WRN50 feature shapes, interleaved; benchmarks/RESULTS.md):
+7.5 ms/image in the graph against 13.2 ms/image for the torch separable path and 85 ms for the
+eager reference.
 
 Compiled models are cached per batch size with static shapes (static shapes let the CPU
 plugin pick its kernels once; see benchmarks/RESULTS.md for the measured difference), and
