@@ -12,7 +12,7 @@ eager reference.
 
 Compiled models are cached per batch size with static shapes (static shapes let the CPU
 plugin pick its kernels once: WRN50 RD at batch 1 ran 467 ms static vs 490 ms dynamic in one
-interleaved probe, within the noise of these shared cores but never slower), and
+interleaved probe, a difference within the noise of these shared cores), and
 each thread gets its own infer requests, so one Engine may be shared by threads.
 """
 from __future__ import annotations
