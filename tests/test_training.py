@@ -84,6 +84,32 @@ def test_cached_features_equal_computed_features():
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_batches_of_serves_a_subset_in_the_given_order():
+    torch.manual_seed(1)
+    teacher = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1).eval()
+
+    def teacher_fn(x):
+        return [teacher(x), teacher(x)[:, :, ::2, ::2]]
+
+    data = [{"image": torch.randn(3, 12, 12)} for _ in range(9)]
+    order = [torch.tensor([7, 2, 5]), torch.tensor([0]), torch.tensor([8, 3])]  # a subset, unsorted
+    for cache in (True, False):
+        feats = TeacherFeatures(teacher_fn, data, batch_size=4, cache=cache)
+        got = list(feats.batches_of(order))
+        assert [i.tolist() for i, _ in got] == [b.tolist() for b in order]
+        for idx, fs in got:
+            with torch.no_grad():
+                want = teacher_fn(torch.stack([data[i]["image"] for i in idx.tolist()]))
+            for a, w in zip(fs, want):
+                torch.testing.assert_close(a, w, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"in \[0, 9\)"):
+        list(feats.batches_of([torch.tensor([3, 9])]))
+    with pytest.raises(TypeError, match="int64"):
+        list(feats.batches_of([torch.tensor([1.0, 2.0])]))
+    with pytest.raises(TypeError, match="non-empty"):
+        feats.batches_of([torch.tensor([], dtype=torch.int64)])
+
+
 # ----------------------------------------------------------------------------- threshold, options, methods
 def test_threshold_rules_by_hand():
     scores = np.array([1.0, 2.0, 3.0, 4.0, 100.0])   # median 3, |dev| = 2,1,0,1,97 -> MAD 1

@@ -115,11 +115,7 @@ def subset_batches(features: TeacherFeatures, subset: torch.Tensor, generator: t
     """One seeded pass over ``subset`` (global indices (n,)) of a :class:`TeacherFeatures` ->
     (global indices (B,), [(B, C_s, h_s, w_s)])."""
     order = [subset[b] for b in batch_indices(len(subset), batch_size, generator)]
-    if features.cached is None:
-        yield from features._compute(order, False, "")
-        return
-    for idx in order:
-        yield idx, [f[idx].to(features.device) for f in features.cached]
+    yield from features.batches_of(order)
 
 
 def domain_steps(n_total: int, batch_size: int, epochs: int, ratio: float) -> int:

@@ -143,7 +143,26 @@ class TeacherFeatures:
                 ) -> Iterator[tuple[torch.Tensor, Features]]:
         """One pass in an order drawn from ``generator`` (None: dataset order) ->
         (indices (B,), [(B, C_s, h_s, w_s) on self.device])."""
-        order = batch_indices(len(self), batch_size or self.batch_size, generator)
+        return self.batches_of(batch_indices(len(self), batch_size or self.batch_size, generator))
+
+    def batches_of(self, order: Sequence[torch.Tensor]) -> Iterator[tuple[torch.Tensor, Features]]:
+        """The features of given index batches, in the given order (any subset of the images,
+        e.g. one CDD domain) -> (indices (B,), [(B, C_s, h_s, w_s) on self.device]) per batch.
+
+        ``order``: int64 index tensors into the data set, each non-empty; served from the cache
+        when there is one, else read and passed through the teacher batch by batch.
+        """
+        order = list(order)
+        n = len(self)
+        for b in order:
+            if not isinstance(b, torch.Tensor) or b.dtype != torch.int64 or b.dim() != 1 or b.numel() == 0:
+                raise TypeError(f"batches_of expects non-empty 1-D int64 index tensors, got "
+                                f"{type(b).__name__} {getattr(b, 'dtype', '')} {tuple(getattr(b, 'shape', ()))}")
+            if int(b.min()) < 0 or int(b.max()) >= n:
+                raise ValueError(f"batches_of: indices must be in [0, {n}), got {int(b.min())}..{int(b.max())}")
+        return self._serve(order)
+
+    def _serve(self, order: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, Features]]:
         if self.cached is None:
             yield from self._compute(order, False, "")
             return
