@@ -371,7 +371,7 @@ def demo_engine_step(run_dir: str | os.PathLike, test_images: Sequence[Any], out
         batch: frames per timed call (taken from the test images, repeated if there are fewer).
 
     Returns:
-        {"engine_dir", "backend", "build_seconds", "scores" (list), "is_anomalous" (list),
+        {"engine_dir", "backend", "runtime", "build_seconds", "scores" (list), "is_anomalous" (list),
          "threshold", "engine_images_per_s", "eager_images_per_s", "speedup", "max_abs_score_diff"}
         where the last one compares the engine's scores with the eager reference's on the test images.
     """
@@ -394,7 +394,8 @@ def demo_engine_step(run_dir: str | os.PathLike, test_images: Sequence[Any], out
     timed = np.stack([same_size[i % len(same_size)] for i in range(batch)])
     times = time_interleaved({"eager": lambda: eager(timed), "engine": lambda: engine.score(timed)}, rounds)
     res = summarize(times, batch)
-    return {"engine_dir": str(engine.engine_dir), "backend": engine.backend_name, "build_seconds": build_s,
+    return {"engine_dir": str(engine.engine_dir), "backend": engine.backend_name,
+            "runtime": getattr(engine, "runtime", "python"), "build_seconds": build_s,
             "scores": result.scores.tolist(), "is_anomalous": result.is_anomalous.tolist(),
             "threshold": engine.threshold, "engine_images_per_s": res["engine"]["images_per_s"],
             "eager_images_per_s": res["eager"]["images_per_s"], "speedup": res["engine"]["ratio_vs_eager"],

@@ -3,6 +3,7 @@ re-applied, JSON and overlay output, one-line errors with exit status 2, and the
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -124,3 +125,11 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
     assert r["metrics"]["n_injected"] == 1                   # int(0.1 * 12)
     assert (tmp_path / "demo/runs/brick_rd_seed0/student.safetensors").is_file()
     assert r["metrics"]["n_test"] == 6 + 6 - 1
+    # [4/4] the engine built from the checkpoint scores the same test set as the eager evaluation
+    e = r["engine"]
+    assert "images/s" in out and "eager PyTorch" in out
+    assert Path(e["engine_dir"], "engine.json").is_file()
+    assert e["backend"] == "openvino"                       # auto on a machine without TensorRT
+    assert e["max_abs_score_diff"] <= 1e-4 * max(1.0, abs(e["threshold"]))
+    assert e["image_auroc"] == pytest.approx(r["metrics"]["image_auroc"], abs=1e-9)
+    assert e["engine_images_per_s"] > 0 and e["eager_images_per_s"] > 0
