@@ -46,10 +46,13 @@ from cdd_engine.models import build_teacher, teacher_spec  # noqa: E402
 from cdd_engine.threshold import median_mad_threshold, quantile_threshold  # noqa: E402
 from cdd_engine.training.loop import TeacherFeatures, fit_epoch, make_adam  # noqa: E402
 
-# name -> CDD options (None = RD). "cdd" is the default config; the others each change one option.
+# name -> CDD options (None = RD). "cdd" is the default config (CDDOptions()); the others each
+# change one option. The grid in RESULTS.md ran before the default teacher_share became 0.3:
+# its "CDD" rows are "cdd_teacher0" (pure CDD) in today's names.
 METHODS: dict[str, dict | None] = {
     "rd": None,
     "cdd": {},
+    "cdd_teacher0": {"teacher_share": 0.0},
     "cdd_cluster": {"partition": "cluster"},
     "cdd_median": {"aggregate": "median", "domains": 4},
     "cdd_k2": {"domains": 2},
