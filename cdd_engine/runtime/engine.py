@@ -8,9 +8,20 @@ Frames of any size are resized to the model resolution (antialiased, as in train
 chunks of at most ``max_batch`` through the backend's network with the anomaly map of
 DESIGN.md §3, and returned as numpy arrays. Thread-safe: buffers and inference requests are
 per thread.
+
+Two runtimes run the same engine directory (``Engine(..., runtime=...)``, ``engine.runtime`` says which):
+
+- "native": the C++ library libcdd_engine through ``cdd_engine._native`` (native_runtime.py), for
+  OpenVINO engines on the CPU and TensorRT engines on CUDA devices, when the module is built. It
+  scores CPU uint8 frames (numpy arrays, CPU torch tensors, lists of them); other frames (float,
+  on a GPU) go to the Python runtime, created on first need;
+- "python": the backends of ``runtime/backends`` (every backend, every frame type).
+
+"auto" (default) picks native where it can and logs the choice on the ``cdd_engine`` logger.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -24,10 +35,14 @@ import torch.nn.functional as F
 
 from .backends import make_backend
 from .engine_dir import read_manifest
+from .errors import BackendUnavailable
 from .frames import Frames, to_frames
+from .native_runtime import NativeRunner, check_count, choose_runtime, native_arrays
 from .resize_normalize import Preprocessor
 
+log = logging.getLogger("cdd_engine")
 MAP_SIZES = ("model", "input")
+PYTHON_RUNTIME = "python"
 
 
 @dataclass
@@ -76,7 +91,17 @@ class Engine:
             one latency request for a single image, batches split into jobs of ``sub_batch``
             (default 1) images on the plugin's streams), "latency" or "throughput"; static
             shapes per batch size (default). See backends/openvino_backend.py.
+            On the native runtime ``openvino_mode`` sets the C++ inference requests ("auto" and
+            "latency": 1, "throughput": 2; see native_runtime.STREAMS_FOR_MODE) and ``sub_batch``
+            has no counterpart (asking for it selects the Python runtime under "auto").
         verify_hashes: check every file's SHA-256 against engine.json (sizes are always checked).
+            Done once, here, for both runtimes (the C++ reader is told not to hash again).
+        runtime: "auto" (default: native when ``cdd_engine.native.available()`` and the engine is
+            OpenVINO on the CPU or TensorRT on CUDA with a TensorRT build of the library, else
+            python), "native" (BackendUnavailable when it cannot run here) or "python".
+        num_streams: native runtime: inference requests running at once (default from
+            ``openvino_mode``). A TypeError with runtime="python"; ignored with a warning when
+            "auto" ends on the Python runtime.
 
     Raises:
         EngineFormatError: missing, corrupt, truncated or mismatched engine directory.
@@ -87,18 +112,42 @@ class Engine:
                  device: str | torch.device | None = None, num_threads: int | None = None,
                  use_triton: bool | None = None, openvino_mode: str | None = None,
                  sub_batch: int | None = None, static_shapes: bool | None = None,
-                 verify_hashes: bool = True) -> None:
+                 verify_hashes: bool = True, runtime: str = "auto", num_streams: int | None = None) -> None:
         self.engine_dir = Path(engine_dir)
         self.manifest = read_manifest(self.engine_dir, verify_hashes=verify_hashes)
         self._threshold = _check_threshold(self.manifest["threshold"]["value"] if threshold is None else threshold)
-        self.backend = make_backend(self.engine_dir, self.manifest, device=device, num_threads=num_threads,
-                                    use_triton=use_triton, mode=openvino_mode, sub_batch=sub_batch,
-                                    static_shapes=static_shapes)
         self.image_size: tuple[int, int] = tuple(self.manifest["image_size"])
         self.max_batch: int = int(self.manifest["max_batch"])
         inp = self.manifest["input"]
         self._pre = Preprocessor(self.image_size, inp["mean"], inp["std"])
         self._local = threading.local()
+        self._backend_options = dict(device=device, num_threads=num_threads, use_triton=use_triton,
+                                     mode=openvino_mode, sub_batch=sub_batch, static_shapes=static_shapes)
+        self._backend: Any = None
+        self._backend_lock = threading.Lock()
+        self._native: NativeRunner | None = None
+        num_streams = check_count(num_streams, "num_streams", 1)
+        name, reason = choose_runtime(runtime, self.manifest, device,
+                                      {"sub_batch": sub_batch, "use_triton": use_triton})
+        if name == "native":
+            try:
+                self._native = NativeRunner(self.engine_dir, self.manifest, device=device, num_threads=num_threads,
+                                            num_streams=num_streams, openvino_mode=openvino_mode,
+                                            static_shapes=static_shapes)
+            except BackendUnavailable as e:
+                if runtime == "native":
+                    raise
+                name, reason = PYTHON_RUNTIME, f"auto: the C++ engine could not load it ({e})"
+                log.warning("engine %s: %s", self.engine_dir, reason)
+        if name != "native":
+            if num_streams is not None:
+                if runtime == "python":
+                    raise TypeError("num_streams is an option of the native runtime; runtime='python' "
+                                    "does not take it")
+                log.warning("num_streams=%d ignored: the Python runtime runs this engine (%s)", num_streams, reason)
+            # the Python runtime builds its backend now, so option and device errors surface at load
+            self._backend = make_backend(self.engine_dir, self.manifest, **self._backend_options)
+        log.info("engine %s (%s backend): runtime %s (%s)", self.engine_dir, self.backend_name, self.runtime, reason)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -114,6 +163,24 @@ class Engine:
         return self.manifest["backend"]
 
     @property
+    def runtime(self) -> str:
+        """What scores uint8 CPU frames: "native C++ (libcdd_engine x.y.z)" or "python"."""
+        return self._native.label if self._native is not None else PYTHON_RUNTIME
+
+    @property
+    def backend(self) -> Any:
+        """The Python backend (runtime/backends). On the native runtime it is created on first use
+        (float or GPU frames, :meth:`features`, :meth:`prepare`), so that the common case compiles
+        the network once, in C++."""
+        if self._backend is None:
+            with self._backend_lock:
+                if self._backend is None:
+                    log.info("engine %s: creating the Python %s backend (frames or a call the native "
+                             "runtime does not take)", self.engine_dir, self.backend_name)
+                    self._backend = make_backend(self.engine_dir, self.manifest, **self._backend_options)
+        return self._backend
+
+    @property
     def precision(self) -> str:
         return self.manifest["precision"]
 
@@ -121,7 +188,7 @@ class Engine:
         src = self.manifest["source_checkpoint"]
         return (f"Engine({str(self.engine_dir)!r}, backend={self.backend_name}, precision={self.precision}, "
                 f"backbone={src.get('backbone')}, image_size={self.image_size}, max_batch={self.max_batch}, "
-                f"threshold={self.threshold:.6g})")
+                f"threshold={self.threshold:.6g}, runtime={self.runtime!r})")
 
     # ------------------------------------------------------------------ scoring
     def _input_buffer(self, n: int) -> torch.Tensor:
@@ -156,6 +223,8 @@ class Engine:
             images: uint8 (N, H, W, C) numpy array or torch tensor, or a list of (H, W, C) frames of
                 any sizes (C = 3 for RGB/BGR, 1 or absent for MONO); float frames holding 0..255
                 values are accepted too. Any N: chunks of at most ``max_batch`` go to the backend.
+                On the native runtime CPU uint8 frames are read in place by the C++ engine; float
+                frames and frames on a GPU are scored by the Python runtime.
             pixel_format: "RGB", "BGR" or "MONO".
             return_maps: False skips copying maps out (the score still comes from the full map).
             map_size: "model" -> (N, H, W) at the model resolution; "input" -> a list of maps,
@@ -166,7 +235,13 @@ class Engine:
         """
         if map_size not in MAP_SIZES:
             raise ValueError(f"map_size must be one of {MAP_SIZES}, got {map_size!r}")
-        frames = to_frames(images, pixel_format)
+        frames = to_frames(images, pixel_format)  # both runtimes: the same checks and messages
+        threshold = self._threshold  # one value for the whole call, even if another thread sets it
+        if self._native is not None:
+            arrays = native_arrays(frames)
+            if arrays is not None:
+                scores, maps = self._native.score(arrays, frames.pixel_format, return_maps, map_size)
+                return ScoreResult(scores=scores, maps=maps, is_anomalous=scores > threshold, threshold=threshold)
         n = len(frames)
         H, W = self.image_size
         scores = np.empty(n, dtype=np.float32)
@@ -183,10 +258,11 @@ class Engine:
                 for i in range(start, stop):
                     input_maps.append(_resize_map(maps_t[i - start], frames.size(i)))
         return ScoreResult(scores=scores, maps=model_maps if model_maps is not None else input_maps,
-                           is_anomalous=scores > self._threshold, threshold=self._threshold)
+                           is_anomalous=scores > threshold, threshold=threshold)
 
     def features(self, images: Any, pixel_format: str = "RGB") -> list[torch.Tensor]:
-        """The network's six feature maps for frames (at most ``max_batch``), for parity checks."""
+        """The network's six feature maps for frames (at most ``max_batch``), for parity checks
+        (always the Python backend: the C++ engine does not return features)."""
         frames = to_frames(images, pixel_format)
         if len(frames) > self.max_batch:
             raise ValueError(f"features() takes at most max_batch={self.max_batch} frames, got {len(frames)}")
