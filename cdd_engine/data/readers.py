@@ -184,22 +184,33 @@ def _find_mask(gt_dir: Path, stem: str) -> Path | None:
     return None
 
 
-def _read_mvtec(root: Path, category: str | None) -> DatasetSplit:
-    if category is None:
-        if _is_mvtec_category(root):
-            cat_dir, data_root = root, root
-        else:
-            cats = list_categories(root, "mvtec")
-            if len(cats) != 1:
-                if not cats:
-                    raise _wrong_layout(root, "mvtec", "no category folder with train/good found")
-                raise DatasetError(f"{root} holds {len(cats)} MVTec categories ({', '.join(cats)}); "
-                                   "pass category=")
-            cat_dir, data_root = root / cats[0], root
-    else:
-        cat_dir, data_root = root / category, root
+def _category_dir(root: Path, category: str | None, layout: Layout, root_is_category: bool,
+                  root_of_category: Path, none_found: str) -> tuple[Path, Path]:
+    """(category folder, data-set root that relative paths refer to) for MVTec / VisA layouts.
+
+    ``root`` may be the category folder itself (``root_is_category``; its data-set root is then
+    ``root_of_category``) or a folder of categories, of which ``category`` picks one (needed
+    when there are several).
+    """
+    if category is not None:
+        cat_dir = root / category
         if not cat_dir.is_dir():
-            raise _unknown_category(root, category, "mvtec", list_categories(root, "mvtec"))
+            raise _unknown_category(root, category, layout, list_categories(root, layout))
+        return cat_dir, root
+    if root_is_category:
+        return root, root_of_category
+    cats = list_categories(root, layout)
+    if not cats:
+        raise _wrong_layout(root, layout, none_found)
+    if len(cats) > 1:
+        raise DatasetError(f"{root} holds {len(cats)} {'MVTec' if layout == 'mvtec' else 'VisA'} categories "
+                           f"({', '.join(cats)}); pass category=")
+    return root / cats[0], root
+
+
+def _read_mvtec(root: Path, category: str | None) -> DatasetSplit:
+    cat_dir, data_root = _category_dir(root, category, "mvtec", _is_mvtec_category(root), root,
+                                       "no category folder with train/good found")
     name = f"mvtec:{cat_dir.name}"
     train_dir = cat_dir / "train" / "good"
     if not train_dir.is_dir():
@@ -311,21 +322,8 @@ def _read_visa_csv_split(root: Path, csv_path: Path, category: str | None) -> Da
 
 
 def _read_visa_raw(root: Path, category: str | None) -> DatasetSplit:
-    if category is None:
-        if _is_visa_category(root):
-            cat_dir, data_root = root, root.parent
-        else:
-            cats = list_categories(root, "visa")
-            if len(cats) != 1:
-                if not cats:
-                    raise _wrong_layout(root, "visa", "no split_csv/1cls.csv and no <category>/Data/Images")
-                raise DatasetError(f"{root} holds {len(cats)} VisA categories ({', '.join(cats)}); "
-                                   "pass category=")
-            cat_dir, data_root = root / cats[0], root
-    else:
-        cat_dir, data_root = root / category, root
-        if not cat_dir.is_dir():
-            raise _unknown_category(root, category, "visa", list_categories(root, "visa"))
+    cat_dir, data_root = _category_dir(root, category, "visa", _is_visa_category(root), root.parent,
+                                       "no split_csv/1cls.csv and no <category>/Data/Images")
     name = f"visa:{cat_dir.name}"
     images_dir = cat_dir / "Data" / "Images"
     if not images_dir.is_dir():
