@@ -69,6 +69,20 @@ CHANNEL_MAP = {"RGB": (0, 1, 2), "BGR": (2, 1, 0), "MONO": (0, 0, 0)}
 
 
 @triton.jit
+def _store_rgb(out_ptr, n, rows, cols, rmask, cmask, out_sn, out_sc, out_sh, out_sw, acc0, acc1, acc2,
+               affine_ptr, scale):
+    """Store a tile's three channel accumulators as out_c = acc_c * scale * affine[c] + affine[3 + c]
+    (``scale`` undoes a fixed-point scale of the weights; 1.0 for none)."""
+    omask = rmask[:, None] & cmask[None, :]
+    optr = out_ptr + n * out_sn + rows.to(tl.int64)[:, None] * out_sh + cols.to(tl.int64)[None, :] * out_sw
+    ety = out_ptr.dtype.element_ty
+    tl.store(optr, (acc0 * (tl.load(affine_ptr + 0) * scale) + tl.load(affine_ptr + 3)).to(ety), mask=omask)
+    tl.store(optr + out_sc, (acc1 * (tl.load(affine_ptr + 1) * scale) + tl.load(affine_ptr + 4)).to(ety), mask=omask)
+    tl.store(optr + 2 * out_sc, (acc2 * (tl.load(affine_ptr + 2) * scale) + tl.load(affine_ptr + 5)).to(ety),
+             mask=omask)
+
+
+@triton.jit
 def _preprocess_kernel(src_ptr, out_ptr, y0_ptr, wy_ptr, x0_ptr, wx_ptr, affine_ptr,
                        H, W, h, w, ky, kx,
                        src_sn, src_sh, src_sw, src_sc,
@@ -121,12 +135,8 @@ def _preprocess_kernel(src_ptr, out_ptr, y0_ptr, wy_ptr, x0_ptr, wx_ptr, affine_
         acc0 += tl.dot(wyc, h0, input_precision="ieee")
         acc1 += tl.dot(wyc, h1, input_precision="ieee")
         acc2 += tl.dot(wyc, h2, input_precision="ieee")
-    omask = rmask[:, None] & cmask[None, :]
-    optr = out_ptr + n * out_sn + rows.to(tl.int64)[:, None] * out_sh + cols.to(tl.int64)[None, :] * out_sw
-    ety = out_ptr.dtype.element_ty
-    tl.store(optr, (acc0 * tl.load(affine_ptr + 0) + tl.load(affine_ptr + 3)).to(ety), mask=omask)
-    tl.store(optr + out_sc, (acc1 * tl.load(affine_ptr + 1) + tl.load(affine_ptr + 4)).to(ety), mask=omask)
-    tl.store(optr + 2 * out_sc, (acc2 * tl.load(affine_ptr + 2) + tl.load(affine_ptr + 5)).to(ety), mask=omask)
+    _store_rgb(out_ptr, n, rows, cols, rmask, cmask, out_sn, out_sc, out_sh, out_sw, acc0, acc1, acc2,
+               affine_ptr, 1.0)
 
 
 @triton.jit
@@ -190,15 +200,8 @@ def _preprocess_mma_kernel(src_ptr, out_ptr, rlo_ptr, wyb_ptr, clo_ptr, wxb_ptr,
         acc0 += tl.dot(wyc, h0, input_precision="ieee")
         acc1 += tl.dot(wyc, h1, input_precision="ieee")
         acc2 += tl.dot(wyc, h2, input_precision="ieee")
-    omask = rmask[:, None] & cmask[None, :]
-    optr = out_ptr + n * out_sn + rows.to(tl.int64)[:, None] * out_sh + cols.to(tl.int64)[None, :] * out_sw
-    ety = out_ptr.dtype.element_ty
-    a0 = tl.load(affine_ptr + 0) * INV_SCALE
-    a1 = tl.load(affine_ptr + 1) * INV_SCALE
-    a2 = tl.load(affine_ptr + 2) * INV_SCALE
-    tl.store(optr, (acc0 * a0 + tl.load(affine_ptr + 3)).to(ety), mask=omask)
-    tl.store(optr + out_sc, (acc1 * a1 + tl.load(affine_ptr + 4)).to(ety), mask=omask)
-    tl.store(optr + 2 * out_sc, (acc2 * a2 + tl.load(affine_ptr + 5)).to(ety), mask=omask)
+    _store_rgb(out_ptr, n, rows, cols, rmask, cmask, out_sn, out_sc, out_sh, out_sw, acc0, acc1, acc2,
+               affine_ptr, INV_SCALE)
 
 
 def antialias_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
