@@ -8,10 +8,11 @@ identical to 3 decimals.
 
 Backends: ``torch`` (eager network + separable CPU anomaly map), ``torch+triton`` (Triton
 pre-processing and fused anomaly map, in the CPU interpreter: a subprocess with
-TRITON_INTERPRET=1, which must be set before Triton is imported), ``openvino`` (IR network with
-the anomaly map in its graph), ``native-c++`` (the C++ library reading the OpenVINO engine
-directory build() wrote, where the native module is built), ``tensorrt`` (only where TensorRT
-and a GPU exist).
+TRITON_INTERPRET=1, which must be set before Triton is imported), ``openvino`` (the Engine with
+runtime "auto": the C++ library where the native module is built), ``openvino-python`` (the
+Python OpenVINO backend: IR network with the anomaly map in its graph), ``native-c++`` (the C++
+library through the module directly, reading the OpenVINO engine directory build() wrote, where
+the native module is built), ``tensorrt`` (only where TensorRT and a GPU exist).
 
 What OpenVINO's network achieves alone (features vs torch, fp32) is checked in
 tests/test_engine.py::test_features_match_the_torch_network (about 1e-6 relative on this model).
@@ -72,7 +73,12 @@ def _score_torch(frames, tmp):
 
 
 def _score_openvino(frames, tmp):
+    """runtime="auto": the C++ library where the native module is built, else the Python backend."""
     return _result(cdd_engine.load(engine_dir("openvino")).score(frames))
+
+
+def _score_openvino_python(frames, tmp):
+    return _result(cdd_engine.load(engine_dir("openvino"), runtime="python").score(frames))
 
 
 def _score_triton(frames, tmp):
@@ -126,6 +132,7 @@ BACKENDS = {
     "torch": _score_torch,
     "torch+triton": _score_triton,
     "openvino": _score_openvino,
+    "openvino-python": _score_openvino_python,
     "native-c++": pytest.param(_score_native, marks=pytest.mark.skipif(
         _native_or_none() is None, reason="the native module (libcdd_engine) is not built here")),
     "tensorrt": pytest.param(_score_tensorrt, marks=pytest.mark.skipif(
