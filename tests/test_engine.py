@@ -150,7 +150,8 @@ def test_return_maps_false_and_threshold_override(engine):
     assert r.maps is None
     np.testing.assert_array_equal(r.scores, full.scores)
     mid = float(np.median(full.scores))
-    other = Engine(engine.engine_dir, threshold=mid)
+    # the same runtime as `engine`: a score equal to the median must meet the very same number
+    other = Engine(engine.engine_dir, threshold=mid, runtime="python" if engine.runtime == "python" else "native")
     assert other.threshold == mid and engine.threshold == THRESHOLD
     np.testing.assert_array_equal(other.score(x).is_anomalous, full.scores > mid)
     other.threshold = float(full.scores.min()) - 1.0
