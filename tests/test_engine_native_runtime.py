@@ -96,6 +96,10 @@ def test_runtime_arguments_are_checked():
         cdd_engine.load(engine_dir("openvino"), runtime="python", num_streams=2)
     with pytest.raises(ValueError, match="num_streams must be an integer >= 1, got 0"):
         cdd_engine.load(engine_dir("openvino"), num_streams=0)
+    with pytest.raises(ValueError, match="OpenVINO backend runs on the CPU, got device='gpu'"):
+        cdd_engine.load(engine_dir("openvino"), device="gpu")  # auto -> the Python backend's own check
+    with pytest.raises(BackendUnavailable, match="OpenVINO backend runs on the CPU, got device='cuda'"):
+        cdd_engine.load(engine_dir("openvino"), runtime="native", device="cuda")
     assert cdd_engine.load(engine_dir("torch")).runtime == "python"  # auto: torch engines are Python only
     assert cdd_engine.load(engine_dir("openvino"), sub_batch=2).runtime == "python"  # a Python-only option
 

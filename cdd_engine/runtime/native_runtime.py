@@ -44,12 +44,21 @@ def native_module() -> Any | None:
         return None
 
 
+def _device_type(device: Any) -> str | None:
+    """"cpu" / "cuda" / ... of a device string or torch.device; None when torch does not know it
+    (the Python backend then says what it expected)."""
+    try:
+        return torch.device(device).type
+    except (RuntimeError, TypeError, ValueError):
+        return None
+
+
 def _is_cuda(device: Any) -> bool:
-    return device is not None and torch.device(device).type == "cuda"
+    return device is not None and _device_type(device) == "cuda"
 
 
 def _is_cpu(device: Any) -> bool:
-    return device is None or torch.device(device).type == "cpu"
+    return device is None or _device_type(device) == "cpu"
 
 
 def check_openvino_mode(mode: Any) -> str:
