@@ -29,10 +29,28 @@ from ..training.loop import EpochStats, Features
 from ..training.loss import rd_loss_per_image
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """y = sum over ranks of x. Every rank's loss depends on the same y, and the total loss is
+    the sum of the ranks' losses, so d(total)/dx on a rank = sum over ranks of dL_r/dy: the
+    backward is again a sum-all-reduce (of the incoming gradient). Written here on
+    ``dist.all_reduce`` because ``torch.distributed.nn.functional.all_reduce`` is deprecated."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = x.clone()  # all_reduce works in place; the input must stay as autograd saw it
+        dist.all_reduce(y, op=dist.ReduceOp.SUM)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        g = grad.clone()  # the incoming gradient may be shared with other consumers
+        dist.all_reduce(g, op=dist.ReduceOp.SUM)
+        return g
+
+
 def _all_reduce_autograd(x: torch.Tensor) -> torch.Tensor:
     """Sum over ranks whose backward is again a sum over ranks (the gradient of a global sum)."""
-    from torch.distributed.nn.functional import all_reduce
-    return all_reduce(x, op=dist.ReduceOp.SUM)
+    return _AllReduceSum.apply(x)
 
 
 def _sync_bn_forward(bn: nn.BatchNorm2d) -> Callable[[torch.Tensor], torch.Tensor]:
