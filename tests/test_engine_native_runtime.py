@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -83,6 +84,37 @@ def test_auto_and_native_need_the_module(monkeypatch, caplog):
     assert eng.runtime == "python" and "runtime='python'" in repr(eng)
     said = [r.getMessage() for r in caplog.records if "runtime python" in r.getMessage()]
     assert len(said) == 1 and "not built" in said[0]
+
+
+def test_auto_falls_back_when_the_cpp_engine_cannot_load(monkeypatch, caplog):
+    """A C++ load failure (BackendUnavailable) is a warning and the Python runtime under "auto", an
+    error under "native" (a stand-in module and loader: runs without the real module)."""
+    from cdd_engine.runtime import engine as engine_module
+
+    def refuse(*args, **kwargs):
+        raise BackendUnavailable("libcdd_engine could not load it on CPU: stand-in failure")
+
+    monkeypatch.setattr(native_runtime, "native_module", lambda: SimpleNamespace(WITH_OPENVINO=True))
+    monkeypatch.setattr(engine_module, "NativeRunner", refuse)
+    with caplog.at_level(logging.INFO, logger="cdd_engine"):
+        eng = cdd_engine.load(engine_dir("openvino"))
+    assert eng.runtime == "python"
+    assert any(r.levelno == logging.WARNING and "stand-in failure" in r.getMessage() for r in caplog.records)
+    with pytest.raises(BackendUnavailable, match="stand-in failure"):
+        cdd_engine.load(engine_dir("openvino"), runtime="native")
+
+
+@pytest.mark.parametrize("with_trt,device,want", [(True, None, "native"), (True, "cuda:1", "native"),
+                                                 (True, "cpu", "python"), (False, None, "python")])
+def test_tensorrt_engines_choose_native_only_with_a_tensorrt_build_on_cuda(monkeypatch, with_trt, device, want):
+    """The choice alone (no TensorRT or GPU here, DESIGN.md §6): a stand-in module says what it was built with."""
+    monkeypatch.setattr(native_runtime, "native_module",
+                        lambda: SimpleNamespace(WITH_OPENVINO=True, WITH_TENSORRT=with_trt))
+    name, reason = native_runtime.choose_runtime("auto", {"backend": "tensorrt"}, device, {})
+    assert name == want and reason.startswith("auto")
+    if want == "python":
+        with pytest.raises(BackendUnavailable, match="TensorRT"):
+            native_runtime.choose_runtime("native", {"backend": "tensorrt"}, device, {})
 
 
 def test_runtime_arguments_are_checked():

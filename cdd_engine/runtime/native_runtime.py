@@ -128,6 +128,10 @@ class NativeRunner:
         openvino_mode: "auto" | "latency" -> 1 request, "throughput" -> 2 (STREAMS_FOR_MODE).
         static_shapes: OpenVINO static-shape networks per batch size (None = True).
 
+    TensorRT engines (device "cuda[:i]", a module built with CDD_WITH_TENSORRT) are NOT RUN on the
+    development and CI machines (no GPU, DESIGN.md §6): that path passes the module's documented
+    ``device`` option; the choice logic is tested with a stand-in module.
+
     Raises:
         EngineFormatError: the C++ reader refuses the directory (ValueError / FileNotFoundError).
         BackendUnavailable: the C++ engine could not load the model here (RuntimeError).
