@@ -5,6 +5,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from cdd_engine.checkpoint import CheckpointError
 from cdd_engine.report import contamination_report, precision_at, ranked_training_scores
@@ -14,9 +15,16 @@ from rd_fixtures import TINY, one_torch_thread, write_tiny_mvtec  # noqa: F401 (
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
+    # a module fixture runs before the function-scoped one_torch_thread; on 2 shared cores a
+    # second OpenMP thread made this file cost 20 s of CPU instead of 9 s (measured), so one here too
     data = write_tiny_mvtec(tmp_path_factory.mktemp("data"), n_train=8, n_bad=5)
-    return train(data, tmp_path_factory.mktemp("runs") / "run", category="widget", epochs=1, noise_ratio=0.25,
-                 **TINY)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(data, tmp_path_factory.mktemp("runs") / "run", category="widget", epochs=1,
+                     noise_ratio=0.25, **TINY)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _fake_scores(tmp_path, entries, threshold=0.5):
