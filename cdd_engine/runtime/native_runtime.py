@@ -28,10 +28,12 @@ OPENVINO_MODES = ("auto", "latency", "throughput")
 # Options of the Python backends that the C++ engine has no counterpart for: asking for one makes
 # "auto" pick the Python runtime (the caller asked for a Python-runtime behaviour).
 PYTHON_ONLY_OPTIONS = ("sub_batch", "use_triton")
-# openvino_mode -> C++ inference requests. "latency": one request on all threads (the fastest
-# single-frame configuration measured on 2 cores); "throughput": a call's frames split over two
-# requests running at once (the Python runtime's THROUGHPUT hint chose 2 streams on 2 cores);
-# pass num_streams= for more on bigger machines.
+# openvino_mode -> C++ inference requests. "auto"/"latency": one request on all threads, so a single
+# frame uses every core when they are free; "throughput": a call's frames split over two requests
+# running at once (what the Python runtime's THROUGHPUT hint chose on 2 cores). On 2 cores under a
+# load of 6-7 (benchmarks/RESULTS.md, WRN50 256²) 2 streams ran batch 8 at 1.01x/0.96x the Python
+# runtime against 0.86x/0.82x for 1 stream, and batch 1 at 1.17-1.28x against 1.06-1.14x; same CPU
+# work. Pass num_streams= for more streams on bigger machines.
 STREAMS_FOR_MODE = {"auto": 1, "latency": 1, "throughput": 2}
 
 
