@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -50,6 +51,11 @@ def test_cdd_run_directory_and_inference_model(tiny_data, tmp_path):
     assert [f.shape for f in t] == [f.shape for f in s]
     scores = json.loads((run / "train_scores.json").read_text())
     assert len(scores["scores"]) == 13 and sum(e["injected"] for e in scores["scores"]) == 3
+    # CDD's default threshold is median + 2 robust sigmas (RD's is 3): recomputed from the scores
+    s = np.array([e["score"] for e in scores["scores"]])
+    med = np.median(s)
+    assert scores["rule"]["k"] == 2.0 and cfg["training"]["threshold_k"] is None
+    assert scores["threshold"] == pytest.approx(med + 2.0 * 1.4826 * np.median(np.abs(s - med)), rel=1e-12)
     assert json.loads((run / "metrics.json").read_text())["n_injected"] == 3
 
 

@@ -123,6 +123,23 @@ def test_threshold_rules_by_hand():
         threshold_from_scores(scores, "mean")
 
 
+def test_threshold_k_default_depends_on_the_method_and_an_explicit_k_wins(tmp_path):
+    def cfg(**kw):
+        return TrainConfig(data=tmp_path, out=tmp_path / "run", **kw)
+    assert cfg().threshold_k is None                               # recorded as "not set"
+    assert cfg(method="rd").effective_threshold_k == 3.0           # RESULTS.md: F1 0.802 (k 3) vs 0.798 (k 2)
+    assert cfg(method="cdd").effective_threshold_k == 2.0          # RESULTS.md: F1 0.735 (k 2) vs 0.601 (k 3)
+    assert cfg(method="cdd", threshold_k=3.0).effective_threshold_k == 3.0
+    assert cfg(method="rd", threshold_k=0.5).effective_threshold_k == 0.5
+    assert cfg(threshold_rule="quantile", threshold_k=0.9).effective_threshold_k == 0.9
+    with pytest.raises(ValueError, match="'quantile' needs threshold_k"):
+        cfg(threshold_rule="quantile")
+    with pytest.raises(ValueError, match="threshold_k must be in"):
+        cfg(threshold_rule="quantile", threshold_k=2.0)
+    with pytest.raises(TypeError, match="threshold_k must be a finite number"):
+        cfg(threshold_k="2")
+
+
 @pytest.mark.parametrize("kw, err, msg", [
     (dict(epochs=0), ValueError, "epochs must be >= 1"),
     (dict(batch_size=2.5), TypeError, "batch_size must be an int"),
@@ -181,9 +198,19 @@ def test_train_writes_a_complete_run_directory(tiny_data, tmp_path):
     assert len(scores["scores"]) == 11 and sum(e["injected"] for e in scores["scores"]) == 2
     s = np.array([e["score"] for e in scores["scores"]])
     assert scores["threshold"] == pytest.approx(threshold_from_scores(s)["threshold"])
+    assert scores["rule"]["k"] == 3.0 and scores["rule"]["k_source"] == "default for method 'rd'"
 
     with pytest.raises(FileExistsError, match="--resume"):
         train(tiny_data, run, category="widget", epochs=2, **TINY)
+    # a resume without threshold_k keeps the run's recorded k (runs before the per-method
+    # default recorded a number, 3.0; here 1.5 so that it differs from every default)
+    cfg["training"]["threshold_k"] = 1.5
+    (run / "config.json").write_text(json.dumps(cfg))
+    train(tiny_data, run, category="widget", epochs=3, resume=True, noise_ratio=0.25, **TINY)
+    scores = json.loads((run / "train_scores.json").read_text())
+    s = np.array([e["score"] for e in scores["scores"]])
+    assert scores["rule"]["k"] == 1.5 and scores["rule"]["k_source"] == "threshold_k"
+    assert scores["threshold"] == pytest.approx(threshold_from_scores(s, "median_mad", 1.5)["threshold"])
     with pytest.raises(ValueError, match="lr"):
         train(tiny_data, run, category="widget", epochs=3, lr=0.01, resume=True, noise_ratio=0.25, **TINY)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):

@@ -13,6 +13,13 @@ MAP_MODES = ("add", "mul")
 DEFAULT_EPOCHS = 30          # ~2 min per category at 256² on 2 cores with cached teacher features
 DEFAULT_IMAGE_SIZE = 256
 THRESHOLD_RULES = ("median_mad", "quantile")
+# k of median + k * 1.4826 * MAD when the run does not set threshold_k, by method. Measured on
+# 48 demo runs (benchmarks/RESULTS.md, "Threshold from training scores"), mean test F1 at the
+# threshold: RD 0.802 with k = 3 vs 0.798 with k = 2; CDD 0.601 with k = 3 vs 0.735 with k = 2
+# (CDD's global student reproduces the teacher less closely on its own training images, so its
+# training scores spread wider and 3 MADs land too high). Other methods: k = 3.
+DEFAULT_THRESHOLD_K = {"rd": 3.0, "cdd": 2.0}
+FALLBACK_THRESHOLD_K = 3.0
 # Options that may differ when a run is resumed; every other option must equal the recorded one,
 # or the resumed run would not be the run that was started.
 RESUMABLE_CHANGES = frozenset({"epochs", "eval_every", "progress", "resume", "num_workers", "device",
@@ -33,6 +40,9 @@ class TrainConfig:
     teacher is ~85 % of an epoch's time at 256² on CPU), "yes"/"no" force it.
     Threshold (train_scores.json): ``median_mad`` = median + k * 1.4826 * MAD of the training
     scores (robust to a minority of contaminated images), ``quantile`` = the k-quantile (0..1).
+    ``threshold_k=None`` (default) means the method's measured default for ``median_mad``
+    (:data:`DEFAULT_THRESHOLD_K`: 3 for rd, 2 for cdd; see :attr:`effective_threshold_k`); an
+    explicit value always wins. ``quantile`` has no default q: it must be given.
     """
 
     data: str
@@ -63,7 +73,7 @@ class TrainConfig:
     map_mode: str = "add"
     sigma: float = 4.0
     threshold_rule: str = "median_mad"
-    threshold_k: float = 3.0
+    threshold_k: float | None = None
     method_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -76,6 +86,19 @@ class TrainConfig:
     @property
     def effective_noise_seed(self) -> int:
         return self.seed if self.noise_seed is None else self.noise_seed
+
+    @property
+    def effective_threshold_k(self) -> float:
+        """``threshold_k``, or for ``median_mad`` without one the method's default (rd 3, cdd 2)."""
+        if self.threshold_k is not None:
+            return float(self.threshold_k)
+        self._need_explicit_k()
+        return DEFAULT_THRESHOLD_K.get(self.method, FALLBACK_THRESHOLD_K)
+
+    def _need_explicit_k(self) -> None:
+        if self.threshold_rule != "median_mad":
+            raise ValueError(f"threshold_rule {self.threshold_rule!r} needs threshold_k (the quantile q in "
+                             f"[0, 1], e.g. 0.9 when ~10 % of the training images may be defective), got None")
 
     def validate(self) -> None:
         """Raise ValueError/TypeError naming the option, what was expected and what was got."""
@@ -117,7 +140,10 @@ class TrainConfig:
         need_float("noise_ratio", 0.0)
         need_float("sigma", 0.0)
         need_float("feature_cache_gb", 0.0)
-        need_float("threshold_k", 0.0, 1.0 if self.threshold_rule == "quantile" else math.inf)
+        if self.threshold_k is not None:
+            need_float("threshold_k", 0.0, 1.0 if self.threshold_rule == "quantile" else math.inf)
+        else:
+            self._need_explicit_k()
         if (not isinstance(self.betas, tuple) or len(self.betas) != 2
                 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in self.betas)):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")

@@ -39,7 +39,7 @@ def train(data: str | Path, out: str | Path, layout: str = "mvtec", category: st
     """Train a student on a data set and write a run directory (the checkpoint).
 
     Args mirror ``cdd-engine train`` (see :class:`TrainConfig` for ``**more``: ``noise_seed``,
-    ``num_workers``, ``cache_features``, ``threshold_rule``, ``threshold_k``, ``map_mode``,
+    ``num_workers``, ``cache_features``, ``threshold_rule``, ``threshold_k`` (None: 3 for rd, 2 for cdd), ``map_mode``,
     ``sigma``, ``betas``, ``eval_batch_size``, ``deterministic``, ``method_options`` ...).
     ``noise_ratio`` > 0 applies the FUAD protocol: that fraction of |train| anomalous test
     images, drawn with the seed, join the training set unlabelled and leave the test set.
@@ -66,6 +66,8 @@ def _prepare_run_dir(config: TrainConfig) -> tuple[Path, dict | None]:
             raise FileNotFoundError(f"--resume: {run_dir} holds no checkpoint to resume (no {ckpt.CONFIG_FILE})")
         recorded = ckpt.read_config(run_dir)
         old = TrainConfig.from_json(recorded["training"])
+        if config.threshold_k is None:  # no explicit k: keep the run's (runs before the per-method default recorded 3.0)
+            config.threshold_k = old.threshold_k
         diffs = config_differences(old, config)
         if Path(old.data).absolute() != Path(config.data).absolute():
             diffs.insert(0, f"data: recorded {old.data!r}, requested {config.data!r}")
@@ -134,7 +136,8 @@ def training_scores(model, features: TeacherFeatures, config: TrainConfig) -> np
 
 
 def _write_train_scores(run_dir: Path, split, manifest, scores: np.ndarray, config: TrainConfig, epoch: int) -> float:
-    rule = threshold_from_scores(scores, config.threshold_rule, config.threshold_k)
+    k = config.effective_threshold_k
+    rule = threshold_from_scores(scores, config.threshold_rule, k)
     injected = set(manifest.injected)
     root = Path(split.root)
     entries = []
@@ -143,7 +146,8 @@ def _write_train_scores(run_dir: Path, split, manifest, scores: np.ndarray, conf
         entries.append({"path": rel, "score": v, "injected": rel in injected})
     ckpt.write_json(run_dir / ckpt.SCORES_FILE, {
         "epoch": epoch, "threshold": rule["threshold"],
-        "rule": {"name": config.threshold_rule, "k": config.threshold_k,
+        "rule": {"name": config.threshold_rule, "k": k, "k_source": "threshold_k" if config.threshold_k is not None
+                 else f"default for method {config.method!r}",
                  **{k: v for k, v in rule.items() if k != "threshold"}},
         "note": "threshold from training scores only; 'injected' is provenance for reports, never used",
         "scores": entries})
