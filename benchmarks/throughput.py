@@ -27,7 +27,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbones", default="wide_resnet50_2,efficientnet_lite0")
     ap.add_argument("--backends", default="openvino",
-                    help="comma-separated: openvino, torch, openvino:latency, openvino:throughput")
+                    help="comma-separated: openvino, torch, openvino:latency, openvino:throughput, "
+                         "openvino-direct[:mode] (built without the Winograd rewrite)")
     ap.add_argument("--batch-sizes", default="1,8,32")
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--frame-size", type=int, default=None)

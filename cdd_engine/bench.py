@@ -130,7 +130,11 @@ def summarize(times: dict[str, list[float]], batch: int, baseline: str = "eager"
 
 
 def _stage_times(engine, frames: np.ndarray, eager_model: torch.nn.Module, reps: int) -> dict[str, dict[str, float]]:
-    """ms per image of each stage of the engine and of the eager pipeline (median of ``reps``)."""
+    """ms per image of each stage of the engine and of the eager pipeline (median of ``reps``).
+
+    The engine's stages are timed on its Python backend (pre-processing, ``score_batch``, copy out),
+    whichever runtime ``Engine.score`` uses; the native runtime runs the same model.xml.
+    """
     from .runtime.engine import _numpy
     from .runtime.frames import to_frames
 
@@ -139,6 +143,9 @@ def _stage_times(engine, frames: np.ndarray, eager_model: torch.nn.Module, reps:
     mean, std = eager_model.normalization
     st: dict[str, list[float]] = {k: [] for k in ("engine_pre", "engine_network_and_map", "engine_out",
                                                   "eager_pre", "eager_network", "eager_map")}
+    # One untimed pass first: on the native runtime ``engine.backend`` is the Python backend, created
+    # and compiled on first use (seconds for WRN50), which must not land in the first repetition.
+    engine.backend.score_batch(engine.prepare(to_frames(frames), 0, n))
     for _ in range(reps):
         t0 = time.perf_counter()
         f = to_frames(frames)
@@ -167,10 +174,19 @@ def _stage_times(engine, frames: np.ndarray, eager_model: torch.nn.Module, reps:
 
 def _engine_for(backbone: str, backend: str, model: torch.nn.Module, engines_dir: Path, max_batch: int,
                 engine_options: dict[str, Any]):
+    """Load (or build) the engine of ``backend`` for ``model`` in ``engines_dir``.
+
+    ``engine_options`` may hold the build-time key ``"_winograd"`` (OpenVINO: rewrite the 3x3
+    convolutions as Winograd, the export's default, or not); the rest go to ``Engine``.
+    """
     import cdd_engine
+    from .export.openvino import WINOGRAD_ENV
     from .runtime.errors import EngineFormatError
 
-    out = engines_dir / f"{backbone}_{model.image_size[0]}_{backend}"
+    engine_options = dict(engine_options)
+    winograd = engine_options.pop("_winograd", True)
+    suffix = ("-winograd" if winograd else "-direct") if backend == "openvino" else ""
+    out = engines_dir / f"{backbone}_{model.image_size[0]}_{backend}{suffix}"
     if (out / "engine.json").is_file():
         try:
             eng = cdd_engine.load(out, **engine_options)
@@ -178,15 +194,30 @@ def _engine_for(backbone: str, backend: str, model: torch.nn.Module, engines_dir
                 return eng
         except EngineFormatError as e:
             log.info("rebuilding %s: %s", out, e)
-    log.info("building the %s engine of %s (random weights) in %s", backend, backbone, out)
-    return cdd_engine.build(model, backend=backend, max_batch=max_batch, output_dir=out, threshold=1.0,
-                            verify=False, **engine_options)
+    log.info("building the %s engine of %s (random weights) in %s", backend + suffix, backbone, out)
+    saved = os.environ.get(WINOGRAD_ENV)
+    os.environ[WINOGRAD_ENV] = "1" if winograd else "0"  # read by the OpenVINO export inside build()
+    try:
+        return cdd_engine.build(model, backend=backend, max_batch=max_batch, output_dir=out, threshold=1.0,
+                                verify=False, **engine_options)
+    finally:
+        if saved is None:
+            os.environ.pop(WINOGRAD_ENV, None)
+        else:
+            os.environ[WINOGRAD_ENV] = saved
 
 
 def parse_variant(spec: str) -> tuple[str, str, dict[str, Any]]:
-    """"openvino" or "openvino:latency" / "openvino:throughput" -> (label, backend, Engine options)."""
+    """An engine to time -> (label, backend, options).
+
+    "openvino", "torch", "openvino:latency" / "openvino:throughput" (how batches run), and
+    "openvino-direct[:mode]": the OpenVINO engine built without the Winograd rewrite of its 3x3
+    convolutions (export/openvino.py), to time both in the same run.
+    """
     backend, _, mode = spec.partition(":")
     options: dict[str, Any] = {}
+    if backend == "openvino-direct":
+        backend, options["_winograd"] = "openvino", False
     if mode:
         if backend != "openvino":
             raise ValueError(f"only openvino takes a mode (openvino:auto|latency|throughput), got {spec!r}")
@@ -225,6 +256,9 @@ def throughput_benchmark(backbones: Sequence[str] = DEFAULT_BACKBONES, backends:
         model = build_rd_model(backbone, pretrained=False, image_size=image_size, seed=0).eval()
         engines = {label: _engine_for(backbone, backend, model, engines_path, max_batch, options)
                    for label, backend, options in variants}
+        # which runtime ran each engine ("native" C++ or "python"; Engine picks native where it can)
+        results.setdefault("engine_runtimes", {}).update(
+            {f"{backbone}/{label}": str(getattr(eng, "runtime", "python")) for label, eng in engines.items()})
         eager = eager_pipeline(model)
         for batch in batch_sizes:
             n_rounds = rounds[batch] if isinstance(rounds, dict) else rounds
@@ -322,6 +356,8 @@ def to_markdown(results: dict[str, Any], command: str | None = None) -> str:
              f"(shared cores). Model {results['image_size']}², uint8 frames {results['frame_size']}², fp32."]
     if command:
         lines.append(f"Command: `{command}`")
+    if results.get("engine_runtimes"):
+        lines.append("Engine runtimes: " + ", ".join(f"{k} {v}" for k, v in results["engine_runtimes"].items()))
     lines += ["", "| backbone | batch | pipeline | images/s | p50 ms/call | p99 ms/call | x eager (medians) | "
                   "x eager (paired) |", "|---|---|---|---|---|---|---|---|"]
     for run in results["runs"]:

@@ -95,7 +95,8 @@ def test_export_applies_it_by_default_and_the_environment_turns_it_off(rd_onnx, 
     monkeypatch.setattr(wg, "MIN_CHANNELS", 1)  # the tiny model's convolutions are thinner than 256
 
     def rewritten(xml):
-        return sum(op.get_friendly_name().endswith("/winograd") for op in ov.Core().read_model(str(xml)).get_ops())
+        ops_ = ov.Core().read_model(str(xml)).get_ops()
+        return sum(op.get_friendly_name().endswith("/winograd") for op in ops_)
 
     xml_on, _ = convert_to_openvino(onnx_path, tmp_path / "on")
     assert rewritten(xml_on) > 0

@@ -10,6 +10,10 @@ fused kernels, and the 14.7 MB/image of WRN50 features never reach Python. Measu
 7.5 ms/image in the graph against 13.2 ms/image for the torch separable path and 85 ms for the
 eager reference.
 
+The IR itself may hold Winograd F(2x2, 3x3) subgraphs in place of its wide 3x3 convolutions
+(written by the export, export/openvino.py; backends/openvino_winograd.py): nothing to do here,
+the runtime compiles whatever model.xml holds.
+
 Compiled models are cached per batch size with static shapes (static shapes let the CPU
 plugin pick its kernels once: WRN50 RD at batch 1 ran 467 ms static vs 490 ms dynamic in one
 interleaved probe, a difference within the noise of these shared cores), and

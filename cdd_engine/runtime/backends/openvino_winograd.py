@@ -95,7 +95,8 @@ def winograd_conv3x3(x: Any, w: np.ndarray, height: int, width: int) -> Any:
     xp = ops.pad(x, _i64([0, 0, 1, 1]), _i64([0, 0, 1, 1]), "constant", ops.constant(np.float32(0)))
     # (N, Cin*4, th+1, tw+1), channel c*4 + p*2 + q holds padded pixel (2i+p, 2j+q)
     s2d = ops.reshape(ops.space_to_depth(xp, "depth_first", 2), _i64([0, ci, 4, th + 1, tw + 1]), True)
-    phase = {(p, q): ops.squeeze(_slice(s2d, 2, 2 * p + q, 2 * p + q + 1), _i64([2])) for p in (0, 1) for q in (0, 1)}
+    phase = {(p, q): ops.squeeze(_slice(s2d, 2, 2 * p + q, 2 * p + q + 1), _i64([2]))
+             for p in (0, 1) for q in (0, 1)}
     # tile row u = 2*a + p of tile i is padded row 2*(i+a) + p: phase (p, .) shifted by a rows
     rows = {(u, q): _slice(phase[u % 2, q], 2, u // 2, u // 2 + th) for u in range(4) for q in (0, 1)}
     row_t = {(a, q): _combine([rows[u, q] for u in range(4)], _BT[a]) for a in range(4) for q in (0, 1)}
