@@ -152,6 +152,27 @@ def test_native_runtime_is_chosen_and_said(native_engine, caplog):
 
 
 @needs_native
+def test_streams_follow_openvino_mode(model):
+    """"auto": single frames on a 1-stream C++ engine, calls of several frames on a 2-stream one
+    loaded on first need (results within RTOL of the reference either way); "latency",
+    "throughput" and num_streams= give one engine of a fixed stream count."""
+    rng = np.random.default_rng(19)
+    x = np.stack([random_frame(rng, 43, 59) for _ in range(3)])
+    eng = cdd_engine.load(engine_dir("openvino"), runtime="native")
+    runner = eng._native
+    single = np.concatenate([eng.score(x[i:i + 1]).scores for i in range(3)])
+    assert runner.engine.num_streams == 1 and runner._batch_engine is None
+    both = eng.score(x).scores
+    assert runner._batch_engine is not None and runner._batch_engine.num_streams == 2
+    want = reference(model, list(x))[1]
+    assert rel_err(single, want) <= RTOL and rel_err(both, want) <= RTOL
+    for options, streams in ((dict(openvino_mode="latency"), 1), (dict(openvino_mode="throughput"), 2),
+                             (dict(num_streams=3), 3)):
+        r = cdd_engine.load(engine_dir("openvino"), runtime="native", **options)._native
+        assert r.engine.num_streams == streams and r.engine_for(3) is r.engine and r.engine_for(1) is r.engine
+
+
+@needs_native
 def test_hashes_are_checked_once_before_the_cpp_engine(tmp_path):
     """The Python reader verifies the SHA-256 (the C++ engine is told not to hash again): a flipped
     byte in model.bin is the same EngineFormatError on both runtimes."""

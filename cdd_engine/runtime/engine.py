@@ -91,9 +91,10 @@ class Engine:
             one latency request for a single image, batches split into jobs of ``sub_batch``
             (default 1) images on the plugin's streams), "latency" or "throughput"; static
             shapes per batch size (default). See backends/openvino_backend.py.
-            On the native runtime ``openvino_mode`` sets the C++ inference requests ("auto" and
-            "latency": 1, "throughput": 2; see native_runtime.STREAMS_FOR_MODE) and ``sub_batch``
-            has no counterpart (asking for it selects the Python runtime under "auto").
+            On the native runtime ``openvino_mode`` sets the C++ inference requests ("latency": 1,
+            "throughput": 2, "auto": 1 for single frames and 2 for several, as the Python modes;
+            see native_runtime.STREAMS_FOR_MODE) and ``sub_batch`` has no counterpart (asking for
+            it selects the Python runtime under "auto").
         verify_hashes: check every file's SHA-256 against engine.json (sizes are always checked).
             Done once, here, for both runtimes (the C++ reader is told not to hash again).
         runtime: "auto" (default: native when ``cdd_engine.native.available()`` and the engine is

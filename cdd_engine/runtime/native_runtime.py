@@ -15,6 +15,7 @@ own threshold; the C++ engine only runs pre-processing, network and anomaly map.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import numpy as np
@@ -28,13 +29,17 @@ OPENVINO_MODES = ("auto", "latency", "throughput")
 # Options of the Python backends that the C++ engine has no counterpart for: asking for one makes
 # "auto" pick the Python runtime (the caller asked for a Python-runtime behaviour).
 PYTHON_ONLY_OPTIONS = ("sub_batch", "use_triton")
-# openvino_mode -> C++ inference requests. "auto"/"latency": one request on all threads, so a single
-# frame uses every core when they are free; "throughput": a call's frames split over two requests
-# running at once (what the Python runtime's THROUGHPUT hint chose on 2 cores). On 2 cores under a
-# load of 6-7 (benchmarks/RESULTS.md, WRN50 256²) 2 streams ran batch 8 at 1.01x/0.96x the Python
-# runtime against 0.86x/0.82x for 1 stream, and batch 1 at 1.17-1.28x against 1.06-1.14x; same CPU
-# work. Pass num_streams= for more streams on bigger machines.
-STREAMS_FOR_MODE = {"auto": 1, "latency": 1, "throughput": 2}
+# openvino_mode -> C++ inference requests (streams), as the Python OpenVINO backend runs its modes:
+# "latency": one request on all threads; "throughput": a call's frames split over two requests
+# running at once (what the Python runtime's THROUGHPUT hint chose on 2 cores); "auto": single
+# frames on a 1-stream engine, calls of 2+ frames on a 2-stream engine created on the first such
+# call (a second compiled network, as the Python runtime's latency + throughput models).
+# Measured (benchmarks/RESULTS.md, WRN50 256², 2 cores): a single frame on all threads took 442 ms
+# in a quiet window (Python path) while one frame costs ~0.8 s of CPU, so a 1-thread stream would
+# need ~0.8 s; batch 8 under load ran at 0.96-1.01x the Python runtime on 2 streams and
+# 0.82-0.86x on 1 (same CPU work). Pass num_streams= for a fixed count (bigger machines).
+STREAMS_FOR_MODE = {"latency": 1, "throughput": 2}
+AUTO_SINGLE_STREAMS, AUTO_BATCH_STREAMS = 1, 2
 
 
 def native_module() -> Any | None:
@@ -127,12 +132,14 @@ class NativeRunner:
         device: None / "cpu" for OpenVINO (C++ device "CPU"); None / "cuda[:i]" for TensorRT.
         num_threads: CPU threads; None or 0 = all cores.
         num_streams: inference requests that run at once (None: from ``openvino_mode``).
-        openvino_mode: "auto" | "latency" -> 1 request, "throughput" -> 2 (STREAMS_FOR_MODE).
+        openvino_mode: "latency" -> 1 stream, "throughput" -> 2, "auto" (default) -> 1 for single
+            frames and 2 for calls of several frames (a second C++ engine, loaded on first need).
         static_shapes: OpenVINO static-shape networks per batch size (None = True).
 
     TensorRT engines (device "cuda[:i]", a module built with CDD_WITH_TENSORRT) are NOT RUN on the
     development and CI machines (no GPU, DESIGN.md §6): that path passes the module's documented
-    ``device`` option; the choice logic is tested with a stand-in module.
+    ``device`` option (one engine, ``num_streams`` or 1 execution context); the choice logic is
+    tested with a stand-in module.
 
     Raises:
         EngineFormatError: the C++ reader refuses the directory (ValueError / FileNotFoundError).
@@ -145,35 +152,53 @@ class NativeRunner:
         mod = native_module()
         if mod is None:  # choose_runtime checked; the module could only vanish in between
             raise BackendUnavailable("the native module cdd_engine._native is not built")
-        if manifest["backend"] != "openvino":  # the Python backends' rule and message
+        openvino = manifest["backend"] == "openvino"
+        if not openvino:  # the Python backends' rule and message
             given = sorted(k for k, v in (("mode", openvino_mode), ("static_shapes", static_shapes)) if v is not None)
             if given:
                 raise TypeError(f"backend {manifest['backend']!r} does not take option(s) {given}")
         mode = check_openvino_mode(openvino_mode)
-        streams = check_count(num_streams, "num_streams", 1) or STREAMS_FOR_MODE[mode]
-        threads = check_count(num_threads, "num_threads", 0) or 0
-        if manifest["backend"] == "tensorrt":
-            cpp_device = "cuda" if device is None else str(torch.device(device))
-        else:
-            cpp_device = "CPU"
-        try:
-            # verify_hashes=False: the Python Engine already verified every file's SHA-256 while
-            # reading engine.json (one hashing pass, Python's error messages); the C++ reader still
-            # checks the format, the sizes and the model's shapes.
-            self.engine = mod.Engine(str(engine_dir), num_threads=threads, num_streams=streams, device=cpp_device,
-                                     verify_hashes=False, static_shapes=True if static_shapes is None
-                                     else bool(static_shapes))
-        except (ValueError, FileNotFoundError) as e:
-            raise EngineFormatError(f"libcdd_engine refuses {engine_dir}: {e}") from e
-        except RuntimeError as e:
-            raise BackendUnavailable(f"libcdd_engine could not load {engine_dir} on {cpp_device}: {e}") from e
+        streams = check_count(num_streams, "num_streams", 1)
+        self._adaptive = openvino and streams is None and mode == "auto"
+        if streams is None:
+            streams = AUTO_SINGLE_STREAMS if self._adaptive or not openvino else STREAMS_FOR_MODE[mode]
+        self._engine_dir = str(engine_dir)
+        self._device = "CPU" if openvino else ("cuda" if device is None else str(torch.device(device)))
+        # verify_hashes=False: the Python Engine already verified every file's SHA-256 while reading
+        # engine.json (one hashing pass, Python's error messages); the C++ reader still checks the
+        # format, the sizes and the model's shapes.
+        self._options = dict(num_threads=check_count(num_threads, "num_threads", 0) or 0, device=self._device,
+                             verify_hashes=False, static_shapes=True if static_shapes is None else bool(static_shapes))
+        self._mod = mod
+        self.engine = self._load(streams)
+        self._batch_engine: Any = None
+        self._lock = threading.Lock()
         self.version = str(mod.__version__)
         self.label = f"native C++ (libcdd_engine {self.version})"
+
+    def _load(self, streams: int) -> Any:
+        try:
+            return self._mod.Engine(self._engine_dir, num_streams=streams, **self._options)
+        except (ValueError, FileNotFoundError) as e:
+            raise EngineFormatError(f"libcdd_engine refuses {self._engine_dir}: {e}") from e
+        except RuntimeError as e:
+            raise BackendUnavailable(f"libcdd_engine could not load {self._engine_dir} on {self._device}: {e}") from e
+
+    def engine_for(self, n: int) -> Any:
+        """The C++ engine that scores a call of ``n`` frames (see ``openvino_mode="auto"``)."""
+        if not self._adaptive or n < 2:
+            return self.engine
+        if self._batch_engine is None:
+            with self._lock:
+                if self._batch_engine is None:
+                    self._batch_engine = self._load(AUTO_BATCH_STREAMS)
+        return self._batch_engine
 
     def score(self, arrays: np.ndarray | list[np.ndarray], pixel_format: str, return_maps: bool,
               map_size: str) -> tuple[np.ndarray, np.ndarray | list[np.ndarray] | None]:
         """-> (scores (N,) float32, maps: None / (N, H, W) float32 / list of (h_i, w_i) float32)."""
-        scores, maps, _, _ = self.engine.score(arrays, pixel_format, return_maps, map_size)
+        engine = self.engine_for(len(arrays))
+        scores, maps, _, _ = engine.score(arrays, pixel_format, return_maps, map_size)
         return scores, maps
 
 
