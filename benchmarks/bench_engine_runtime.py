@@ -2,7 +2,8 @@
 run, interleaved and paired (issue 5, deliverable 5: the Python Engine on the C++ library).
 
 wide_resnet50_2 RD (random teacher) at 256x256, fp32 OpenVINO engine, uint8 256x256 RGB frames
-in, scores and model-size maps out, batch 8 and batch 1. Every round runs each contender once in
+in, scores and model-size maps out, batch 8 and batch 1. Native contenders: the default
+(openvino_mode "auto": 1 stream for single frames, 2 for batches), "latency" (1) and "throughput" (2). Every round runs each contender once in
 a rotated order; ratios are medians of per-round ratios (paired: both sides of a ratio ran
 seconds apart, so load from other jobs on the shared cores hits them alike), beside the ratio of
 medians. Wall and process CPU seconds are both kept.
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     model = build_rd_model(BACKBONE, pretrained=False, image_size=SIZE, seed=SEED).eval()
     engine_dir = Path(args.engine) if args.engine else build_engine(model, max(batches))
     info = machine_info()
-    native = cdd_engine.load(engine_dir, runtime="native", num_threads=args.threads)
+    native = cdd_engine.load(engine_dir, runtime="native", num_threads=args.threads)  # "auto": 1 or 2 streams
+    native1 = cdd_engine.load(engine_dir, runtime="native", num_threads=args.threads, openvino_mode="latency")
     native2 = cdd_engine.load(engine_dir, runtime="native", num_threads=args.threads, openvino_mode="throughput")
     python = cdd_engine.load(engine_dir, runtime="python", num_threads=args.threads)
     eager = eager_pipeline(model)
@@ -82,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         contenders = {"eager": lambda: eager(frames),
                       "python": lambda: python.score(frames),
                       "native": lambda: native.score(frames),
+                      "native_1_stream": lambda: native1.score(frames),
                       "native_2_streams": lambda: native2.score(frames)}
         wall, cpu = run_rounds(contenders, args.rounds)
         ref_maps, ref_scores = eager(frames)
@@ -96,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                "native_vs_python_map_max_rel": float(np.abs(rn.maps - rp.maps).max() / np.abs(rp.maps).max())}
         ratios = {}
         for a, base in (("native", "eager"), ("python", "eager"), ("native", "python"),
+                        ("native_1_stream", "python"), ("native_1_stream", "eager"),
                         ("native_2_streams", "python"), ("native_2_streams", "eager")):
             paired = [x / y for x, y in zip(wall[base], wall[a])]
             ratios[f"{a} vs {base}"] = {"paired_median": statistics.median(paired), "of_medians": med[base] / med[a],
@@ -117,7 +121,8 @@ def markdown(r: dict) -> str:
     lines = ["| batch | contender | median s / call | images/s | CPU s / call | vs eager (paired) | vs Python runtime (paired) |",
              "|---:|---|---:|---:|---:|---:|---:|"]
     names = {"eager": "eager PyTorch reference", "python": "Engine(runtime=\"python\")",
-             "native": "Engine(runtime=\"native\"), 1 stream (default)",
+             "native": "Engine(runtime=\"native\") (default openvino_mode=\"auto\")",
+             "native_1_stream": "Engine(runtime=\"native\", openvino_mode=\"latency\"), 1 stream",
              "native_2_streams": "Engine(runtime=\"native\", openvino_mode=\"throughput\"), 2 streams"}
     for b, res in r["batches"].items():
         for k, label in names.items():
