@@ -88,6 +88,7 @@ def run_build(a: argparse.Namespace) -> int:
     print(f"  backend {m['backend']} ({m['build']['backend_choice']}), precision {m['precision']}, "
           f"max batch {m['max_batch']}, image size {m['image_size'][0]}x{m['image_size'][1]}")
     print(f"  threshold {engine.threshold:.6g} ({m['threshold']['source']}); files: {', '.join(m['files'])}")
+    print(f"  runtime here: {engine.runtime}")
     print(f"  built in {time.perf_counter() - t0:.1f} s; score with: cdd-engine score --engine {engine.engine_dir} IMAGE...")
     return 0
 
@@ -169,7 +170,8 @@ def run_score(a: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     if a.overlay:
         _write_overlays(Path(a.overlay), paths, decoded, maps, engine.threshold)
-    report = {"engine": str(engine.engine_dir), "backend": engine.backend_name, "threshold": engine.threshold,
+    report = {"engine": str(engine.engine_dir), "backend": engine.backend_name, "runtime": engine.runtime,
+              "threshold": engine.threshold,
               "n_images": len(paths), "n_anomalous": sum(r["is_anomalous"] for r in results),
               "seconds": seconds, "results": results}
     if a.json == "-":
@@ -179,7 +181,7 @@ def run_score(a: argparse.Namespace) -> int:
     for r in results:
         print(f"{r['image']:<{width}}  {r['score']:.6f}  {'ANOMALOUS' if r['is_anomalous'] else 'ok'}")
     print(f"{report['n_anomalous']} of {len(paths)} anomalous (threshold {engine.threshold:.6g}); "
-          f"{len(paths) / max(seconds, 1e-9):.1f} images/s with {engine.backend_name}")
+          f"{len(paths) / max(seconds, 1e-9):.1f} images/s with {engine.backend_name} ({engine.runtime})")
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

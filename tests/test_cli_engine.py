@@ -49,6 +49,7 @@ def test_build_command(tmp_path, capsys):
                   "--out", str(tmp_path / "eng"), "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "backend torch (asked for)" in out and f"threshold {THRESHOLD:.6g}" in out
+    assert "runtime here: python" in out  # a torch engine never runs on the native library
     m = json.loads((tmp_path / "eng" / "engine.json").read_text())
     assert m["max_batch"] == 2 and m["backend"] == "torch"
 
@@ -59,8 +60,9 @@ def test_score_command_json_and_overlays(images, tmp_path, capsys):
     assert _main(["score", "--engine", str(engine_dir("torch")), str(folder), "--json", str(tmp_path / "r.json"),
                   "--overlay", str(tmp_path / "ov")]) == 0
     printed = capsys.readouterr().out
-    assert "of 4 anomalous" in printed
+    assert "of 4 anomalous" in printed and "with torch (python)" in printed
     report = json.loads((tmp_path / "r.json").read_text())
+    assert report["runtime"] == "python"
     by_name = {r["image"].split("/")[-1]: r for r in report["results"]}
     assert set(by_name) == {"gray.png", "rgb_0.png", "rgb_1.png", "rgb_2.png"}
     want = reference(model, list(x))[1]
