@@ -136,7 +136,9 @@ def probe_options(a) -> dict[str, Any]:
     model = _scored(core, Path(a.engine_dir))
     x = np.random.default_rng(0).standard_normal(tuple(model.inputs[0].get_shape())).astype(np.float32)
     contenders, props = {}, {}
-    for name, opts in OPTION_VARIANTS.items():
+    chosen = a.variants.split(",") if a.variants else list(OPTION_VARIANTS)
+    for name in chosen:
+        opts = OPTION_VARIANTS[name]
         cm = core.compile_model(model.clone(), "CPU", {"INFERENCE_PRECISION_HINT": "f32", **opts})
         props[name] = {p: str(cm.get_property(p)) for p in ("INFERENCE_NUM_THREADS", "NUM_STREAMS",
                                                            "INFERENCE_PRECISION_HINT", "ENABLE_CPU_PINNING")}
@@ -144,7 +146,7 @@ def probe_options(a) -> dict[str, Any]:
         r = cm.create_infer_request()
         contenders[name] = lambda r=r: r.infer({0: x}, share_inputs=True, share_outputs=True)
     times = time_interleaved(contenders, a.rounds)
-    return {"times": times, "summary": _report(times, "latency"), "properties": props}
+    return {"times": times, "summary": _report(times, chosen[0]), "properties": props}
 
 
 def probe_wino_net(a) -> dict[str, Any]:
@@ -242,6 +244,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--min-channels", default="256,512", help="wino-net: Winograd thresholds to time")
+    ap.add_argument("--variants", default=None, help="options: a comma-separated subset of " + ",".join(OPTION_VARIANTS))
     ap.add_argument("--json", default=None, help="write every call's time here")
     a = ap.parse_args(argv)
     if a.probe != "wino-layers" and not a.engine_dir:

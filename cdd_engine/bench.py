@@ -212,10 +212,16 @@ def parse_variant(spec: str) -> tuple[str, str, dict[str, Any]]:
 
     "openvino", "torch", "openvino:latency" / "openvino:throughput" (how batches run), and
     "openvino-direct[:mode]": the OpenVINO engine built without the Winograd rewrite of its 3x3
-    convolutions (export/openvino.py), to time both in the same run.
+    convolutions (export/openvino.py), to time both in the same run; a trailing "@python" or
+    "@native" picks the Engine's runtime (default: native where it is built).
     """
-    backend, _, mode = spec.partition(":")
+    spec_main, _, runtime = spec.partition("@")
+    backend, _, mode = spec_main.partition(":")
     options: dict[str, Any] = {}
+    if runtime:
+        if runtime not in ("native", "python"):
+            raise ValueError(f"runtime must be @native or @python, got {spec!r}")
+        options["runtime"] = runtime
     if backend == "openvino-direct":
         backend, options["_winograd"] = "openvino", False
     if mode:

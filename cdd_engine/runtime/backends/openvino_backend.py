@@ -141,6 +141,11 @@ class OpenVINOBackend:
             base["INFERENCE_PRECISION_HINT"] = "f32"
         if num_threads:
             base["INFERENCE_NUM_THREADS"] = int(num_threads)
+        # Threads not pinned to cores: on cores shared with other processes a pinned thread waits for
+        # its busy core while the other waits for it at the end of every layer. WRN50 RD, batch 1, on
+        # the 2-core development machine (interleaved, benchmarks/RESULTS.md): unpinned 1.14-1.25x
+        # faster in three runs at load 2.4-4.5, within 2 % of pinned when the cores were quiet.
+        base["ENABLE_CPU_PINNING"] = False
         self.configs = {"latency": {**base, "PERFORMANCE_HINT": "LATENCY"},
                         "throughput": {**base, "PERFORMANCE_HINT": "THROUGHPUT"}}
         self._compiled: OrderedDict[tuple[str, str, int], Any] = OrderedDict()

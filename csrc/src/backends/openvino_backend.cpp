@@ -310,6 +310,10 @@ std::vector<std::unique_ptr<Worker>> make_openvino_workers(const Manifest& m, co
                 config[ov::num_streams.name()] = ov::streams::Num(options.num_streams);
             }
             config[ov::inference_num_threads.name()] = info.num_threads;
+            // threads not pinned to cores: on shared cores a pinned thread waits for its busy core and
+            // the others wait for it at every layer (WRN50 RD, batch 1, 2 shared cores at load 2.4-4.5:
+            // unpinned 1.14-1.25x faster, within 2 % when quiet; benchmarks/RESULTS.md, issue 4)
+            config[ov::hint::enable_cpu_pinning.name()] = false;
             // fp32 engines must stay fp32 on CPUs whose default would be bf16 (AMX / AVX512-BF16)
             if (m.precision == "fp32") config[ov::hint::inference_precision.name()] = ov::element::f32;
         }
