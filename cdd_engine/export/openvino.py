@@ -9,8 +9,9 @@ Winograd (``winograd=True``, the default): the 3x3 stride-1 convolutions with >=
 rewritten as Winograd F(2x2, 3x3) subgraphs of ordinary operations before the IR is saved
 (backends/openvino_winograd.py): 2.25x fewer multiplications where the CPU plugin has no
 Winograd kernel of its own, as close to the float64 reference as the direct convolution. The
-file keeps the same interface, so the Python runtime and the C++ library both run it. WRN50 RD
-at batch 1 on the 2-core development machine: 1.04-1.11x faster network (benchmarks/RESULTS.md).
+file keeps the same interface, so the Python runtime and the C++ library both run it. WRN50 RD on
+the 2-core development machine (benchmarks/RESULTS.md): network alone 1.03-1.12x faster (eight
+interleaved runs), engine 0.99-1.09x at batch 1 and 1.00-1.10x at batch 8; model.bin 434 -> 555 MB.
 ``CDD_OPENVINO_WINOGRAD=0`` in the environment turns the default off (for A/B benchmarks).
 
 Precision: ``fp32`` keeps float32 weights (``save_model`` would otherwise compress them to
