@@ -25,7 +25,7 @@ Which convolutions (``MIN_CHANNELS``): measured layer by layer at batch 1, inter
 OpenVINO's direct convolution on the development machine (benchmarks/openvino_probe.py
 wino-layers): Cin = Cout = 512 at 16x16 1.34-1.51x faster, 256 at 32x32 1.17-1.68x, 1024 at 8x8
 1.30-1.43x, but 128 at 64x64 0.89-1.18x (the GEMMs are thin, K = 128, and the transforms' memory
-traffic weighs most). In the whole WRN50 RD network the gain is smaller (1.03-1.12x for the
+traffic weighs most). In the whole WRN50 RD network the gain is smaller (1.03-1.19x for the
 network alone): ~24 small nodes and two layout reorders per rewritten layer, 16/9 more weights. Only stride-1, pad-1, dilation-1,
 ungrouped 3x3 convolutions with constant float32 weights, even H and W, and at least
 ``MIN_CHANNELS`` input and output channels are rewritten; everything else is left as it is.
