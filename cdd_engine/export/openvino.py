@@ -10,7 +10,7 @@ rewritten as Winograd F(2x2, 3x3) subgraphs of ordinary operations before the IR
 (backends/openvino_winograd.py): 2.25x fewer multiplications where the CPU plugin has no
 Winograd kernel of its own, as close to the float64 reference as the direct convolution. The
 file keeps the same interface, so the Python runtime and the C++ library both run it. WRN50 RD on
-the 2-core development machine (benchmarks/RESULTS.md): network alone 1.03-1.19x faster (nine
+the 2-core development machine (benchmarks/RESULTS.md): network alone 1.03-1.19x faster (ten
 interleaved runs), engine 0.99-1.09x at batch 1 and 1.00-1.10x at batch 8; model.bin 434 -> 555 MB.
 ``CDD_OPENVINO_WINOGRAD=0`` in the environment turns the default off (for A/B benchmarks).
 
