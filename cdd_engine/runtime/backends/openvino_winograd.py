@@ -1,7 +1,7 @@
 """Winograd F(2x2, 3x3) rewrite of 3x3 convolutions in an OpenVINO model (CPU, fp32).
 
 OpenVINO's CPU plugin has no Winograd convolution on AVX2 machines: every 3x3 convolution runs
-as a direct (brgemm) convolution, already at ~90 % of the plugin's own large-GEMM throughput on
+as a direct (brgemm) convolution, already at 81-89 % of the plugin's own large-GEMM rate on
 the 2-core development machine (benchmarks/RESULTS.md). The only way left to make fp32 faster is
 fewer multiplications. Winograd's minimal filtering F(2x2, 3x3) computes each 2x2 output tile
 from a 4x4 input tile with 16 products per channel pair instead of 36 (2.25x fewer):
@@ -26,9 +26,10 @@ OpenVINO's direct convolution on the development machine (benchmarks/openvino_pr
 wino-layers): Cin = Cout = 512 at 16x16 1.34-1.51x faster, 256 at 32x32 1.17-1.68x, 1024 at 8x8
 1.30-1.43x, but 128 at 64x64 0.89-1.18x (the GEMMs are thin, K = 128, and the transforms' memory
 traffic weighs most). In the whole WRN50 RD network the gain is smaller (1.03-1.19x for the
-network alone): ~24 small nodes and two layout reorders per rewritten layer, 16/9 more weights. Only stride-1, pad-1, dilation-1,
-ungrouped 3x3 convolutions with constant float32 weights, even H and W, and at least
-``MIN_CHANNELS`` input and output channels are rewritten; everything else is left as it is.
+network alone): ~24 small nodes and two layout reorders per rewritten layer, 16/9 more weights.
+Only stride-1, pad-1, dilation-1, ungrouped 3x3 convolutions with constant float32 weights, even
+H and W, and at least ``MIN_CHANNELS`` input and output channels are rewritten; everything else
+is left as it is.
 """
 from __future__ import annotations
 
@@ -36,8 +37,9 @@ from typing import Any
 
 import numpy as np
 
-# 256: the smallest channel count measured faster than the direct convolution (1.25x at 32x32);
-# 128 channels at 64x64 ran 0.89x (slower), so they stay direct.
+# 256: the smallest channel count clearly faster than the direct convolution (1.17-1.68x at 32x32);
+# 128 channels at 64x64 ran 0.89-1.18x alone and no better than 256 in the whole network (three
+# runs), so they stay direct.
 MIN_CHANNELS = 256
 
 # F(2x2, 3x3) matrices (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016).
