@@ -47,12 +47,10 @@ from cdd_engine.threshold import median_mad_threshold, quantile_threshold  # noq
 from cdd_engine.training.loop import TeacherFeatures, fit_epoch, make_adam  # noqa: E402
 
 # name -> CDD options (None = RD). "cdd" is the default config (CDDOptions()); the others each
-# change one option. The grid in RESULTS.md ran before the default teacher_share became 0.3:
-# its "CDD" rows are "cdd_teacher0" (pure CDD) in today's names.
+# change one option.
 METHODS: dict[str, dict | None] = {
     "rd": None,
     "cdd": {},
-    "cdd_teacher0": {"teacher_share": 0.0},
     "cdd_cluster": {"partition": "cluster"},
     "cdd_median": {"aggregate": "median", "domains": 4},
     "cdd_k2": {"domains": 2},
