@@ -205,15 +205,17 @@ void Engine::score_into(const ImageView* views, std::size_t n, const ScoreOption
     const int H = im.info.image_height, W = im.info.image_width;
     const std::size_t full = static_cast<std::size_t>(H) * W;
     const std::size_t batch = static_cast<std::size_t>(im.info.max_batch);
-    // Pieces of at most max_batch frames. With several streams, a call takes every idle worker
-    // and gives each its share (a batch of 8 on 2 streams: 2 x 4 at once), which on CPUs beats
-    // one request using all cores (OpenVINO, wide_resnet50_2, 2 cores: ~8% in one test).
+    // One stream: pieces of at most max_batch frames, one request each. Several streams: one
+    // frame per request, the workers taking turns (a batch of 8 on 2 streams: 2 x 1 at a time),
+    // as the Python runtime's auto mode does: on CPUs a request over several frames is no faster
+    // per frame (activations outgrow the caches), and single-frame requests keep every stream
+    // busy to the end (benchmarks/RESULTS.md, native runtime run 5 vs run 6).
     const std::size_t chunks = (n + batch - 1) / batch;
     Impl::Leases leases(im, std::min(n, std::max(chunks, im.workers.size())));
     const std::vector<detail::Worker*>& ws = leases.workers();
     // the split depends on n, max_batch and the pool size only, never on how many workers were
     // idle: the same frames always meet the network in the same sub-batches (same results)
-    const std::size_t pieces = std::max(chunks, std::min(n, im.workers.size()));
+    const std::size_t pieces = im.workers.size() > 1 ? n : chunks;
     auto piece_begin = [&](std::size_t p) { return n * p / pieces; };  // balanced, in order
 
     auto run_piece = [&](detail::Worker& worker, std::size_t p, std::vector<float>& piece_scores) {
