@@ -37,7 +37,8 @@ struct EngineOptions {
     /// CPU threads for inference and for the pre/post-processing kernels; 0 = all cores.
     int num_threads = 0;
     /// Inference requests (OpenVINO) / execution contexts (TensorRT) in the pool: how many
-    /// score() calls from different threads run the network at the same time.
+    /// score() calls from different threads run the network at the same time. With more than
+    /// one, a call of several frames also uses them all: one frame per request, in turns.
     int num_streams = 1;
     /// Replaces the engine's calibrated threshold.
     std::optional<float> threshold;
