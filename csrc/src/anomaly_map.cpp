@@ -400,10 +400,8 @@ float AnomalyMap::operator()(const FeaturePair* levels, float* map, int num_thre
     return score;
 }
 
-void AnomalyMap::run_batch(const FeaturePair* levels, std::size_t batch, float* maps, float* scores,
-                           int num_threads) const {
-    check_levels(levels);
-    if (scores == nullptr) throw Error(ErrorCode::InvalidArgument, "anomaly map: scores pointer is null");
+template <class Fill>
+void AnomalyMap::for_each_image(std::size_t batch, float* maps, float* scores, int num_threads, Fill&& fill) const {
     if (batch == 0) return;
     const std::size_t full = static_cast<std::size_t>(out_h_) * out_w_;
     const int threads = std::max(1, num_threads);
@@ -415,12 +413,20 @@ void AnomalyMap::run_batch(const FeaturePair* levels, std::size_t batch, float* 
         std::vector<float> scratch(scratch_floats());
         std::vector<float> own_map(maps ? 0 : full);
         for (std::size_t i = b; i < e; ++i) {
+            fill(i, dist.data(), inner);
             float* m = maps ? maps + i * full : own_map.data();
-            distances(levels, i, dist.data(), inner);
             scores[i] = settings_.mode == MapMode::Add ? map_add(dist.data(), m, scratch.data(), inner)
                                                        : map_mul(dist.data(), m, scratch.data(), inner);
         }
     });
+}
+
+void AnomalyMap::run_batch(const FeaturePair* levels, std::size_t batch, float* maps, float* scores,
+                           int num_threads) const {
+    check_levels(levels);
+    if (scores == nullptr) throw Error(ErrorCode::InvalidArgument, "anomaly map: scores pointer is null");
+    for_each_image(batch, maps, scores, num_threads,
+                   [&](std::size_t i, float* dist, int inner) { distances(levels, i, dist, inner); });
 }
 
 void AnomalyMap::run_batch_from_distances(const float* const* distances, std::size_t batch, float* maps,
@@ -430,23 +436,10 @@ void AnomalyMap::run_batch_from_distances(const float* const* distances, std::si
     for (std::size_t s = 0; s < scales_.size(); ++s)
         if (distances[s] == nullptr)
             throw Error(ErrorCode::InvalidArgument, "anomaly map: scale " + std::to_string(s) + " has a null pointer");
-    if (batch == 0) return;
-    const std::size_t full = static_cast<std::size_t>(out_h_) * out_w_;
-    const int threads = std::max(1, num_threads);
-    const int outer = static_cast<int>(std::min<std::size_t>(batch, threads));
-    const int inner = std::max(1, threads / outer);
-    detail::parallel_for(batch, outer, [&](std::size_t b, std::size_t e) {
-        std::vector<float> dist(dist_floats_);
-        std::vector<float> scratch(scratch_floats());
-        std::vector<float> own_map(maps ? 0 : full);
-        for (std::size_t i = b; i < e; ++i) {
-            for (std::size_t s = 0; s < scales_.size(); ++s) {  // gather image i's maps (a few KB)
-                const std::size_t hw = static_cast<std::size_t>(scales_[s].h) * scales_[s].w;
-                std::memcpy(dist.data() + dist_offset_[s], distances[s] + i * hw, hw * sizeof(float));
-            }
-            float* m = maps ? maps + i * full : own_map.data();
-            scores[i] = settings_.mode == MapMode::Add ? map_add(dist.data(), m, scratch.data(), inner)
-                                                       : map_mul(dist.data(), m, scratch.data(), inner);
+    for_each_image(batch, maps, scores, num_threads, [&](std::size_t i, float* dist, int) {
+        for (std::size_t s = 0; s < scales_.size(); ++s) {  // gather image i's maps (a few KB)
+            const std::size_t hw = static_cast<std::size_t>(scales_[s].h) * scales_[s].w;
+            std::memcpy(dist + dist_offset_[s], distances[s] + i * hw, hw * sizeof(float));
         }
     });
 }

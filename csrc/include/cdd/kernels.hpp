@@ -103,6 +103,9 @@ private:
     float map_add(const float* dist, float* map, float* scratch, int num_threads) const;
     float map_mul(const float* dist, float* map, float* scratch, int num_threads) const;
     std::size_t scratch_floats() const;
+    /// Per image i of a batch: fill(i, dist, threads) writes its distances, then the map and score.
+    template <class Fill>
+    void for_each_image(std::size_t batch, float* maps, float* scores, int num_threads, Fill&& fill) const;
 
     int out_h_, out_w_;
     MapSettings settings_;
