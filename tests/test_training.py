@@ -63,14 +63,19 @@ def test_batch_indices_cover_once_seeded_and_merge_a_single_tail():
     assert [x.tolist() for x in batch_indices(6, 4, None)] == [[0, 1, 2, 3], [4, 5]]
 
 
-def test_cached_features_equal_computed_features():
-    torch.manual_seed(0)
-    teacher = torch.nn.Conv2d(3, 5, 3, stride=2, padding=1).eval()
+def _toy_teacher(seed: int, channels: int, size: int, n: int):
+    """A two-scale conv 'teacher' and n random (3, size, size) images."""
+    torch.manual_seed(seed)
+    teacher = torch.nn.Conv2d(3, channels, 3, stride=2, padding=1).eval()
 
     def teacher_fn(x):
         return [teacher(x), teacher(x)[:, :, ::2, ::2]]
 
-    data = [{"image": torch.randn(3, 16, 16)} for _ in range(7)]
+    return teacher_fn, [{"image": torch.randn(3, size, size)} for _ in range(n)]
+
+
+def test_cached_features_equal_computed_features():
+    teacher_fn, data = _toy_teacher(0, 5, 16, 7)
     cached = TeacherFeatures(teacher_fn, data, batch_size=3, cache=True)
     live = TeacherFeatures(teacher_fn, data, batch_size=3, cache=False)
     got_c = list(cached.batches(torch.Generator().manual_seed(5)))
@@ -85,13 +90,7 @@ def test_cached_features_equal_computed_features():
 
 
 def test_batches_of_serves_a_subset_in_the_given_order():
-    torch.manual_seed(1)
-    teacher = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1).eval()
-
-    def teacher_fn(x):
-        return [teacher(x), teacher(x)[:, :, ::2, ::2]]
-
-    data = [{"image": torch.randn(3, 12, 12)} for _ in range(9)]
+    teacher_fn, data = _toy_teacher(1, 4, 12, 9)
     order = [torch.tensor([7, 2, 5]), torch.tensor([0]), torch.tensor([8, 3])]  # a subset, unsorted
     for cache in (True, False):
         feats = TeacherFeatures(teacher_fn, data, batch_size=4, cache=cache)
