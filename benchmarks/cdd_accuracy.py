@@ -57,6 +57,8 @@ METHODS: dict[str, dict | None] = {
     "cdd_k5": {"domains": 5},
     "cdd_alternate": {"schedule": "alternate", "warmup_epochs": 0},
     "cdd_teacher0.3": {"teacher_share": 0.3},
+    "cdd_gate0.9": {"teacher_gate": 0.9},
+    "cdd_gate0.75": {"teacher_gate": 0.75},
     "cdd_nonorm": {"normalize_targets": False},
 }
 FIELDS = ["category", "noise", "seed", "method", "epochs", "image_size", "n_train", "n_injected", "n_test_good",

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cdd_engine.cdd.aggregate import aggregate_other_domains, cross_domain_targets, mix_teacher
+from cdd_engine.cdd.aggregate import aggregate_other_domains, cross_domain_targets, gate_teacher, mix_teacher
 
 SHAPES = [(4, 6, 5), (5, 3, 2)]  # (C, h, w) per scale, odd sizes on purpose; C >= K
 
@@ -82,6 +82,46 @@ def test_teacher_share_mixes_normalised_teacher():
         torch.testing.assert_close(m, 0.75 * p + 0.25 * nn.functional.normalize(t, dim=1))
     full = mix_teacher(pure, teacher, 1.0)
     torch.testing.assert_close(full[0], nn.functional.normalize(teacher[0], dim=1))
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.75])
+def test_teacher_gate_takes_the_teacher_where_the_aggregate_is_closest(keep):
+    g = torch.Generator().manual_seed(7)
+    b = 3
+    targets = [nn.functional.normalize(torch.randn(b, *s, generator=g, dtype=torch.float64), dim=1) for s in SHAPES]
+    teacher = [torch.randn(b, *s, generator=g, dtype=torch.float64) * 3 for s in SHAPES]
+    got = gate_teacher(targets, teacher, keep)
+    for t, f, o in zip(targets, teacher, got):
+        fn = nn.functional.normalize(f, dim=1)
+        for i in range(b):
+            # explicit: rank this image's pixels by the cosine distance of target to teacher
+            d = (1 - (t[i] * fn[i]).sum(0)).flatten()
+            n_keep = int(keep * (d.numel() - 1)) + 1  # numpy's "lower" quantile index, plus itself
+            closest = torch.zeros(d.numel(), dtype=torch.bool)
+            closest[d.argsort()[:n_keep]] = True
+            closest = closest.view(t.shape[2:])
+            torch.testing.assert_close(o[i][:, closest], fn[i][:, closest], rtol=0, atol=0)
+            torch.testing.assert_close(o[i][:, ~closest], t[i][:, ~closest], rtol=0, atol=0)
+            assert 0 < int(closest.sum()) < d.numel()
+
+
+def test_teacher_gate_ends_and_batch_independence():
+    students = [ConstantStudent(j, 2.0) for j in range(3)]
+    teacher = _teacher(6, seed=3)
+    domains = torch.tensor([0, 1, 2, 2, 1, 0])
+    pure = cross_domain_targets(students, teacher, domains)
+    assert all(torch.equal(a, b) for a, b in zip(pure, cross_domain_targets(students, teacher, domains,
+                                                                               teacher_gate=0.0)))
+    full = cross_domain_targets(students, teacher, domains, teacher_gate=1.0)
+    for f, t in zip(full, teacher):
+        torch.testing.assert_close(f, nn.functional.normalize(t, dim=1))
+    # per image: the targets of images 2..4 do not change when they are scored as their own batch
+    whole = cross_domain_targets(students, teacher, domains, teacher_gate=0.6)
+    part = cross_domain_targets(students, [t[2:5] for t in teacher], domains[2:5], teacher_gate=0.6)
+    for w, p in zip(whole, part):
+        torch.testing.assert_close(w[2:5], p, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="teacher_gate"):
+        gate_teacher(pure, teacher, -0.1)
 
 
 def test_targets_carry_no_gradient():

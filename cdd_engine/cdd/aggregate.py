@@ -15,6 +15,14 @@ Our choices (CDD fixes only "aggregate of the other domains' students"), all opt
   dominate the mean.
 - ``teacher_share`` (alpha): target = (1 - alpha) * aggregate + alpha * teacher (normalised the
   same way). alpha = 0 is pure CDD, alpha = 1 is plain RD.
+- ``teacher_gate`` (q): per image and scale, the fraction q of pixels where the aggregate is
+  closest (cosine) to the teacher take the teacher's feature as target; the rest keep the
+  aggregate. Why: a clean pixel's aggregate differs from the teacher only by the other
+  students' reconstruction error, which the global student would otherwise learn (CDD's
+  accuracy gap to RD on clean data), while a pixel of a defect the other domains never
+  learned is far from the teacher and keeps its pseudo-normal target. q = 0 is pure CDD,
+  q = 1 is plain RD. Per image (not per batch), so the targets do not depend on batching
+  or on how the batch is sharded over ranks.
 """
 from __future__ import annotations
 
@@ -81,17 +89,45 @@ def aggregate_other_domains(outputs: Sequence[Sequence[torch.Tensor]], domains: 
     return targets
 
 
+def _no_teacher(name: str, fraction: float) -> bool:
+    """Checks a teacher fraction in [0, 1]; True when it is 0 (the targets stay as they are)."""
+    if not 0.0 <= float(fraction) <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {fraction}")
+    return fraction == 0.0
+
+
+def _teacher_like(teacher_feats: Sequence[torch.Tensor], normalize: bool) -> list[torch.Tensor]:
+    """The teacher's features as a target: detached, L2-normalised over channels like the students'."""
+    return [F.normalize(f.detach(), dim=1, eps=1e-8) if normalize else f.detach() for f in teacher_feats]
+
+
 def mix_teacher(targets: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor], share: float,
                 normalize: bool = True) -> list[torch.Tensor]:
     """(1 - share) * targets + share * teacher per scale (teacher normalised like the targets)."""
-    if not 0.0 <= float(share) <= 1.0:
-        raise ValueError(f"teacher_share must be in [0, 1], got {share}")
-    if share == 0.0:
+    if _no_teacher("teacher_share", share):
+        return list(targets)
+    return [(1.0 - share) * t + share * f for t, f in zip(targets, _teacher_like(teacher_feats, normalize))]
+
+
+def gate_teacher(targets: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor], keep: float,
+                 normalize: bool = True) -> list[torch.Tensor]:
+    """Per image and scale, the ``keep`` fraction of pixels where ``targets`` is closest (cosine
+    distance) to the teacher take the teacher's feature (normalised like the targets).
+
+    targets[s], teacher_feats[s]: (B, C_s, h_s, w_s). keep in [0, 1]: 0 returns the targets,
+    1 the teacher's features. The cut is each image's ``keep``-quantile of its pixel distances
+    (lower interpolation, so it is one of the distances: ties at the cut all go to the teacher).
+    """
+    if _no_teacher("teacher_gate", keep):
         return list(targets)
     out = []
-    for t, f in zip(targets, teacher_feats):
-        f = F.normalize(f.detach(), dim=1, eps=1e-8) if normalize else f.detach()
-        out.append((1.0 - share) * t + share * f)
+    for t, f in zip(targets, _teacher_like(teacher_feats, normalize)):
+        dist = (1.0 - F.cosine_similarity(t, f, dim=1, eps=1e-8)).flatten(1)  # (B, h*w)
+        if dist.dtype not in (torch.float32, torch.float64):  # quantile's dtypes; compare in the same one
+            dist = dist.float()
+        cut = torch.quantile(dist, float(keep), dim=1, keepdim=True, interpolation="lower")
+        use_teacher = (dist <= cut).view(t.shape[0], 1, *t.shape[2:])
+        out.append(torch.where(use_teacher, f, t))
     return out
 
 
@@ -99,9 +135,11 @@ def mix_teacher(targets: Sequence[torch.Tensor], teacher_feats: Sequence[torch.T
 def cross_domain_targets(students: Sequence[Callable[[list[torch.Tensor]], list[torch.Tensor]]],
                          teacher_feats: Sequence[torch.Tensor], domains: torch.Tensor,
                          reduce: str = "mean", normalize: bool = True,
-                         teacher_share: float = 0.0) -> list[torch.Tensor]:
+                         teacher_share: float = 0.0, teacher_gate: float = 0.0) -> list[torch.Tensor]:
     """Targets for the global student on a batch: run every domain student (no gradient; the
-    caller puts them in eval mode) on the teacher features and aggregate the other domains'."""
+    caller puts them in eval mode) on the teacher features and aggregate the other domains'
+    (then the teacher gate, then the teacher share)."""
     outputs = [student(list(teacher_feats)) for student in students]
     targets = aggregate_other_domains(outputs, domains, reduce, normalize)
+    targets = gate_teacher(targets, teacher_feats, teacher_gate, normalize)
     return mix_teacher(targets, teacher_feats, teacher_share, normalize)

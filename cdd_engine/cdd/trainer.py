@@ -20,7 +20,8 @@ ablations in ``benchmarks/cdd_accuracy.py``):
   domain student does one epoch's worth of updates, then (after ``warmup_epochs``) the global
   student does one epoch toward targets from the *current* domain students.
 - ``partition`` random | cluster, ``domains`` K, ``aggregate`` mean | median,
-  ``normalize_targets``, ``teacher_share``, ``domain_update_ratio`` (1.0 = RD's updates).
+  ``normalize_targets``, ``teacher_share``, ``teacher_gate``, ``domain_update_ratio`` (1.0 = RD's
+  updates).
 - ``teacher_share=0.0`` (default, pure CDD). 0.3 (30 % of the target from the teacher's
   normalised features) was measured on 6 CPU runs (benchmarks/RESULTS.md, "Our choices and the
   ablations"): on clean brick it narrowed the gap to RD from -0.023 to -0.008 (3 seeds), but on
@@ -55,7 +56,9 @@ class CDDOptions:
     ``cluster_pooling`` mean|max|meanmax, ``balanced`` equal-size domains). aggregate: "mean" |
     "median" over the K-1 other students. normalize_targets: L2-normalise student features over
     channels before aggregating. teacher_share: weight of the teacher's (normalised) features
-    in the target, 0 = pure CDD (default; 0.3 measured, see the module doc). schedule: "sequential" | "alternate"; warmup_epochs: epochs the
+    in the target, 0 = pure CDD (default; 0.3 measured, see the module doc). teacher_gate: share of
+    each image's pixels (per scale) whose target is the teacher's feature, those where the other
+    domains' aggregate is closest to it (:func:`.aggregate.gate_teacher`; 0 = pure CDD). schedule: "sequential" | "alternate"; warmup_epochs: epochs the
     domain students train alone first ("alternate" only). domain_update_ratio: optimizer
     updates of each domain student relative to an RD run of the same config (1.0).
     """
@@ -67,6 +70,7 @@ class CDDOptions:
     aggregate: str = "mean"
     normalize_targets: bool = True
     teacher_share: float = 0.0  # pure CDD; 0.3 helped clean brick but cost the gain on contaminated gravel (module doc)
+    teacher_gate: float = 0.0  # pure CDD; see aggregate.gate_teacher
     schedule: str = "sequential"
     warmup_epochs: int = 0
     domain_update_ratio: float = 1.0
@@ -81,8 +85,10 @@ class CDDOptions:
                               ("aggregate", REDUCTIONS), ("schedule", SCHEDULES)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
-        if not isinstance(self.teacher_share, (int, float)) or not 0.0 <= self.teacher_share <= 1.0:
-            raise ValueError(f"teacher_share must be a number in [0, 1], got {self.teacher_share!r}")
+        for name in ("teacher_share", "teacher_gate"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"{name} must be a number in [0, 1], got {v!r}")
         if isinstance(self.warmup_epochs, bool) or not isinstance(self.warmup_epochs, int) or self.warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be an int >= 0, got {self.warmup_epochs!r}")
         if not isinstance(self.domain_update_ratio, (int, float)) or not self.domain_update_ratio > 0:
@@ -167,7 +173,7 @@ class TargetBank:
         parts: list[Features] = []
         for idx, feats in features.batches(None, batch_size):
             t = cross_domain_targets(students, feats, domains[idx], options.aggregate,
-                                     options.normalize_targets, options.teacher_share)
+                                     options.normalize_targets, options.teacher_share, options.teacher_gate)
             parts.append([x.cpu() for x in t])
         self.targets = [torch.cat([p[s] for p in parts]) for s in range(len(parts[0]))]
         self.device = features.device
@@ -183,7 +189,7 @@ def make_target_fn(students: Sequence[nn.Module], domains: torch.Tensor, options
         for s in students:
             s.eval()
         return cross_domain_targets(students, feats, domains[idx], options.aggregate,
-                                    options.normalize_targets, options.teacher_share)
+                                    options.normalize_targets, options.teacher_share, options.teacher_gate)
     return target_fn
 
 
