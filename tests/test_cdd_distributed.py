@@ -58,12 +58,14 @@ def _run(case: str, ctx=None) -> dict[str, torch.Tensor]:
     return out
 
 
-# sequential: targets with a teacher share of 0.3, one global epoch (2 updates) after DST.
+# sequential: targets with a teacher gate of 0.5 and a share of 0.3, one global epoch (2 updates)
+# after DST (the gate is per image, so sharding the batch over ranks must not change it).
 # alternate: pure CDD targets (the default) from the current domain students, one warm-up round,
 # then two epochs, so a round also runs inside a later epoch. Few updates: rounding differences grow
 # ~1000x per update through small-batch BatchNorm (module docstring).
 CASES = {
-    "sequential-K3": {"options": {"domains": 3, "domain_update_ratio": 0.5, "teacher_share": 0.3}, "epochs": 1},
+    "sequential-K3": {"options": {"domains": 3, "domain_update_ratio": 0.5, "teacher_share": 0.3,
+                                   "teacher_gate": 0.5}, "epochs": 1},
     "alternate-K2": {"options": {"domains": 2, "schedule": "alternate", "warmup_epochs": 1, "teacher_share": 0.0},
                      "epochs": 2},
 }
