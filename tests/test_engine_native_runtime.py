@@ -10,7 +10,6 @@ skip with the reason when it is not built; the runtime-choice tests run everywhe
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -25,9 +24,10 @@ from cdd_engine.runtime import native_runtime
 
 from engine_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 from engine_helpers import RTOL, copy_engine, engine_dir, model_and_run_dir, reference, rel_err
+from native_helpers import require_native
 
 NATIVE = native_runtime.native_module()
-needs_native = pytest.mark.skipif(NATIVE is None and os.environ.get("CDD_REQUIRE_NATIVE") != "1",
+needs_native = pytest.mark.skipif(NATIVE is None and not require_native(),
                                   reason="the native module cdd_engine._native (libcdd_engine) is not built here")
 
 

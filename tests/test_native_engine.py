@@ -9,9 +9,7 @@ while scoring, and clear errors for bad engine directories.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,18 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from cdd_engine.anomaly_map import anomaly_map
-from cdd_engine.native import NativeUnavailable, load
 from cdd_engine.preprocess import resize_normalize
+from native_helpers import mte, native_or_skip
 
-try:
-    native = load()
-except NativeUnavailable as e:
-    if os.environ.get("CDD_REQUIRE_NATIVE") == "1":
-        raise
-    pytest.skip(str(e), allow_module_level=True)
+native = native_or_skip()
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "csrc" / "tests"))
-import make_test_engine as mte  # noqa: E402
 
 RTOL = 1e-5
 

@@ -7,7 +7,6 @@ when their strides allow it, and refused with a clear error when they do not.
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -15,15 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from cdd_engine.anomaly_map import anomaly_map
-from cdd_engine.native import NativeUnavailable, load
 from cdd_engine.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from native_helpers import native_or_skip
 
-try:
-    native = load()
-except NativeUnavailable as e:  # CI sets CDD_REQUIRE_NATIVE=1 so a broken build fails here
-    if os.environ.get("CDD_REQUIRE_NATIVE") == "1":
-        raise
-    pytest.skip(str(e), allow_module_level=True)
+native = native_or_skip()
 
 RTOL = 1e-5
 

@@ -12,18 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from native_helpers import mte, native_or_skip
 
-from cdd_engine.native import NativeUnavailable, load
 
-try:
-    native = load()
-except NativeUnavailable as e:
-    if os.environ.get("CDD_REQUIRE_NATIVE") == "1":
-        raise
-    pytest.skip(str(e), allow_module_level=True)
+native = native_or_skip()
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "csrc" / "tests"))
-import make_test_engine as mte  # noqa: E402
 
 CALLS = 10_000
 WARMUP = 500

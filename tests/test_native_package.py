@@ -8,28 +8,25 @@ OpenVINO available) and cmake + a C++ compiler on PATH.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import cdd_engine
 from cdd_engine.native import NativeUnavailable
+from native_helpers import mte, require_native  # puts csrc/tests on sys.path for check_example
+import check_example  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "csrc" / "tests"))
-import check_example  # noqa: E402
-import make_test_engine as mte  # noqa: E402
 
 
 def _cmake_dir() -> str:
     try:
         return cdd_engine.get_cmake_dir()
     except NativeUnavailable as e:
-        if os.environ.get("CDD_REQUIRE_NATIVE") == "1":
+        if require_native():
             raise
         pytest.skip(str(e))
 
