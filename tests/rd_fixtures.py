@@ -47,3 +47,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def one_step_then_crash(real_fit, student, batches, *args, **kwargs):
+    """``real_fit`` on the first batch of ``batches`` only, then a KeyboardInterrupt: a run killed
+    in the middle of an epoch, after one optimizer step (for the resume tests)."""
+    def first_then_crash():
+        it = iter(batches)
+        yield next(it)
+        raise KeyboardInterrupt
+    return real_fit(student, first_then_crash(), *args, **kwargs)

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from cdd_engine.checkpoint import load_checkpoint
 from cdd_engine.training import train
-from rd_fixtures import TINY, one_torch_thread, write_tiny_mvtec  # noqa: F401 (autouse fixture)
+from rd_fixtures import TINY, one_step_then_crash, one_torch_thread, write_tiny_mvtec  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture(scope="module")
@@ -81,11 +81,7 @@ def test_interrupted_cdd_run_resumes_to_bit_identical_weights(tiny_data, tmp_pat
         if str(k.get("desc", "")).startswith("CDKA"):
             state["global_calls"] += 1
             if state["global_calls"] == 2:
-                def one_then_crash():
-                    it = iter(batches)
-                    yield next(it)
-                    raise KeyboardInterrupt
-                return real_fit(student, one_then_crash(), *a, **k)
+                return one_step_then_crash(real_fit, student, batches, *a, **k)
         return real_fit(student, batches, *a, **k)
 
     monkeypatch.setattr(trainer_mod, "fit_epoch", crashing_fit)

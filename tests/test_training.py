@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from cdd_engine.training import (TeacherFeatures, TrainConfig, batch_indices, get_method, method_names,
                                  rd_loss, rd_loss_per_image, threshold_from_scores, train)
 from cdd_engine.training import loop as loop_mod
-from rd_fixtures import TINY, one_torch_thread, write_tiny_mvtec  # noqa: F401 (autouse fixture)
+from rd_fixtures import TINY, one_step_then_crash, one_torch_thread, write_tiny_mvtec  # noqa: F401 (autouse fixture)
 
 
 @pytest.fixture(scope="module")
@@ -227,11 +227,7 @@ def test_interrupted_run_resumes_to_bit_identical_weights(tiny_data, tmp_path, m
     def crashing_fit(student, batches, *a, **k):
         calls["n"] += 1
         if calls["n"] == 3:
-            def one_then_crash():
-                it = iter(batches)
-                yield next(it)
-                raise KeyboardInterrupt
-            return real_fit(student, one_then_crash(), *a, **k)
+            return one_step_then_crash(real_fit, student, batches, *a, **k)
         return real_fit(student, batches, *a, **k)
 
     import cdd_engine.training.rd as rd_mod
