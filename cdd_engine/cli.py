@@ -67,8 +67,8 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
                    help="cdd: how the training set is split into domains: seeded random, or k-means of the "
                         "teacher's pooled features")
     g.add_argument("--cdd-option", action="append", default=[], metavar="NAME=VALUE",
-                   help="cdd: any other CDD option (aggregate=median, teacher_share=0.3, schedule=alternate, "
-                        "warmup_epochs=2, ...; see cdd_engine.cdd.CDDOptions); repeatable")
+                   help="cdd: any other CDD option (aggregate=median, teacher_gate=0.9, teacher_share=0.3, "
+                        "schedule=alternate, warmup_epochs=2, ...; see cdd_engine.cdd.CDDOptions); repeatable")
     g.add_argument("--backbone", default="efficientnet_lite0", choices=sorted(TEACHERS),
                    help="frozen ImageNet teacher; efficientnet_lite0 is the fast CPU default")
     g.add_argument("--teacher-weights", metavar="PATH", default=None,
