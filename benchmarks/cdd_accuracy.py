@@ -47,10 +47,12 @@ from cdd_engine.threshold import median_mad_threshold, quantile_threshold  # noq
 from cdd_engine.training.loop import TeacherFeatures, fit_epoch, make_adam  # noqa: E402
 
 # name -> CDD options (None = RD). "cdd" is the default config (CDDOptions()); the others each
-# change one option.
+# change one option. Rows written before the teacher gate became the default (2026-11-28, third
+# session) ran "cdd" as pure CDD, i.e. today's "cdd_pure"; their options column says {}.
 METHODS: dict[str, dict | None] = {
     "rd": None,
     "cdd": {},
+    "cdd_pure": {"teacher_gate": 0.0},
     "cdd_cluster": {"partition": "cluster"},
     "cdd_median": {"aggregate": "median", "domains": 4},
     "cdd_k2": {"domains": 2},
@@ -154,7 +156,8 @@ def run_job(args, category: str, noise: float, seed: int, methods: list[str], wr
             "f1_mad2": metrics.f1_at_threshold(labels, scores, median_mad_threshold(train_scores, 2.0)),
             "f1_q_noise": metrics.f1_at_threshold(labels, scores, quantile_threshold(train_scores, q)),
             "report_precision": precision, "train_seconds": train_s,
-            "options": json.dumps(opts if opts is not None else {}),
+            # every CDD option as run (defaults included): a row stays readable when a default changes
+            "options": json.dumps(CDDOptions(**opts).to_json() if opts is not None else {}),
         }
         writer(row)
         print(f"[{time.strftime('%H:%M:%S')}] {category} noise={noise} seed={seed} {method}: "

@@ -29,7 +29,8 @@ def test_cdd_run_directory_and_inference_model(tiny_data, tmp_path):
     assert cfg["method"] == "cdd" and cfg["complete"]
     mc = cfg["method_config"]
     assert mc["domains"] == 3 and mc["partition"] == "random" and sum(mc["domain_sizes"]) == 13  # 10 + int(0.3*10)
-    assert mc["teacher_share"] == 0.0  # the default: pure CDD (benchmarks/RESULTS.md, teacher-share ablation)
+    # the defaults, both recorded in the run (benchmarks/RESULTS.md, teacher-share and teacher-gate ablations)
+    assert mc["teacher_share"] == 0.0 and mc["teacher_gate"] == 0.9
     # domain students and the partition stay in the checkpoint for analysis
     dom = load_file(str(run / "domain_students.safetensors"))
     for j in range(3):
@@ -66,18 +67,14 @@ def test_bad_cdd_options_are_clear_errors(tiny_data, tmp_path):
         train(tiny_data, tmp_path / "b", epochs=1, method_options={"domains": 1}, **KW)
 
 
-@pytest.mark.parametrize("options", [{"domains": 2, "partition": "cluster"},
-                                     {"domains": 2, "schedule": "alternate", "warmup_epochs": 1}],
-                         ids=["sequential-cluster", "alternate"])
-def test_interrupted_cdd_run_resumes_to_bit_identical_weights(tiny_data, tmp_path, monkeypatch, options):
-    kw = dict(KW, method_options=options)
-    straight = train(tiny_data, tmp_path / "straight", epochs=2, **kw)
-
+def _killed_in_second_global_epoch(monkeypatch, run) -> None:
+    """Runs ``run()`` with the trainer killed in its 2nd global-student epoch after one update
+    (KeyboardInterrupt), then restores the trainer."""
     import cdd_engine.cdd.trainer as trainer_mod
     real_fit = trainer_mod.fit_epoch
     state = {"global_calls": 0}
 
-    def crashing_fit(student, batches, *a, **k):  # crash in the 2nd global epoch after one step
+    def crashing_fit(student, batches, *a, **k):
         if str(k.get("desc", "")).startswith("CDKA"):
             state["global_calls"] += 1
             if state["global_calls"] == 2:
@@ -86,15 +83,43 @@ def test_interrupted_cdd_run_resumes_to_bit_identical_weights(tiny_data, tmp_pat
 
     monkeypatch.setattr(trainer_mod, "fit_epoch", crashing_fit)
     with pytest.raises(KeyboardInterrupt):
-        train(tiny_data, tmp_path / "resumed", epochs=2, **kw)
-    assert json.loads((tmp_path / "resumed/config.json").read_text())["epoch"] == 1
+        run()
     monkeypatch.setattr(trainer_mod, "fit_epoch", real_fit)
+
+
+@pytest.mark.parametrize("options", [{"domains": 2, "partition": "cluster"},
+                                     {"domains": 2, "schedule": "alternate", "warmup_epochs": 1}],
+                         ids=["sequential-cluster", "alternate"])
+def test_interrupted_cdd_run_resumes_to_bit_identical_weights(tiny_data, tmp_path, monkeypatch, options):
+    kw = dict(KW, method_options=options)
+    straight = train(tiny_data, tmp_path / "straight", epochs=2, **kw)
+
+    _killed_in_second_global_epoch(monkeypatch, lambda: train(tiny_data, tmp_path / "resumed", epochs=2, **kw))
+    assert json.loads((tmp_path / "resumed/config.json").read_text())["epoch"] == 1
     resumed = train(tiny_data, tmp_path / "resumed", epochs=2, resume=True, **kw)
     for name in ("student.safetensors", "domain_students.safetensors"):
         a, b = load_file(str(straight / name)), load_file(str(resumed / name))
         assert a.keys() == b.keys() and len(a) > 50
         for k in a:
             assert torch.equal(a[k], b[k]), f"{name}: {k}"
+
+
+def test_resume_keeps_an_option_the_run_predates(tiny_data, tmp_path, monkeypatch):
+    """A run recorded before ``teacher_gate`` existed trained pure CDD; resumed by today's code
+    (default gate 0.9) it must go on with pure CDD, exactly like a straight pure-CDD run."""
+    pure = dict(KW, method_options={"domains": 2, "teacher_gate": 0.0})
+    straight = train(tiny_data, tmp_path / "straight", epochs=2, **pure)
+    old = tmp_path / "old"
+    _killed_in_second_global_epoch(monkeypatch, lambda: train(tiny_data, old, epochs=2, **pure))
+    cfg = json.loads((old / "config.json").read_text())  # rewrite it as the older version wrote it
+    del cfg["training"]["method_options"]["teacher_gate"], cfg["method_config"]["teacher_gate"]
+    (old / "config.json").write_text(json.dumps(cfg))
+    resumed = train(tiny_data, old, epochs=2, resume=True, **dict(KW, method_options={"domains": 2}))
+    assert json.loads((resumed / "config.json").read_text())["method_config"]["teacher_gate"] == 0.0
+    a, b = load_file(str(straight / "student.safetensors")), load_file(str(resumed / "student.safetensors"))
+    assert a.keys() == b.keys() and len(a) > 50
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
 
 
 def test_streamed_teacher_features_give_the_same_students():

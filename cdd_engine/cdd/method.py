@@ -3,7 +3,7 @@ every epoch, resume, evaluation, training scores and threshold are the driver's;
 owns the K domain students, the global student and their optimisers.
 
 ``TrainConfig.method_options`` holds the :class:`~cdd_engine.cdd.trainer.CDDOptions` (domains,
-partition, aggregate, teacher_share, schedule, ...). The deployed ``"student"`` is the global
+partition, aggregate, teacher_gate, teacher_share, schedule, ...). The deployed ``"student"`` is the global
 student, so a CDD run directory loads, exports and scores exactly like an RD one; the domain
 students and the partition (module ``cdd_state``: buffers ``domains`` (N,), domain generator
 states, updates done) go to ``domain_students.safetensors`` for analysis and resume, never
@@ -14,6 +14,7 @@ spread over the ranks and the global student trains data-parallel (:mod:`.distri
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any
 
 import torch
@@ -52,6 +53,15 @@ class CDDMethod(TrainingMethod):
 
     def train_epoch(self, epoch: int, generator: torch.Generator, progress: bool) -> dict[str, float]:
         return self.trainer.train_epoch(epoch, generator, progress)
+
+    @classmethod
+    def resumed_options(cls, requested: dict[str, Any], recorded: dict[str, Any]) -> dict[str, Any]:
+        """Every CDD option as the run recorded it; an option the run predates takes the value
+        it was trained with (:attr:`CDDOptions.PREDATED`), not today's default."""
+        if not recorded:
+            return requested
+        known = {f.name for f in fields(CDDOptions)}
+        return {**CDDOptions.PREDATED, **{k: v for k, v in recorded.items() if k in known}}
 
     def method_config(self) -> dict[str, Any]:
         sizes = torch.bincount(self.trainer.domains, minlength=self.options.domains).tolist()

@@ -52,6 +52,14 @@ class TrainingMethod(ABC):
         """Method-specific settings recorded in config.json (e.g. CDD's K and partition)."""
         return {}
 
+    @classmethod
+    def resumed_options(cls, requested: dict[str, Any], recorded: dict[str, Any]) -> dict[str, Any]:
+        """The ``method_options`` a resumed run is rebuilt with, from the request (already checked
+        equal to the run's) and the run's recorded :meth:`method_config`. A method whose defaults
+        may change between versions returns the recorded settings, so a resume continues the
+        run that was started."""
+        return requested
+
 
 METHODS: dict[str, type[TrainingMethod]] = {}
 

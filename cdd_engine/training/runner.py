@@ -3,6 +3,7 @@ cache, the epoch loop with a checkpoint per epoch, resume, periodic and final ev
 training scores and the threshold."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import math
@@ -183,7 +184,11 @@ def run_training(config: TrainConfig) -> Path:
         features = TeacherFeatures(model.teacher_features, dataset, config.batch_size, config.device,
                                    cache=_use_cache(config, model, len(dataset)), num_workers=config.num_workers,
                                    progress=config.progress)
-        method = method_cls(config, model, features)
+        method_cfg = config
+        if resuming:  # rebuilt as recorded (a default changed since must not change a resumed run)
+            method_cfg = dataclasses.replace(config, method_options=method_cls.resumed_options(
+                dict(config.method_options), dict(recorded.get("method_config") or {})))
+        method = method_cls(method_cfg, model, features)
         modules, optimizers = method.modules(), method.optimizers()
         model.student = modules["student"]  # the deployed student is what evaluation scores
         spec = teacher_spec(config.backbone)
