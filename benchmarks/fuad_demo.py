@@ -7,7 +7,7 @@ must be large (hundreds of images: the standard error of image AUROC at 50 image
 and test crops must never overlap training crops. So:
 
 - each category is one ``skimage.data`` texture (brick, grass, gravel: real photographs that
-  load offline); the top half of the texture is the only source of training crops and the
+  load offline) or a seeded procedural one (concrete, :func:`_concrete`); the top half of the texture is the only source of training crops and the
   bottom half the only source of test crops (disjoint pixels), crops are 128x128 at random
   positions with random flips;
 - a category has three defect kinds, each with a narrow parameter range so that it recurs:
@@ -28,12 +28,31 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-CATEGORIES = ("brick", "grass", "gravel")
+CATEGORIES = ("brick", "grass", "gravel", "concrete")
+PROCEDURAL = ("concrete",)  # generated here (seeded), not loaded from skimage.data
 KINDS = ("scratch", "hole", "paste")
 CROP = 128
 
 
+def _concrete(size: int = 512, seed: int = 7) -> np.ndarray:
+    """A stochastic, fine-grained surface (cast concrete): noise summed over four scales plus
+    sparse dark pores. Unlike brick it has no period a student could lean on, unlike grass its
+    contrast is low enough that the defects stand out to the teacher."""
+    from scipy.ndimage import gaussian_filter
+    rng = np.random.default_rng(seed)
+    img = sum(w * gaussian_filter(rng.standard_normal((size, size)), s, mode="wrap")
+              for s, w in ((1.0, 0.5), (3.0, 1.0), (8.0, 2.0), (24.0, 4.0)))
+    img = 135.0 + 22.0 * (img - img.mean()) / img.std()
+    for cy, cx, r in zip(*(rng.uniform(0, size, 400), rng.uniform(0, size, 400), rng.uniform(1.0, 2.5, 400))):
+        y0, y1, x0, x1 = (min(max(int(v), 0), size) for v in (cy - 4, cy + 5, cx - 4, cx + 5))  # 9x9 window
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        img[y0:y1, x0:x1] -= 40.0 * np.clip(r - np.hypot(yy - cy, xx - cx) + 0.5, 0, 1)
+    return np.clip(img, 0, 255).astype(np.float32)
+
+
 def _texture(name: str) -> np.ndarray:
+    if name in PROCEDURAL:
+        return _concrete()
     import skimage.data
     img = getattr(skimage.data, name)()
     if img.ndim == 3:
