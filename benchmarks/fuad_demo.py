@@ -7,9 +7,9 @@ must be large (hundreds of images: the standard error of image AUROC at 50 image
 and test crops must never overlap training crops. So:
 
 - each category is one ``skimage.data`` texture (brick, grass, gravel: real photographs that
-  load offline) or a seeded procedural one (concrete, :func:`_concrete`); the top half of the texture is the only source of training crops and the
-  bottom half the only source of test crops (disjoint pixels), crops are 128x128 at random
-  positions with random flips;
+  load offline) or a seeded procedural one (concrete, :func:`_concrete`); the top half of the
+  texture is the only source of training crops and the bottom half the only source of test
+  crops (disjoint pixels), crops are 128x128 at random positions with random flips;
 - a category has three defect kinds, each with a narrow parameter range so that it recurs:
   ``scratch`` (a bright line of fixed-ish angle and length), ``hole`` (a dark disk with a soft
   rim), ``paste`` (a patch cut from another photograph, ``skimage.data.moon``);
@@ -29,7 +29,6 @@ import numpy as np
 from PIL import Image
 
 CATEGORIES = ("brick", "grass", "gravel", "concrete")
-PROCEDURAL = ("concrete",)  # generated here (seeded), not loaded from skimage.data
 KINDS = ("scratch", "hole", "paste")
 CROP = 128
 
@@ -50,9 +49,12 @@ def _concrete(size: int = 512, seed: int = 7) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.float32)
 
 
+PROCEDURAL = {"concrete": _concrete}  # generated here (seeded), not loaded from skimage.data
+
+
 def _texture(name: str) -> np.ndarray:
     if name in PROCEDURAL:
-        return _concrete()
+        return PROCEDURAL[name]()
     import skimage.data
     img = getattr(skimage.data, name)()
     if img.ndim == 3:

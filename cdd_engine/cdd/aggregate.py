@@ -106,7 +106,11 @@ def mix_teacher(targets: Sequence[torch.Tensor], teacher_feats: Sequence[torch.T
     """(1 - share) * targets + share * teacher per scale (teacher normalised like the targets)."""
     if _no_teacher("teacher_share", share):
         return list(targets)
-    return [(1.0 - share) * t + share * f for t, f in zip(targets, _teacher_like(teacher_feats, normalize))]
+    return _mix(targets, _teacher_like(teacher_feats, normalize), share)
+
+
+def _mix(targets: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], share: float) -> list[torch.Tensor]:
+    return [(1.0 - share) * t + share * f for t, f in zip(targets, teacher)]
 
 
 def gate_teacher(targets: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor], keep: float,
@@ -120,8 +124,12 @@ def gate_teacher(targets: Sequence[torch.Tensor], teacher_feats: Sequence[torch.
     """
     if _no_teacher("teacher_gate", keep):
         return list(targets)
+    return _gate(targets, _teacher_like(teacher_feats, normalize), keep)
+
+
+def _gate(targets: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], keep: float) -> list[torch.Tensor]:
     out = []
-    for t, f in zip(targets, _teacher_like(teacher_feats, normalize)):
+    for t, f in zip(targets, teacher):
         dist = (1.0 - F.cosine_similarity(t, f, dim=1, eps=1e-8)).flatten(1)  # (B, h*w)
         if dist.dtype not in (torch.float32, torch.float64):  # quantile's dtypes; compare in the same one
             dist = dist.float()
@@ -141,5 +149,9 @@ def cross_domain_targets(students: Sequence[Callable[[list[torch.Tensor]], list[
     (then the teacher gate, then the teacher share)."""
     outputs = [student(list(teacher_feats)) for student in students]
     targets = aggregate_other_domains(outputs, domains, reduce, normalize)
-    targets = gate_teacher(targets, teacher_feats, teacher_gate, normalize)
-    return mix_teacher(targets, teacher_feats, teacher_share, normalize)
+    gate, share = not _no_teacher("teacher_gate", teacher_gate), not _no_teacher("teacher_share", teacher_share)
+    if gate or share:
+        teacher = _teacher_like(teacher_feats, normalize)  # once, for both
+        targets = _gate(targets, teacher, teacher_gate) if gate else targets
+        targets = _mix(targets, teacher, teacher_share) if share else targets
+    return list(targets)
