@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .cli_help import HelpFormatter as _Formatter
+
 EXIT_ERROR = 2
 EXIT_INTERRUPTED = 130
 
@@ -29,10 +31,6 @@ examples:
   cdd-engine eval --checkpoint runs/bottle --data mvtec --json metrics.json
   cdd-engine <command> --help              options of one command
 """
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the examples' line breaks and shows each option's default."""
 
 
 def _write_json(path: str | Path, obj: Any) -> None:

@@ -16,11 +16,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .cli_help import HelpFormatter as _Formatter
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm")
-
-
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the examples' line breaks and shows each option's default."""
 
 
 def _positive_int(text: str) -> int:

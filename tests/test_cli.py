@@ -46,6 +46,19 @@ def test_help_explains_every_command(capsys):
     assert len(COMMANDS) == len(build_parser()._subparsers._group_actions[0].choices)
 
 
+
+def test_help_shows_real_defaults_once(capsys):
+    """Defaults that say something are shown; None, off flags and ones the help explains are not."""
+    for cmd in build_parser()._subparsers._group_actions[0].choices:
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        text = " ".join(capsys.readouterr().out.split())
+        assert "(default: None)" not in text and "(default: False)" not in text, cmd
+        assert "one per core) (default:" not in text, cmd   # --threads explains its own default
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    assert "(default: 5)" in " ".join(capsys.readouterr().out.split())   # --rounds
+
 def test_train_options_cover_the_issue():
     p = build_parser()
     sub = p._subparsers._group_actions[0].choices["train"]
