@@ -46,7 +46,6 @@ def test_help_explains_every_command(capsys):
     assert len(COMMANDS) == len(build_parser()._subparsers._group_actions[0].choices)
 
 
-
 def test_help_shows_real_defaults_once(capsys):
     """Defaults that say something are shown; None, off flags and ones the help explains are not."""
     for cmd in build_parser()._subparsers._group_actions[0].choices:
@@ -58,6 +57,7 @@ def test_help_shows_real_defaults_once(capsys):
     with pytest.raises(SystemExit):
         main(["bench", "--help"])
     assert "(default: 5)" in " ".join(capsys.readouterr().out.split())   # --rounds
+
 
 def test_train_options_cover_the_issue():
     p = build_parser()

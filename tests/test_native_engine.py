@@ -25,7 +25,6 @@ from native_helpers import mte, native_or_skip
 
 native = native_or_skip()
 
-
 RTOL = 1e-5
 
 

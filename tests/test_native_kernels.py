@@ -7,7 +7,6 @@ when their strides allow it, and refused with a clear error when they do not.
 """
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import torch

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from native_helpers import mte, native_or_skip
 
-
 native = native_or_skip()
-
 
 CALLS = 10_000
 WARMUP = 500

@@ -89,11 +89,11 @@ def aggregate_other_domains(outputs: Sequence[Sequence[torch.Tensor]], domains: 
     return targets
 
 
-def _no_teacher(name: str, fraction: float) -> bool:
-    """Checks a teacher fraction in [0, 1]; True when it is 0 (the targets stay as they are)."""
-    if not 0.0 <= float(fraction) <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {fraction}")
-    return fraction == 0.0
+def _fraction(name: str, value: float) -> float:
+    """A teacher fraction, checked to be in [0, 1] (0: the targets stay as they are)."""
+    if not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
+    return float(value)
 
 
 def _teacher_like(teacher_feats: Sequence[torch.Tensor], normalize: bool) -> list[torch.Tensor]:
@@ -104,7 +104,7 @@ def _teacher_like(teacher_feats: Sequence[torch.Tensor], normalize: bool) -> lis
 def mix_teacher(targets: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor], share: float,
                 normalize: bool = True) -> list[torch.Tensor]:
     """(1 - share) * targets + share * teacher per scale (teacher normalised like the targets)."""
-    if _no_teacher("teacher_share", share):
+    if _fraction("teacher_share", share) == 0.0:
         return list(targets)
     return _mix(targets, _teacher_like(teacher_feats, normalize), share)
 
@@ -122,7 +122,7 @@ def gate_teacher(targets: Sequence[torch.Tensor], teacher_feats: Sequence[torch.
     1 the teacher's features. The cut is each image's ``keep``-quantile of its pixel distances
     (lower interpolation, so it is one of the distances: ties at the cut all go to the teacher).
     """
-    if _no_teacher("teacher_gate", keep):
+    if _fraction("teacher_gate", keep) == 0.0:
         return list(targets)
     return _gate(targets, _teacher_like(teacher_feats, normalize), keep)
 
@@ -149,9 +149,11 @@ def cross_domain_targets(students: Sequence[Callable[[list[torch.Tensor]], list[
     (then the teacher gate, then the teacher share)."""
     outputs = [student(list(teacher_feats)) for student in students]
     targets = aggregate_other_domains(outputs, domains, reduce, normalize)
-    gate, share = not _no_teacher("teacher_gate", teacher_gate), not _no_teacher("teacher_share", teacher_share)
+    gate, share = _fraction("teacher_gate", teacher_gate), _fraction("teacher_share", teacher_share)
     if gate or share:
         teacher = _teacher_like(teacher_feats, normalize)  # once, for both
-        targets = _gate(targets, teacher, teacher_gate) if gate else targets
-        targets = _mix(targets, teacher, teacher_share) if share else targets
+        if gate:
+            targets = _gate(targets, teacher, gate)
+        if share:
+            targets = _mix(targets, teacher, share)
     return list(targets)
