@@ -14,3 +14,8 @@ class EngineFormatError(EngineError, ValueError):
 
 class BackendUnavailable(EngineError, ImportError):
     """A backend's runtime (TensorRT, OpenVINO, a GPU) is not installed or not usable here."""
+
+
+class NonFiniteOutputError(EngineError):
+    """The model produced a NaN or infinite score (diverged training, bad weights, an engine.json
+    whose numbers overflow): the frames get no verdict, never a silent "normal"."""
