@@ -9,7 +9,10 @@ the training data.
 
 Outputs (in ``out_dir``, default ``<run_dir>/report``): ``contamination.csv`` (rank, path, score,
 above_threshold, injected), ``contamination.json`` (the same plus a summary), and
-``overlays/<rank>_<stem>.png`` ([image | heat map] panels, one colour scale for all).
+``overlays/<rank>_<folders>-<stem>.png`` (labelled [image | heat map] pictures with score, threshold
+and verdict, one colour scale for all, the folders kept so equal file names never collide) and
+``overlays/contact_sheet.png`` (all of them on one picture). Files this tool did not write are
+never overwritten (docs in :func:`cdd_engine.visualize.claim_outputs`).
 When the run injected known defects (the FUAD noise protocol, ``injected`` provenance), the
 summary gives the precision of the top-ranked images at finding them.
 """
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt
+from .visualize import CONTACT_SHEET, claim_outputs, record_outputs
 
 
 def ranked_training_scores(run_dir: str | Path) -> tuple[list[dict[str, Any]], float]:
@@ -74,15 +78,22 @@ def _summary(ranked: list[dict[str, Any]], threshold: float, top: int) -> dict[s
     return s
 
 
+def overlay_name(entry: dict[str, Any]) -> str:
+    """``<rank>_<folders>-<stem>.png``: sorted by rank, and the folders kept (issue 11 item 2)."""
+    p = Path(entry["path"])
+    return f"{entry['rank']:04d}_" + "-".join([*p.parent.parts, p.stem]) + ".png"
+
+
 @torch.no_grad()
 def _overlays(run_dir: Path, config: dict, entries: list[dict[str, Any]], out_dir: Path, data_root: Path,
-              device: str, teacher_weights: str | None, batch_size: int = 8) -> list[Path]:
+              device: str, teacher_weights: str | None, threshold: float, n_train: int, batch_size: int = 8
+              ) -> list[Path]:
     from .anomaly_map import anomaly_map
     from .data import ImageDataset, Sample
     from .data.samples import UNKNOWN
-    from .visualize import denormalize, overlay_panel
-    from PIL import Image
+    from .visualize import _fmt, denormalize, shared_scale, write_overlay_set
 
+    names = [overlay_name(e) for e in entries]
     model = ckpt.load_checkpoint(run_dir, teacher_weights, device)
     am = config["model"].get("anomaly_map", {})
     samples = [Sample(str(data_root / e["path"]), UNKNOWN, None, "unknown") for e in entries]
@@ -96,20 +107,24 @@ def _overlays(run_dir: Path, config: dict, entries: list[dict[str, Any]], out_di
         maps.append(m.float().cpu().numpy())
         images += [denormalize(xi.numpy(), mean, std) for xi in x]
     maps_np = np.concatenate(maps)
-    vmin, vmax = float(maps_np.min()), float(maps_np.max())
-    vmax = vmax if vmax > vmin else vmin + 1e-12
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for e, img, m in zip(entries, images, maps_np):
-        p = out_dir / f"{e['rank']:04d}_{Path(e['path']).stem}.png"
-        Image.fromarray(overlay_panel(img, m, None, vmin, vmax)).save(p)
-        written.append(p)
-    return written
+    vmin, vmax = shared_scale(list(maps_np), threshold)
+    n = len(entries)
+    note = (f"Colour scale {_fmt(vmin, 3)} to {_fmt(vmax, 3)} (anomaly-map value), shared by the {n} "
+            f"highest-scoring of {n_train} training images drawn in this report.")
+    truth = {None: None, True: ("injected defect", "injected"), False: ("clean (known)", "clean")}
+    known = [truth[None if e["injected"] is None else bool(e["injected"])] or (None, None) for e in entries]
+    items = ({"image": img, "map": m, "name": f"#{e['rank']} {e['path']}", "score": e["score"], "truth": k[0],
+              "tag": k[1], "short": e["path"]}
+             for e, img, m, k in zip(entries, images, maps_np, known))
+    return write_overlay_set(out_dir, names, items, n, threshold=threshold, vmin=vmin, vmax=vmax, scale_note=note,
+                             sheet_title=f"report: the {n} most suspicious of {n_train} training images",
+                             worst_n=n, force=True)
 
 
 def contamination_report(run_dir: str | Path, out_dir: str | Path | None = None, top: int = 16,
                          data: str | Path | None = None, device: str = "cpu",
-                         teacher_weights: str | Path | None = None, overlays: bool = True) -> dict[str, Any]:
+                         teacher_weights: str | Path | None = None, overlays: bool = True,
+                         force: bool = False) -> dict[str, Any]:
     """Write the ranked list (CSV + JSON) and overlays of the ``top`` most suspicious training images.
 
     Args:
@@ -117,6 +132,8 @@ def contamination_report(run_dir: str | Path, out_dir: str | Path | None = None,
         out_dir: where to write (default ``<run_dir>/report``).
         top: number of overlays (and the k of "precision at top k").
         data: the data set root, if it moved since training (paths are relative to it).
+        force: overwrite files in ``out_dir`` (and its ``overlays``) that this tool did not write;
+            without it such a file stops the report before anything is written.
     Returns the JSON written (summary + ranked list).
     """
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
@@ -125,6 +142,11 @@ def contamination_report(run_dir: str | Path, out_dir: str | Path | None = None,
     config = ckpt.read_config(run_dir)
     ranked, threshold = ranked_training_scores(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "report"
+    lists = ["contamination.csv", "contamination.json"]
+    # before anything is written: a rerun replaces its own files, never a user's
+    claim_outputs(out, lists, force)
+    if overlays:
+        claim_outputs(out / "overlays", [overlay_name(e) for e in ranked[:top]] + [CONTACT_SHEET], force)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "contamination.csv", "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=["rank", "path", "score", "above_threshold", "injected"])
@@ -140,8 +162,9 @@ def contamination_report(run_dir: str | Path, out_dir: str | Path | None = None,
                                     f"data=DIR (--data DIR) where the training images are now")
         files = [str(p.relative_to(out)) for p in
                  _overlays(run_dir, config, ranked[:top], out / "overlays", root, device,
-                           None if teacher_weights is None else str(teacher_weights))]
+                           None if teacher_weights is None else str(teacher_weights), threshold, len(ranked))]
     result = {"run_dir": str(run_dir), "method": config.get("method"), "summary": summary,
-              "overlays": files, "ranked": ranked}
+              "overlays": files, "contact_sheet": f"overlays/{CONTACT_SHEET}" if files else None, "ranked": ranked}
     (out / "contamination.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    record_outputs(out, lists)
     return result

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cdd_engine.checkpoint import CheckpointError
-from cdd_engine.report import contamination_report, precision_at, ranked_training_scores
+from cdd_engine.report import contamination_report, overlay_name, precision_at, ranked_training_scores
 from cdd_engine.training import train
 from rd_fixtures import TINY, one_torch_thread, write_tiny_mvtec  # noqa: F401 (autouse fixture)
 
@@ -63,6 +63,11 @@ def test_report_files_of_a_real_run(run_dir, tmp_path):
     injected = {e["path"] for e in scores["scores"] if e["injected"]}
     assert s["precision_at_n_injected"] == len(top2 & injected) / 2
     assert len(r["overlays"]) == 3 and all((out / p).is_file() for p in r["overlays"])
+    # names keep the rank and the folders (issue 11 item 2: train/good/001.png and test/spot/001.png differ)
+    for e, p in zip(rows[:3], r["overlays"]):
+        folders = "-".join(e["path"].split("/")[:-1])
+        assert p == f"overlays/{int(e['rank']):04d}_{folders}-{e['path'].split('/')[-1][:-4]}.png"
+    assert r["contact_sheet"] == "overlays/contact_sheet.png" and (out / r["contact_sheet"]).is_file()
     assert json.loads((out / "contamination.json").read_text())["summary"] == json.loads(json.dumps(s))
 
 
@@ -73,3 +78,18 @@ def test_report_errors(run_dir, tmp_path):
         contamination_report(run_dir, tmp_path / "r", data=tmp_path / "missing")
     with pytest.raises(CheckpointError):
         contamination_report(tmp_path, tmp_path / "r")
+
+
+def test_report_never_overwrites_a_users_file(run_dir, tmp_path):
+    out = tmp_path / "report"
+    contamination_report(run_dir, out, top=2)
+    contamination_report(run_dir, out, top=2)  # a rerun replaces its own files
+    third = out / "overlays" / overlay_name(ranked_training_scores(run_dir)[0][2])
+    third.write_bytes(b"an engineer's own file")  # where --top 3 would put its third overlay
+    (out / "contamination.csv").unlink()
+    with pytest.raises(FileExistsError, match="--force"):
+        contamination_report(run_dir, out, top=3)
+    assert third.read_bytes() == b"an engineer's own file"
+    assert not (out / "contamination.csv").exists()  # refused before anything was written
+    contamination_report(run_dir, out, top=3, force=True)
+    assert third.read_bytes()[:4] == b"\x89PNG"
