@@ -10,16 +10,27 @@ What is timed, per backbone and batch size: uint8 frames (N, H, W, 3) in -> scor
 Calls are interleaved round by round (eager, engine, eager, engine, ... with the order
 rotated every round), because the machines this runs on are shared and their load drifts:
 each round's pair sees about the same load. Reported: images/s from the median call time,
-p50/p99 latency per call, the ratio of median images/s, and the median of the per-round
-ratios (the most load-robust figure). A breakdown of each pipeline's stages (pre-processing,
-network + map, output) is timed after the main loop. ``postprocess_benchmark`` times the
-anomaly map alone on WRN50-shaped features (fast paths vs the eager reference).
+p50/p99 latency per call and per image, the ratio of median images/s, and the median of the
+per-round ratios (the most load-robust figure).
+
+The stage breakdown comes from the same rounds, so it agrees with the throughput table: the
+eager contender's own timed calls record their stages (pre-processing, network, map; their
+sum is the call), and the engine's stages (pre-processing, network + map, output, on its
+Python backend) are one more contender of the same interleaved rounds. Both are per image.
+They used to be timed after the main loop, in a separate burst: on a shared, oversubscribed
+machine torch's threads then waited on each other's barriers (one run: eager network 2,030
+ms/image there against a 188 ms whole call in the table). Torch and the engines run with the
+same thread count (``torch.get_num_threads()``, set by ``--threads``), recorded in the results.
+
+``postprocess_benchmark`` times the anomaly map alone on WRN50-shaped features (fast paths vs
+the eager reference). :func:`engine_benchmark` times an engine a user built (``bench --engine``).
 
 ``demo_engine_step`` is the "build an engine and print its images/s beside eager" step of
 ``cdd-engine demo``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -77,17 +88,34 @@ def _loadavg() -> list[float] | None:
 
 
 # ----------------------------------------------------------------------------- pipelines
-def eager_pipeline(model: torch.nn.Module, mode: str = "add", sigma: float = 4.0) -> Callable[[np.ndarray], Any]:
-    """The reference pipeline as a callable: uint8 (N,H,W,3) -> (maps (N,H,W), scores (N,))."""
+EAGER_STAGES = ("eager_pre", "eager_network", "eager_map")
+ENGINE_STAGES = ("engine_pre", "engine_network_and_map", "engine_out")
+
+
+def eager_pipeline(model: torch.nn.Module, mode: str = "add", sigma: float = 4.0,
+                   stages: dict[str, list[float]] | None = None) -> Callable[[np.ndarray], Any]:
+    """The reference pipeline as a callable: uint8 (N,H,W,3) -> (maps (N,H,W), scores (N,)).
+
+    ``stages``: when given, every call appends its seconds of pre-processing, network and map
+    (map includes the copy out) to ``stages[EAGER_STAGES[i]]``; they add up to the call.
+    """
     mean, std = model.normalization
     size = tuple(model.image_size)
 
     def run(frames: np.ndarray):
         with torch.inference_mode():
+            t0 = time.perf_counter()
             x = resize_normalize(frames, size, mean, std)
+            t1 = time.perf_counter()
             t, s = model(x)
+            t2 = time.perf_counter()
             maps, scores = anomaly_map(t, s, size, mode, sigma)
-            return maps.numpy(), scores.numpy()
+            out = maps.numpy(), scores.numpy()
+            t3 = time.perf_counter()
+        if stages is not None:
+            for name, v in zip(EAGER_STAGES, (t1 - t0, t2 - t1, t3 - t2)):
+                stages.setdefault(name, []).append(v)
+        return out
 
     return run
 
@@ -115,61 +143,51 @@ def time_interleaved(contenders: dict[str, Callable[[], Any]], rounds: int, warm
 
 
 def summarize(times: dict[str, list[float]], batch: int, baseline: str = "eager") -> dict[str, dict[str, float]]:
-    """images/s, p50/p99 latency (ms per call) and ratios against ``baseline``."""
+    """images/s, p50/p99 latency (ms per call), p50 ms per image and ratios against ``baseline``
+    (no ratios when ``baseline`` was not timed)."""
     out = {}
-    base = np.asarray(times[baseline])
+    base = np.asarray(times[baseline]) if baseline in times else None
     for name, t in times.items():
         t = np.asarray(t)
         row = {"images_per_s": batch / float(np.median(t)), "p50_ms": 1e3 * _percentile(t, 50),
-               "p99_ms": 1e3 * _percentile(t, 99), "calls": int(t.size)}
-        if name != baseline:
+               "p99_ms": 1e3 * _percentile(t, 99), "p50_ms_per_image": 1e3 * _percentile(t, 50) / batch,
+               "calls": int(t.size)}
+        if name != baseline and base is not None:
             row["ratio_vs_eager"] = float(np.median(base) / np.median(t))
             row["median_paired_ratio"] = float(np.median(base / t))
         out[name] = row
     return out
 
 
-def _stage_times(engine, frames: np.ndarray, eager_model: torch.nn.Module, reps: int) -> dict[str, dict[str, float]]:
-    """ms per image of each stage of the engine and of the eager pipeline (median of ``reps``).
+def staged_engine_call(engine, frames: np.ndarray, stages: dict[str, list[float]]) -> Callable[[], Any]:
+    """A contender that runs the engine's stages one by one on its Python backend (pre-processing,
+    ``score_batch``, copy out) and appends each one's seconds to ``stages[ENGINE_STAGES[i]]``.
 
-    The engine's stages are timed on its Python backend (pre-processing, ``score_batch``, copy out),
-    whichever runtime ``Engine.score`` uses; the native runtime runs the same model.xml.
+    Whichever runtime ``Engine.score`` uses, these are the Python backend's stages; the native
+    runtime runs the same model files.
     """
     from .runtime.engine import _numpy
     from .runtime.frames import to_frames
 
     n = frames.shape[0]
-    size = tuple(eager_model.image_size)
-    mean, std = eager_model.normalization
-    st: dict[str, list[float]] = {k: [] for k in ("engine_pre", "engine_network_and_map", "engine_out",
-                                                  "eager_pre", "eager_network", "eager_map")}
-    # One untimed pass first: on the native runtime ``engine.backend`` is the Python backend, created
-    # and compiled on first use (seconds for WRN50), which must not land in the first repetition.
-    engine.backend.score_batch(engine.prepare(to_frames(frames), 0, n))
-    for _ in range(reps):
+
+    def run():
         t0 = time.perf_counter()
-        f = to_frames(frames)
-        x = engine.prepare(f, 0, n)
+        x = engine.prepare(to_frames(frames), 0, n)
         t1 = time.perf_counter()
         maps, scores = engine.backend.score_batch(x)
         t2 = time.perf_counter()
         _numpy(maps).copy(), _numpy(scores).copy()  # what Engine.score does with the backend's outputs
         t3 = time.perf_counter()
-        st["engine_pre"].append(t1 - t0)
-        st["engine_network_and_map"].append(t2 - t1)
-        st["engine_out"].append(t3 - t2)
-        with torch.inference_mode():
-            t0 = time.perf_counter()
-            xr = resize_normalize(frames, size, mean, std)
-            t1 = time.perf_counter()
-            t, s = eager_model(xr)
-            t2 = time.perf_counter()
-            anomaly_map(t, s, size)
-            t3 = time.perf_counter()
-        st["eager_pre"].append(t1 - t0)
-        st["eager_network"].append(t2 - t1)
-        st["eager_map"].append(t3 - t2)
-    return {k: 1e3 * float(np.median(v)) / n for k, v in st.items()}
+        for name, v in zip(ENGINE_STAGES, (t1 - t0, t2 - t1, t3 - t2)):
+            stages.setdefault(name, []).append(v)
+
+    return run
+
+
+def _stage_summary(stages: dict[str, list[float]], n: int, warmup: int) -> dict[str, float]:
+    """Median ms per image of each stage, the warm-up calls left out."""
+    return {k: 1e3 * float(np.median(v[warmup:])) / n for k, v in stages.items() if len(v) > warmup}
 
 
 def _engine_for(backbone: str, backend: str, model: torch.nn.Module, engines_dir: Path, max_batch: int,
@@ -231,6 +249,54 @@ def parse_variant(spec: str) -> tuple[str, str, dict[str, Any]]:
     return spec, backend, options
 
 
+def _time_runs(name: str, model: torch.nn.Module | None, engines: dict[str, Any], batch_sizes: Sequence[int],
+               frame_hw: tuple[int, int], rounds: int | dict[int, int], stages: bool, say: Callable[[str], None],
+               rng: np.random.Generator, anomaly_map_options: dict[str, Any] | None = None,
+               warmup: int = 1) -> list[dict[str, Any]]:
+    """Interleaved rounds of eager (when ``model`` is given) and every engine, per batch size; the
+    stage breakdown is recorded in the same rounds (see the module docstring)."""
+    runs = []
+    for batch in batch_sizes:
+        n_rounds = rounds[batch] if isinstance(rounds, dict) else rounds
+        frames = rng.integers(0, 256, size=(batch, *frame_hw, 3), dtype=np.uint8)
+        contenders: dict[str, Callable[[], Any]] = {}
+        eager_stages: dict[str, list[float]] = {}
+        if model is not None:
+            eager = eager_pipeline(model, **(anomaly_map_options or {}), stages=eager_stages if stages else None)
+            contenders["eager"] = lambda: eager(frames)
+        engine_stages: dict[str, dict[str, list[float]]] = {}
+        for label, eng in engines.items():
+            contenders[label] = lambda eng=eng: eng.score(frames)
+            if stages:
+                engine_stages[label] = {}
+                contenders[f"{label} (stages)"] = staged_engine_call(eng, frames, engine_stages[label])
+        say(f"{name} batch {batch}: {n_rounds} interleaved rounds of {', '.join(contenders)}")
+        load0 = _loadavg()
+        times = time_interleaved(contenders, n_rounds, warmup=warmup)
+        for label in engine_stages:
+            times.pop(f"{label} (stages)")
+        run = {"backbone": name, "batch": batch, "loadavg": [load0, _loadavg()],
+               "results": summarize(times, batch), "seconds": {k: v for k, v in times.items()}}
+        if stages:
+            eager_ms = _stage_summary(eager_stages, batch, warmup)
+            run["stages_ms_per_image"] = {label: {**_stage_summary(st, batch, warmup), **eager_ms}
+                                          for label, st in engine_stages.items()}
+        runs.append(run)
+        for label in engines:
+            r = run["results"][label]
+            vs = (f", {r['ratio_vs_eager']:.2f}x eager ({run['results']['eager']['images_per_s']:.2f} img/s); "
+                  f"paired {r['median_paired_ratio']:.2f}x") if "eager" in run["results"] else ""
+            say(f"  {label}: {r['images_per_s']:.2f} img/s{vs}")
+    return runs
+
+
+def _new_results(image_size: Any, frame_size: Any, batch_sizes: Sequence[int], backends: Sequence[str],
+                 threads: int) -> dict[str, Any]:
+    return {"machine": machine_info(), "image_size": image_size, "frame_size": frame_size,
+            "batch_sizes": list(batch_sizes), "backends": list(backends),
+            "threads": {"torch": torch.get_num_threads(), "engines": threads}, "runs": []}
+
+
 def throughput_benchmark(backbones: Sequence[str] = DEFAULT_BACKBONES, backends: Sequence[str] = ("openvino",),
                          batch_sizes: Sequence[int] = DEFAULT_BATCHES, image_size: int = 256,
                          frame_size: int | None = None, rounds: int | dict[int, int] = 5,
@@ -245,46 +311,77 @@ def throughput_benchmark(backbones: Sequence[str] = DEFAULT_BACKBONES, backends:
         batch_sizes: frames per call.
         frame_size: side of the square uint8 input frames (default: the model size, no resize).
         rounds: timed calls per contender (an int, or {batch: rounds}).
-        engines_dir: where engines are built/reused (default: a temporary directory).
-        stage_reps: repetitions of the per-stage breakdown (0 skips it).
+        engines_dir: where engines are built/reused (default: a temporary directory, removed at the end).
+        stage_reps: 0 skips the per-stage breakdown (any other value: it is recorded in the same rounds).
     """
     from .models import build_rd_model
+    from .training.config import check_image_size
 
+    check_image_size(image_size, "image_size")
     say = progress or (lambda msg: log.info(msg))
     variants = [parse_variant(b) for b in backends]
-    engines_path = Path(engines_dir) if engines_dir else Path(tempfile.mkdtemp(prefix="cdd_bench_"))
+    threads = torch.get_num_threads()  # the engines get torch's thread count: one contest, equal cores
     frame_size = frame_size or image_size
-    results: dict[str, Any] = {"machine": machine_info(), "image_size": image_size, "frame_size": frame_size,
-                               "batch_sizes": list(batch_sizes), "backends": list(backends), "runs": []}
+    results = _new_results(image_size, frame_size, batch_sizes, backends, threads)
     rng = np.random.default_rng(0)
     max_batch = max(batch_sizes)
-    for backbone in backbones:
-        model = build_rd_model(backbone, pretrained=False, image_size=image_size, seed=0).eval()
-        engines = {label: _engine_for(backbone, backend, model, engines_path, max_batch, options)
-                   for label, backend, options in variants}
-        # which runtime ran each engine ("native" C++ or "python"; Engine picks native where it can)
-        results.setdefault("engine_runtimes", {}).update(
-            {f"{backbone}/{label}": str(getattr(eng, "runtime", "python")) for label, eng in engines.items()})
-        eager = eager_pipeline(model)
-        for batch in batch_sizes:
-            n_rounds = rounds[batch] if isinstance(rounds, dict) else rounds
-            frames = rng.integers(0, 256, size=(batch, frame_size, frame_size, 3), dtype=np.uint8)
-            contenders: dict[str, Callable[[], Any]] = {"eager": lambda: eager(frames)}
-            for label, eng in engines.items():
-                contenders[label] = lambda eng=eng: eng.score(frames)
-            say(f"{backbone} batch {batch}: {n_rounds} interleaved rounds of {', '.join(contenders)}")
-            load0 = _loadavg()
-            times = time_interleaved(contenders, n_rounds)
-            run = {"backbone": backbone, "batch": batch, "loadavg": [load0, _loadavg()],
-                   "results": summarize(times, batch), "seconds": {k: v for k, v in times.items()}}
-            if stage_reps:
-                run["stages_ms_per_image"] = {label: _stage_times(eng, frames, model, stage_reps)
-                                              for label, eng in engines.items()}
-            results["runs"].append(run)
-            for label in engines:
-                r = run["results"][label]
-                say(f"  {label}: {r['images_per_s']:.2f} img/s, {r['ratio_vs_eager']:.2f}x eager "
-                    f"({run['results']['eager']['images_per_s']:.2f} img/s); paired {r['median_paired_ratio']:.2f}x")
+    with contextlib.ExitStack() as stack:
+        if engines_dir is None:  # nothing is left behind in the temporary folder
+            engines_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="cdd_bench_"))
+        engines_path = Path(engines_dir)
+        for backbone in backbones:
+            model = build_rd_model(backbone, pretrained=False, image_size=image_size, seed=0).eval()
+            engines = {label: _engine_for(backbone, backend, model, engines_path, max_batch,
+                                          {"num_threads": threads, **options})
+                       for label, backend, options in variants}
+            # which runtime ran each engine ("native" C++ or "python"; Engine picks native where it can)
+            results.setdefault("engine_runtimes", {}).update(
+                {f"{backbone}/{label}": str(getattr(eng, "runtime", "python")) for label, eng in engines.items()})
+            results["runs"] += _time_runs(backbone, model, engines, batch_sizes, (frame_size, frame_size), rounds,
+                                          bool(stage_reps), say, rng)
+            del engines  # closed before their temporary folder goes
+    results["machine"]["loadavg_end"] = _loadavg()
+    return results
+
+
+def engine_benchmark(engine_dir: str | os.PathLike, batch_sizes: Sequence[int] = (1, 8),
+                     rounds: int | dict[int, int] = 5, frame_size: int | None = None, stages: bool = True,
+                     eager: bool = True, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Time an engine a user built (``cdd-engine bench --engine DIR``), with the same tables as
+    :func:`throughput_benchmark`. The eager reference is timed beside it when ``eager`` and the
+    engine's source checkpoint (engine.json ``source_checkpoint.path``) can still be loaded;
+    otherwise the engine alone (``results["eager_note"]`` says why)."""
+    import cdd_engine
+
+    say = progress or (lambda msg: log.info(msg))
+    threads = torch.get_num_threads()
+    engine = cdd_engine.load(engine_dir, num_threads=threads)
+    h, w = (int(v) for v in engine.manifest["image_size"])
+    if max(batch_sizes) > engine.max_batch:
+        say(f"note: batches above the engine's max batch {engine.max_batch} are split by Engine.score")
+    frame_hw = (frame_size, frame_size) if frame_size else (h, w)
+    results = _new_results([h, w], list(frame_hw), batch_sizes, [engine.backend_name], threads)
+    results["engine_dir"] = str(engine.engine_dir)
+    model, am = None, {}
+    source = (engine.manifest.get("source_checkpoint") or {}).get("path")
+    if not eager:
+        results["eager_note"] = "not asked for (--no-eager)"
+    elif not source:
+        results["eager_note"] = "the engine was built from a model object, not a run directory"
+    else:
+        try:
+            from .checkpoint import load_checkpoint
+            model = load_checkpoint(source)
+            amap = engine.manifest.get("anomaly_map", {})
+            am = {"mode": amap.get("mode", "add"), "sigma": float(amap.get("sigma", 4.0))}
+        except Exception as e:  # the engine stands on its own; say why eager is missing
+            results["eager_note"] = f"source checkpoint {source} not loadable here: {e}"
+    if "eager_note" in results:
+        say(f"eager reference not timed: {results['eager_note']}")
+    label = f"{engine.backend_name}"
+    results["engine_runtimes"] = {f"engine/{label}": str(getattr(engine, "runtime", "python"))}
+    results["runs"] = _time_runs("engine", model, {label: engine}, batch_sizes, frame_hw, rounds,
+                                 stages and model is not None, say, np.random.default_rng(0), am)
     results["machine"]["loadavg_end"] = _loadavg()
     return results
 
@@ -362,24 +459,38 @@ def to_markdown(results: dict[str, Any], command: str | None = None) -> str:
              f"(shared cores). Model {results['image_size']}², uint8 frames {results['frame_size']}², fp32."]
     if command:
         lines.append(f"Command: `{command}`")
+    if results.get("engine_dir"):
+        lines.append(f"Engine: {results['engine_dir']}" + (f" (eager not timed: {results['eager_note']})"
+                                                            if results.get("eager_note") else ""))
+    if results.get("threads"):
+        lines.append(f"Threads: torch {results['threads']['torch']}, engines {results['threads']['engines']}.")
     if results.get("engine_runtimes"):
         lines.append("Engine runtimes: " + ", ".join(f"{k} {v}" for k, v in results["engine_runtimes"].items()))
-    lines += ["", "| backbone | batch | pipeline | images/s | p50 ms/call | p99 ms/call | x eager (medians) | "
-                  "x eager (paired) |", "|---|---|---|---|---|---|---|---|"]
+
+    def ratio(r: dict, key: str) -> str:  # "-" when eager was not timed (bench --engine without its checkpoint)
+        return f"{r[key]:.2f}" if key in r else "-"
+
+    lines += ["", "| backbone | batch | pipeline | images/s | p50 ms/call | p99 ms/call | p50 ms/image | "
+                  "x eager (medians) | x eager (paired) |", "|---|---|---|---|---|---|---|---|---|"]
     for run in results["runs"]:
         for name, r in run["results"].items():
+            base = name == "eager"
             lines.append(f"| {run['backbone']} | {run['batch']} | {name} | {r['images_per_s']:.2f} | "
-                         f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | "
-                         f"{r.get('ratio_vs_eager', 1.0):.2f} | {r.get('median_paired_ratio', 1.0):.2f} |")
+                         f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['p50_ms'] / run['batch']:.1f} | "
+                         f"{'1.00' if base else ratio(r, 'ratio_vs_eager')} | "
+                         f"{'1.00' if base else ratio(r, 'median_paired_ratio')} |")
     stages = [(run, b, st) for run in results["runs"] for b, st in run.get("stages_ms_per_image", {}).items()]
     if stages:
-        lines += ["", "Stages, ms per image (median):", "",
-                  "| backbone | batch | engine | pre | network+map | out | eager pre | eager network | eager map |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "Stages, ms per image (median over the same interleaved rounds as the table above; the "
+                      "engine's stages on its Python backend; each 'call' column is that table's p50 ms/image):", "",
+                  "| backbone | batch | engine | pre | network+map | out | engine call | eager pre | eager network | "
+                  "eager map | eager call |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for run, b, st in stages:
+            call = {k: v["p50_ms"] / run["batch"] for k, v in run["results"].items()}
             lines.append(f"| {run['backbone']} | {run['batch']} | {b} | {st['engine_pre']:.1f} | "
-                         f"{st['engine_network_and_map']:.1f} | {st['engine_out']:.2f} | {st['eager_pre']:.1f} | "
-                         f"{st['eager_network']:.1f} | {st['eager_map']:.1f} |")
+                         f"{st['engine_network_and_map']:.1f} | {st['engine_out']:.2f} | {call[b]:.1f} | "
+                         f"{st['eager_pre']:.1f} | {st['eager_network']:.1f} | {st['eager_map']:.1f} | "
+                         f"{call['eager']:.1f} |")
     post = results.get("postprocess")
     if post:
         lines += ["", f"Anomaly map alone (batch {post['batch']}, WRN50 feature shapes, fp32), ms per image:", "",

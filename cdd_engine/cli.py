@@ -8,12 +8,14 @@ stderr and exit status 2 (``--debug`` shows the traceback).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from . import cli_io
 from .cli_help import HelpFormatter as _Formatter
 
 EXIT_ERROR = 2
@@ -29,14 +31,26 @@ examples:
   cdd-engine demo                          generate a demo set, train, evaluate, build an engine (~minutes on CPU)
   cdd-engine train --data mvtec --category bottle --out runs/bottle
   cdd-engine eval --checkpoint runs/bottle --data mvtec --json metrics.json
+  cdd-engine --threads 1 eval ...          global options go before or after the command
   cdd-engine <command> --help              options of one command
 """
 
 
-def _write_json(path: str | Path, obj: Any) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(obj, indent=2) + "\n", encoding="utf-8")
+def _write_json(a: argparse.Namespace, obj: Any) -> None:
+    """``--json FILE`` (checked by cli_io.check_output before the work) or ``--json -`` (stdout)."""
+    cli_io.write_json(a.json, obj, stream=getattr(a, "json_stream", None))
+
+
+def _add_output_options(p: argparse.ArgumentParser, json_help: str) -> None:
+    p.add_argument("--json", metavar="FILE", default=None,
+                   help=f"{json_help} ('-': to stdout, the other output then goes to stderr)")
+    p.add_argument("--force", action="store_true", help=cli_io.force_help())
+
+
+def _skip_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="skip image files that cannot be decoded, list them and go on (default: stop at the "
+                        "first one)")
 
 
 def _print_metrics(m: dict, indent: str = "  ") -> None:
@@ -55,6 +69,7 @@ def _print_metrics(m: dict, indent: str = "  ") -> None:
 # ----------------------------------------------------------------------------- shared options
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     from .models import TEACHERS
+    from .training.config import IMAGE_SIZE_RULE
     from .training import DEFAULT_EPOCHS, method_names
     g = p.add_argument_group("model and training")
     g.add_argument("--method", default="rd", choices=method_names(),
@@ -72,9 +87,10 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--teacher-weights", metavar="PATH", default=None,
                    help="teacher weights file (.pth/.safetensors, torchvision layout for the ResNets); "
                         "default: the backbone's packaged weights ('random' for tests only)")
-    g.add_argument("--image-size", type=int, default=256, metavar="N", help="square model input side in pixels")
-    g.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, metavar="N")
-    g.add_argument("--batch-size", type=int, default=16, metavar="N")
+    g.add_argument("--image-size", type=int, default=256, metavar="N",
+                   help=f"square model input side in pixels; {IMAGE_SIZE_RULE}")
+    g.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, metavar="N", help="training epochs")
+    g.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per training step")
     g.add_argument("--lr", type=float, default=0.005, help="Adam learning rate (betas 0.5, 0.999)")
     g.add_argument("--seed", type=int, default=0, metavar="S", help="seeds initialisation, batch order and noise")
     g.add_argument("--eval-every", type=int, default=0, metavar="N",
@@ -128,6 +144,7 @@ DEMO_QUICK = {"image_size": 64, "epochs": 2, "n_train": 12, "n_test_good": 6, "n
 
 def add_demo(sub) -> None:
     from .data.demo import DEMO_CATEGORIES
+    from .training.config import IMAGE_SIZE_RULE
     p = sub.add_parser(
         "demo", formatter_class=_Formatter,
         help="generate a demo data set, train, evaluate, print a report",
@@ -142,23 +159,25 @@ def add_demo(sub) -> None:
     p.add_argument("--epochs", type=int, default=None, metavar="N",
                    help=f"training epochs (default {DEMO_DEFAULTS['epochs']}, --quick {DEMO_QUICK['epochs']})")
     p.add_argument("--image-size", type=int, default=None, metavar="N",
-                   help=f"image side (default {DEMO_DEFAULTS['image_size']}, --quick {DEMO_QUICK['image_size']})")
+                   help=f"image side (default {DEMO_DEFAULTS['image_size']}, --quick {DEMO_QUICK['image_size']}); "
+                        f"{IMAGE_SIZE_RULE}")
     p.add_argument("--noise-ratio", type=float, default=None, metavar="R",
                    help=f"contamination: fraction of |train| drawn from the test anomalies "
                         f"(default {DEMO_DEFAULTS['noise_ratio']})")
-    p.add_argument("--seed", type=int, default=0, metavar="S")
+    p.add_argument("--seed", type=int, default=0, metavar="S", help="seeds the data set, noise and training")
     p.add_argument("--quick", action="store_true", help="tiny data set, 2 epochs, 64² (for tests and CI)")
     p.add_argument("--backend", default="auto", choices=("auto", "openvino", "tensorrt", "torch"),
                    help="engine backend of the last step (auto: TensorRT on an NVIDIA GPU when installed, else OpenVINO)")
     p.add_argument("--no-engine", action="store_true",
                    help="skip building the scoring engine and timing it against the eager reference")
-    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    _add_output_options(p, "also write the report as JSON to FILE")
     p.set_defaults(handler=run_demo)
 
 
 def run_demo(a: argparse.Namespace) -> int:
     from .data import make_demo_dataset
     from .training import train
+    from .training.config import check_image_size
     s = dict(DEMO_QUICK if a.quick else DEMO_DEFAULTS)
     if a.epochs is not None:
         s["epochs"] = a.epochs
@@ -166,6 +185,8 @@ def run_demo(a: argparse.Namespace) -> int:
         s["image_size"] = a.image_size
     if a.noise_ratio is not None:
         s["noise_ratio"] = a.noise_ratio
+    check_image_size(s["image_size"], "--image-size")  # before the data set is generated
+    cli_io.check_output(a.json, "--json", a.force)
     out = Path(a.out).expanduser().absolute()
     run_dir = out / "runs" / f"{a.category}_rd_seed{a.seed}"
     n = 1
@@ -206,7 +227,7 @@ def run_demo(a: argparse.Namespace) -> int:
         say(f"[4/{steps}] building a scoring engine ({a.backend}) and timing it against the eager reference")
         report["engine"] = _demo_engine(run_dir, out, a.backend, metrics)
     if a.json:
-        _write_json(a.json, report)
+        _write_json(a, report)
     return 0
 
 
@@ -257,16 +278,20 @@ def add_train(sub) -> None:
                         "set without labels (SoftPatch protocol)")
     g.add_argument("--overlap", action="store_true", help="keep the injected images in the test set too")
     _add_model_options(p)
+    _skip_option(p)
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--force", action="store_true",
+                   help="write into a non-empty --out that is not a run to resume (a previous run there is replaced)")
     p.set_defaults(handler=run_train)
 
 
 def run_train(a: argparse.Namespace) -> int:
     from .training import train
     run_dir = train(a.data, a.out, layout=a.layout, category=a.category, noise_ratio=a.noise_ratio,
-                    overlap=a.overlap, resume=a.resume, **_train_kwargs(a))
+                    overlap=a.overlap, resume=a.resume, force=a.force, skip_bad_images=a.skip_bad_images, **_train_kwargs(a))
     metrics_path = run_dir / "metrics.json"
     print(f"checkpoint: {run_dir}")
+    _print_skipped(_read_skipped(run_dir))
     if metrics_path.is_file():
         _print_metrics(json.loads(metrics_path.read_text(encoding="utf-8")))
     return 0
@@ -285,26 +310,46 @@ def add_eval(sub) -> None:
     _add_data_options(p, required=False)
     p.add_argument("--teacher-weights", metavar="PATH", default=None,
                    help="where the teacher's weights are (if not where they were at training time)")
-    p.add_argument("--batch-size", type=int, default=16, metavar="N")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per network call")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    _add_output_options(p, "write the metrics and every test image's score and verdict as JSON to FILE")
     p.add_argument("--overlays", metavar="DIR", help="write a heat-map overlay PNG per test image")
+    p.add_argument("--overlay", dest="overlays", metavar="DIR", help=argparse.SUPPRESS)  # score's old spelling
+    _skip_option(p)
     p.set_defaults(handler=run_eval)
 
 
 def run_eval(a: argparse.Namespace) -> int:
     from .evaluate import evaluate_run
+    cli_io.check_output(a.json, "--json", a.force)
     m = evaluate_run(a.checkpoint, data=a.data, layout=a.layout, category=a.category,
                      teacher_weights=a.teacher_weights, batch_size=a.batch_size, device=a.device,
-                     progress=not a.quiet, overlays_dir=a.overlays)
+                     progress=not a.quiet, overlays_dir=a.overlays, skip_bad_images=a.skip_bad_images,
+                     force=a.force)
     print(f"{m['data']} with {m['checkpoint']}:")
     _print_metrics(m)
+    _print_skipped(m.get("skipped_images", []))
     if a.overlays:
         print(f"  overlays: {a.overlays}")
     if a.json:
-        _write_json(a.json, m)
-        print(f"  JSON: {a.json}")
+        _write_json(a, m)
+        if a.json != cli_io.STDOUT:
+            print(f"  JSON: {a.json}")
     return 0
+
+
+def _read_skipped(run_dir: Path) -> list[dict]:
+    from .data.readers import SKIPPED_FILE
+    p = Path(run_dir) / SKIPPED_FILE
+    return json.loads(p.read_text(encoding="utf-8"))["skipped"] if p.is_file() else []
+
+
+def _print_skipped(skipped: list[dict]) -> None:
+    """--skip-bad-images: every skipped file on its own line (stdout), with why."""
+    if skipped:
+        print(f"  skipped {len(skipped)} unreadable image(s) (--skip-bad-images):")
+        for e in skipped:
+            print(f"    {e['path']}: {e['error']}")
 
 
 # ----------------------------------------------------------------------------- report
@@ -321,8 +366,9 @@ def add_report(sub) -> None:
     p.add_argument("--out", metavar="DIR", default=None, help="output folder (default: RUN_DIR/report)")
     p.add_argument("--top", type=int, default=16, metavar="N", help="overlays of the N highest-scoring images")
     p.add_argument("--data", metavar="DIR", default=None, help="data set root, if it moved since training")
-    p.add_argument("--teacher-weights", metavar="PATH", default=None)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--teacher-weights", metavar="PATH", default=None,
+                   help="where the teacher's weights are (if not where they were at training time)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.set_defaults(handler=run_report)
 
 
@@ -344,9 +390,21 @@ def run_report(a: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- dispatch
 from .cli_engine import add_bench_parser, add_build_parser, add_score_parser  # noqa: E402 (deployment commands)
+from .serving.cli import add_export_triton_parser  # noqa: E402 (docs/serving.md)
 
 COMMANDS: list[Callable[[Any], None]] = [add_demo, add_train, add_eval, add_report,
-                                         add_build_parser, add_score_parser, add_bench_parser]
+                                         add_build_parser, add_score_parser, add_bench_parser,
+                                         add_export_triton_parser]
+
+
+def _add_global_options(parser: argparse.ArgumentParser, add, default) -> None:
+    """--debug, --quiet, --threads: accepted before and after the subcommand."""
+    add("--debug", action="store_true", default=False if default is None else default,
+        help="show the full traceback on errors")
+    add("--quiet", action="store_true", default=False if default is None else default,
+        help="no progress bars or logs")
+    add("--threads", type=int, default=default, metavar="N",
+        help="CPU threads for torch (default: one per core; demo: the cores the machine's load leaves free)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -354,11 +412,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cdd-engine", description=DESCRIPTION, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"cdd-engine {__version__}")
+    _add_global_options(parser, parser.add_argument_group("global options").add_argument,
+                        None)
+    # The same options after the subcommand. Their default there is SUPPRESS, so a value given before the
+    # subcommand is not reset by the subparser; the top-level parser supplies the real defaults.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show the full traceback on errors")
-    common.add_argument("--quiet", action="store_true", help="no progress bars or logs")
-    common.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="CPU threads for torch (default: torch's choice, usually one per core)")
+    _add_global_options(common, common.add_argument_group("global options (also before the command)").add_argument,
+                        argparse.SUPPRESS)
     parser._common = common  # type: ignore[attr-defined]
     sub = parser.add_subparsers(dest="command", metavar="<command>", title="commands")
     real_add = sub.add_parser
@@ -385,6 +445,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 raise ValueError(f"--threads must be >= 1, got {args.threads}")
             import torch
             torch.set_num_threads(args.threads)
+        elif args.command == "demo":  # the command people copy: fast on a busy machine too (cdd_engine/threads.py)
+            import torch
+            from . import threads
+            torch.set_num_threads(threads.auto_threads())
+            if not args.quiet:
+                print(f"torch threads: {torch.get_num_threads()} ({threads.describe()}; --threads N overrides)",
+                      file=sys.stderr)
+        if getattr(args, "json", None) == cli_io.STDOUT:
+            # --json -: stdout carries the JSON report alone; every other line goes to stderr
+            args.json_stream = sys.stdout
+            with contextlib.redirect_stdout(sys.stderr):
+                return args.handler(args)
         return args.handler(args)
     except KeyboardInterrupt:
         print("interrupted" + ("; continue with the same command and --resume" if args.command == "train" else ""),
@@ -394,6 +466,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         msg = str(e).strip() or type(e).__name__
+        from .data.images import UnreadableImageError
+        if isinstance(e, UnreadableImageError) and hasattr(args, "skip_bad_images") and not args.skip_bad_images:
+            msg += "; pass --skip-bad-images to skip unreadable files, list them and go on"
         if not isinstance(e, (ValueError, TypeError, OSError, RuntimeError)):
             msg = f"{type(e).__name__}: {msg} (run with --debug for the traceback)"
         print(f"cdd-engine {args.command}: error: {msg}", file=sys.stderr)

@@ -7,7 +7,6 @@ status, errors are turned into one line by ``cli.main``).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -56,7 +55,8 @@ def add_build_parser(sub) -> None:
                "  cdd-engine build --checkpoint runs/bottle --backend torch --out engines/bottle_torch")
     p.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="run directory written by train")
     p.add_argument("--out", required=True, metavar="ENGINE_DIR", help="engine directory to write")
-    p.add_argument("--backend", default="auto", choices=("auto", "openvino", "tensorrt", "torch"))
+    p.add_argument("--backend", default="auto", choices=("auto", "openvino", "tensorrt", "torch"),
+                   help="engine backend; auto: TensorRT on an NVIDIA GPU when installed, else OpenVINO")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"),
                    help="fp16: TensorRT/torch on CUDA (OpenVINO: fp16 weights); int8: TensorRT with --calibration")
     p.add_argument("--max-batch", type=_positive_int, default=32, metavar="N", help="largest batch per network call")
@@ -66,21 +66,39 @@ def add_build_parser(sub) -> None:
                    help="where the teacher's weights are, if not where training found them")
     p.add_argument("--calibration", default=None, metavar="DIR", help="normal images for INT8 calibration")
     p.add_argument("--timing-cache", default=None, metavar="FILE", help="TensorRT timing cache (read and updated)")
-    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check of the exported graph")
+    p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check of the exported graph "
+                   "(the NaN/inf check of the weights and of a probe batch always runs)")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out even if it is a non-empty folder that is not an engine")
     p.set_defaults(handler=run_build)
 
 
 def run_build(a: argparse.Namespace) -> int:
     import cdd_engine
+    from .checkpoint import read_config
+    from .training.config import check_image_size
 
-    _log_to_stderr(a.quiet)
+    # the size rule, before minutes of export (a run trained before the rule was enforced may break it)
+    check_image_size(tuple(read_config(a.checkpoint)["model"]["image_size"]), "the checkpoint's image size")
+    # The summary below states the backend choice, the runtime and the build time once: build()'s and
+    # Engine's own INFO lines say the same (some twice), so they stay off here; warnings still show.
+    build_log = logging.getLogger("cdd_engine")
+    if not a.quiet:
+        print(f"building an engine from {a.checkpoint} (backend {a.backend}, {a.precision}) in {a.out} ...",
+              file=sys.stderr)
     calibration = None
     if a.calibration:
         calibration = [_read_image(p)[0] for p in _expand_images([a.calibration])]
     t0 = time.perf_counter()
-    engine = cdd_engine.build(a.checkpoint, backend=a.backend, precision=a.precision, max_batch=a.max_batch,
-                              output_dir=a.out, threshold=a.threshold, teacher_weights=a.teacher_weights,
-                              verify=not a.no_verify, calibration_frames=calibration, timing_cache=a.timing_cache)
+    level = build_log.level
+    build_log.setLevel(logging.WARNING)
+    try:
+        engine = cdd_engine.build(a.checkpoint, backend=a.backend, precision=a.precision, max_batch=a.max_batch,
+                                  output_dir=a.out, threshold=a.threshold, teacher_weights=a.teacher_weights,
+                                  verify=not a.no_verify, calibration_frames=calibration,
+                                  timing_cache=a.timing_cache, overwrite=a.force)
+    finally:
+        build_log.setLevel(level)
     m = engine.manifest
     print(f"engine: {engine.engine_dir}")
     print(f"  backend {m['backend']} ({m['build']['backend_choice']}), precision {m['precision']}, "
@@ -96,16 +114,27 @@ def add_score_parser(sub) -> None:
     p = sub.add_parser(
         "score", formatter_class=_Formatter, help="score images with an engine",
         description="Score image files (or every image in the given folders) with an engine directory. Prints "
-                    "one line per image (score, verdict); --json writes the results as JSON (to stdout with "
-                    "no FILE), --overlay writes a heat-map overlay PNG per image.",
+                    "one line per image (score, verdict); --json FILE writes the results as JSON (--json - to "
+                    "stdout), --overlays DIR writes a heat-map overlay PNG per image. Files are decoded as "
+                    "training decodes them (16-bit grey scaled to 8 bits, EXIF orientation applied).",
         epilog="examples:\n  cdd-engine score --engine engines/bottle line/*.png\n"
-               "  cdd-engine score --engine engines/bottle line/ --json results.json --overlay heatmaps/\n"
-               "  cdd-engine score --engine engines/bottle frame.png --json")
-    p.add_argument("--engine", required=True, metavar="ENGINE_DIR")
+               "  cdd-engine score --engine engines/bottle line/ --json results.json --overlays heatmaps/\n"
+               "  cdd-engine score --engine engines/bottle frame.png --json -")
+    p.add_argument("--engine", required=True, metavar="ENGINE_DIR", help="engine directory written by build")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders of images")
-    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
-                   help="write results as JSON to FILE (stdout if FILE is omitted)")
-    p.add_argument("--overlay", default=None, metavar="DIR", help="write <name>_overlay.png heat maps here")
+    # every option takes its value explicitly: an optional value would swallow an IMAGE (issue 11)
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help="write results as JSON to FILE ('-': to stdout, instead of the table)")
+    p.add_argument("--overlays", dest="overlay", default=None, metavar="DIR",
+                   help="write labelled heat maps here (the inputs' folders mirrored: <folder>/<name>_overlay.png) "
+                        "and contact_sheet.png of the highest scores")
+    p.add_argument("--overlay", dest="overlay", default=None, metavar="DIR", help=argparse.SUPPRESS)  # old spelling
+    p.add_argument("--force", action="store_true",
+                   help="overwrite an existing --json file (a report this command wrote before included) and "
+                        "overlay files this command did not write; the input images are never overwritten")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="skip image files that cannot be decoded, list them (and in --json) and go on "
+                        "(default: stop at the first one)")
     p.add_argument("--threshold", type=float, default=None, metavar="T", help="override the engine's threshold")
     p.add_argument("--device", default=None, help="torch/tensorrt engines: cpu or cuda")
     p.set_defaults(handler=run_score)
@@ -128,18 +157,13 @@ def _expand_images(paths: Sequence[str]) -> list[Path]:
 
 
 def _read_image(path: Path) -> tuple[np.ndarray, str]:
-    """Decode an image file -> (uint8 frame, pixel format). Grey files stay single-channel (MONO)."""
-    from PIL import Image
+    """Decode an image file with the package's one decoder (cdd_engine.data.images.decode_image, as
+    training does) -> (uint8 frame, pixel format). Grey files stay single-channel (MONO): the engine
+    replicates them to RGB exactly as training's loader does."""
+    from .data.images import decode_image
 
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("L", "I;16", "I", "F", "1"):
-                arr = np.asarray(im.convert("L") if im.mode != "L" else im)
-                return arr, "MONO"
-            return np.asarray(im.convert("RGB")), "RGB"
-    except OSError as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
+    kind, arr = decode_image(path)
+    return arr, ("MONO" if kind == "gray" else "RGB")
 
 
 def run_score(a: argparse.Namespace) -> int:
@@ -149,7 +173,23 @@ def run_score(a: argparse.Namespace) -> int:
     engine = cdd_engine.load(a.engine, threshold=a.threshold, device=a.device,
                              num_threads=getattr(a, "threads", None))
     paths = _expand_images(a.images)
-    decoded = [_read_image(p) for p in paths]
+    from . import cli_io
+    from .data.images import DatasetError
+    cli_io.check_output(a.json, "--json", a.force, inputs=paths)
+    if a.overlay:  # refuse a folder holding files this tool did not write before any scoring
+        _write_overlays(Path(a.overlay), paths, None, None, None, None, getattr(a, "force", False))
+    decoded, skipped, kept = [], [], []
+    for p in paths:
+        try:
+            decoded.append(_read_image(p))
+            kept.append(p)
+        except DatasetError as e:
+            if not a.skip_bad_images:
+                raise
+            skipped.append({"path": str(p), "error": str(e)})
+    if not kept:
+        raise ValueError(f"none of the {len(paths)} image file(s) could be read, e.g. {skipped[0]['error']}")
+    paths = kept
     # a call takes one pixel format: grey files are scored as MONO, colour files as RGB
     results: list[dict[str, Any] | None] = [None] * len(paths)
     maps: list[np.ndarray | None] = [None] * len(paths)
@@ -159,7 +199,7 @@ def run_score(a: argparse.Namespace) -> int:
         for start in range(0, len(idx), engine.max_batch):
             chunk = idx[start:start + engine.max_batch]
             r = engine.score([decoded[i][0] for i in chunk], pixel_format=fmt, return_maps=bool(a.overlay),
-                             map_size="input")
+                             map_size="model")  # model-size maps: overlays are drawn at a bounded size
             for j, i in enumerate(chunk):
                 results[i] = {"image": str(paths[i]), "score": float(r.scores[j]),
                               "is_anomalous": bool(r.is_anomalous[j])}
@@ -167,41 +207,41 @@ def run_score(a: argparse.Namespace) -> int:
                     maps[i] = r.maps[j]
     seconds = time.perf_counter() - t0
     if a.overlay:
-        _write_overlays(Path(a.overlay), paths, decoded, maps, engine.threshold)
+        _write_overlays(Path(a.overlay), paths, decoded, maps, [r["score"] for r in results], engine.threshold,
+                        getattr(a, "force", False))
     report = {"engine": str(engine.engine_dir), "backend": engine.backend_name, "runtime": engine.runtime,
               "threshold": engine.threshold,
               "n_images": len(paths), "n_anomalous": sum(r["is_anomalous"] for r in results),
-              "seconds": seconds, "results": results}
-    if a.json == "-":
-        print(json.dumps(report, indent=2))
+              "seconds": seconds, "results": results, "skipped_images": skipped}
+    if a.json == cli_io.STDOUT:
+        cli_io.write_json(a.json, report, stream=getattr(a, "json_stream", None))
         return 0
     width = max(len(r["image"]) for r in results)
     for r in results:
         print(f"{r['image']:<{width}}  {r['score']:.6f}  {'ANOMALOUS' if r['is_anomalous'] else 'ok'}")
     print(f"{report['n_anomalous']} of {len(paths)} anomalous (threshold {engine.threshold:.6g}); "
           f"{len(paths) / max(seconds, 1e-9):.1f} images/s with {engine.backend_name} ({engine.runtime})")
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s) (--skip-bad-images):")
+        for e in skipped:
+            print(f"  {e['path']}: {e['error']}")
     if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        cli_io.write_json(a.json, report)
         print(f"JSON: {a.json}")
     if a.overlay:
         print(f"overlays: {a.overlay}")
     return 0
 
 
-def _write_overlays(out: Path, paths: list[Path], decoded, maps, threshold: float) -> None:
-    from PIL import Image
+def _write_overlays(out: Path, paths: list[Path], decoded, maps, scores, threshold, force: bool) -> None:
+    """Labelled overlays mirroring the input tree, plus contact_sheet.png (cdd_engine.visualize);
+    with ``decoded`` None only checks that nothing this tool did not write would be overwritten."""
+    from .visualize import claim_outputs, mirrored_names, save_score_overlays, CONTACT_SHEET
 
-    from .visualize import overlay
-
-    out.mkdir(parents=True, exist_ok=True)
-    lo = min(float(m.min()) for m in maps)
-    hi = max(max(float(m.max()) for m in maps), threshold)  # one colour scale for the whole call
-    if not hi > lo:
-        hi = lo + 1e-6
-    for p, (img, fmt), m in zip(paths, decoded, maps):
-        rgb = np.repeat(img[..., None], 3, axis=2) if fmt == "MONO" else img
-        Image.fromarray(overlay(rgb, m, lo, hi)).save(out / f"{p.stem}_overlay.png")
+    if decoded is None:
+        claim_outputs(out, mirrored_names(paths, "_overlay.png") + [CONTACT_SHEET], force)
+        return
+    save_score_overlays(out, paths, (img for img, _ in decoded), maps, scores, threshold, force=force)
 
 
 # ----------------------------------------------------------------------------- bench
@@ -211,35 +251,59 @@ def add_bench_parser(sub) -> None:
         description="Images/s and p50/p99 latency of engines (uint8 frames in, scores and maps out) against the "
                     "eager PyTorch reference pipeline (resize_normalize -> RD model -> reference anomaly map), "
                     "interleaved in one run, for random-weight models (speed does not depend on the weights). "
-                    "Also times the anomaly map alone (fast paths vs eager). Writes JSON and a markdown table.",
+                    "Also times the anomaly map alone (fast paths vs eager). Writes JSON and a markdown table. "
+                    "With --engine DIR, times an engine you built instead (and, when its run directory is "
+                    "still there, the eager pipeline of the same checkpoint). Torch and the engines use the "
+                    "same thread count (--threads). Engines built here go to a temporary folder that is "
+                    "removed at the end, unless --engines-dir is given.",
         epilog="examples:\n  cdd-engine bench --backbones efficientnet_lite0 --batch-sizes 1,8\n"
-               "  cdd-engine bench --json bench.json --md bench.md")
+               "  cdd-engine bench --json bench.json --md bench.md\n"
+               "  cdd-engine bench --engine engines/bottle --batch-sizes 1,8")
+    p.add_argument("--engine", default=None, metavar="ENGINE_DIR",
+                   help="time this engine (built by 'cdd-engine build') instead of random-weight models")
     p.add_argument("--backbones", default="wide_resnet50_2,efficientnet_lite0", help="comma-separated teachers")
     p.add_argument("--backends", default="openvino", help="comma-separated engine backends to time")
-    p.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 32], metavar="B,B,...")
-    p.add_argument("--image-size", type=_positive_int, default=256, metavar="N", help="model resolution")
+    p.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 32], metavar="B,B,...",
+                   help="frames per call, comma-separated")
+    p.add_argument("--image-size", type=_positive_int, default=256, metavar="N",
+                   help="model resolution (a multiple of 32, at least 32)")
     p.add_argument("--frame-size", type=_positive_int, default=None, metavar="N",
                    help="side of the uint8 input frames (default: the model resolution)")
     p.add_argument("--rounds", type=_positive_int, default=5, metavar="N", help="timed calls per pipeline")
     p.add_argument("--engines-dir", default=None, metavar="DIR", help="build/reuse engines here")
     p.add_argument("--no-postprocess", action="store_true", help="skip the anomaly-map-alone benchmark")
-    p.add_argument("--json", default=None, metavar="FILE")
-    p.add_argument("--md", default=None, metavar="FILE")
+    p.add_argument("--json", default=None, metavar="FILE", help="write the results as JSON to FILE")
+    p.add_argument("--md", default=None, metavar="FILE", help="write the markdown tables to FILE")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite an existing --json/--md file (results this command wrote before included)")
     p.set_defaults(handler=run_bench)
 
 
 def run_bench(a: argparse.Namespace) -> int:
-    from .bench import postprocess_benchmark, throughput_benchmark, write_results
+    from . import cli_io
+    from .bench import engine_benchmark, postprocess_benchmark, throughput_benchmark, write_results
+    from .training.config import check_image_size
 
+    for path, option in ((a.json, "--json"), (a.md, "--md")):
+        if path == cli_io.STDOUT:
+            raise ValueError(f"{option} takes a file name here (the tables are printed anyway)")
+        cli_io.check_output(path, option, a.force)
     _log_to_stderr(a.quiet)
     say = (lambda msg: None) if a.quiet else (lambda msg: print(msg, file=sys.stderr))
-    results = throughput_benchmark([b for b in a.backbones.split(",") if b], [b for b in a.backends.split(",") if b],
-                                   a.batch_sizes, a.image_size, a.frame_size, a.rounds, a.engines_dir, progress=say)
+    if a.engine:
+        results = engine_benchmark(a.engine, a.batch_sizes, a.rounds, a.frame_size, progress=say)
+        command = f"cdd-engine bench --engine {a.engine} --batch-sizes {','.join(map(str, a.batch_sizes))} " \
+                  f"--rounds {a.rounds}"
+    else:
+        check_image_size(a.image_size, "--image-size")
+        results = throughput_benchmark([b for b in a.backbones.split(",") if b],
+                                       [b for b in a.backends.split(",") if b], a.batch_sizes, a.image_size,
+                                       a.frame_size, a.rounds, a.engines_dir, progress=say)
+        command = (f"cdd-engine bench --backbones {a.backbones} --backends {a.backends} --batch-sizes "
+                   f"{','.join(map(str, a.batch_sizes))} --image-size {a.image_size} --rounds {a.rounds}")
     if not a.no_postprocess:
         results["postprocess"] = postprocess_benchmark(rounds=a.rounds)
-    command = (f"cdd-engine bench --backbones {a.backbones} --backends {a.backends} --batch-sizes "
-               f"{','.join(map(str, a.batch_sizes))} --image-size {a.image_size} --rounds {a.rounds}"
-               + (f" --frame-size {a.frame_size}" if a.frame_size else ""))
+    command += f" --frame-size {a.frame_size}" if a.frame_size else ""
     print(write_results(results, a.json, a.md, command=command))
     return 0
 

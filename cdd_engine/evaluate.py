@@ -56,7 +56,7 @@ def score_dataset(model, dataset, batch_size: int = 16, device: str | torch.devi
 def evaluate(model, split: DatasetSplit, batch_size: int = 16, device: str | torch.device = "cpu",
              color: str | None = None, mode: str = "add", sigma: float = 4.0, progress: bool = False,
              overlays_dir: str | Path | None = None, n_injected: int | None = None,
-             threshold: float | None = None) -> dict[str, Any]:
+             threshold: float | None = None, force: bool = False) -> dict[str, Any]:
     """Metrics of ``model`` (teacher + student, eval mode) on ``split.test``.
 
     Args:
@@ -69,10 +69,13 @@ def evaluate(model, split: DatasetSplit, batch_size: int = 16, device: str | tor
         n_injected: training images injected from the test anomalies (default: counted from
             the training samples whose ``defect_type`` is a defect name).
         threshold: a score threshold (from training scores); adds ``f1_at_threshold``.
+        force: write overlays into a folder even over files this tool did not write (--force).
 
     Returns:
         dict with image_auroc, pixel_auroc, aupro, f1_max, n_test, n_test_good,
-        n_test_anomalous, n_train, n_injected, seconds (and threshold, f1_at_threshold).
+        n_test_anomalous, n_train, n_injected, seconds (and threshold, f1_at_threshold), and
+        ``images``: per test image {path, score, threshold, verdict, label, defect} in test-set
+        order, verdict "anomalous"/"ok" (score > threshold) or None without a threshold.
     """
     from .data import ImageDataset, detect_color
     from .metrics import aupro, f1_at_threshold, f1_max, image_auroc, pixel_auroc
@@ -90,6 +93,9 @@ def evaluate(model, split: DatasetSplit, batch_size: int = 16, device: str | tor
     # Pixel metrics need a mask for every anomalous image; without them only image metrics.
     has_masks = all(s.mask_path for s in test if s.label == ANOMALOUS)
     dataset = ImageDataset(test, model.image_size, mean, std, color=color, with_masks=has_masks, cache=False)
+    if overlays_dir is not None:  # a folder holding files this tool did not write is refused before scoring
+        from .visualize import check_eval_overlays
+        check_eval_overlays(overlays_dir, test, force=force)
     t0 = time.perf_counter()
     maps, scores, masks = score_dataset(model, dataset, batch_size, device, mode, sigma, progress, "evaluating")
     seconds = time.perf_counter() - t0
@@ -108,21 +114,36 @@ def evaluate(model, split: DatasetSplit, batch_size: int = 16, device: str | tor
     if threshold is not None:
         result["threshold"] = float(threshold)
         result["f1_at_threshold"] = float(f1_at_threshold(labels, scores, threshold))
+    result["images"] = per_image_results(test, scores, threshold)
     if overlays_dir is not None:
         from .visualize import save_overlays
-        save_overlays(overlays_dir, dataset, maps, scores, mean, std)
+        save_overlays(overlays_dir, dataset, maps, scores, mean, std, threshold=threshold)
         result["overlays"] = str(overlays_dir)
     return result
 
 
+def per_image_results(test, scores, threshold: float | None) -> list[dict[str, Any]]:
+    """One record per test image: path, score, threshold, verdict (score > threshold, the engine's
+    rule; None without a threshold), label ("good"/"anomalous") and defect (the folder name)."""
+    out = []
+    for s, v in zip(test, np.asarray(scores, dtype=np.float64).tolist()):
+        verdict = None if threshold is None else ("anomalous" if v > threshold else "ok")
+        out.append({"path": s.path, "score": v, "threshold": None if threshold is None else float(threshold),
+                    "verdict": verdict, "label": "anomalous" if s.label == ANOMALOUS else "good",
+                    "defect": s.defect_type})
+    return out
+
+
 def evaluate_run(run_dir: str | Path, data: str | Path | None = None, layout: str | None = None,
                  category: str | None = None, teacher_weights: str | Path | None = None, batch_size: int = 16,
-                 device: str = "cpu", progress: bool = False, overlays_dir: str | Path | None = None
-                 ) -> dict[str, Any]:
+                 device: str = "cpu", progress: bool = False, overlays_dir: str | Path | None = None,
+                 skip_bad_images: bool = False, force: bool = False) -> dict[str, Any]:
     """Evaluate a run directory on a data set (default: the one it was trained on).
 
     The run's noise manifest is re-applied, so injected training images are not test images
     (unless the run used ``overlap``). Adds ``f1_at_threshold`` with the run's threshold.
+    ``skip_bad_images``: test images that cannot be decoded are left out and listed in
+    ``skipped_images`` instead of stopping the evaluation.
     """
     from . import checkpoint as ckpt
     from .data import NoiseManifest, read_dataset
@@ -136,11 +157,17 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, layout: st
         raise ckpt.CheckpointError(f"checkpoint {run_dir} is missing its noise manifest {manifest_path.name}")
     manifest = NoiseManifest.load(manifest_path)
     split = manifest.apply(split)
+    if skip_bad_images:
+        from .data.readers import drop_unreadable
+        split = drop_unreadable(split, parts=("test",))
     amap = config["model"].get("anomaly_map", {})
     threshold = ckpt.load_threshold(run_dir) if (Path(run_dir) / ckpt.SCORES_FILE).is_file() else None
     result = evaluate(model, split, batch_size=batch_size, device=device, color=d.get("color"),
                       mode=amap.get("mode", "add"), sigma=amap.get("sigma", 4.0), progress=progress,
-                      overlays_dir=overlays_dir, n_injected=len(manifest.injected), threshold=threshold)
+                      overlays_dir=overlays_dir, n_injected=len(manifest.injected), threshold=threshold,
+                      force=force)
     result["checkpoint"] = str(run_dir)
     result["data"] = split.name
+    if skip_bad_images:
+        result["skipped_images"] = split.skipped
     return result

@@ -1,7 +1,21 @@
 """Decode images and masks, and serve them to PyTorch as normalised tensors.
 
-Images are decoded with Pillow into uint8 (H, W, 3) arrays; grayscale files are replicated
-to three channels so every backbone sees RGB. A data set is either all RGB or all
+:func:`decode_image` is the one image decoder of the package: training, evaluation, reports,
+``cdd-engine score`` and INT8 calibration all read files through it, so a file gets the same
+pixels (and the same score) on every path. Its rules:
+
+- 8-bit grey (``L``, ``1``, ``LA``) -> grey; 16-bit grey (``I;16*``, and ``I`` with values in
+  0..65535, as some Pillow versions open 16-bit PNG/TIFF) is *scaled* to 0..255, rounded,
+  never clipped; palette files are grey when every palette colour is grey, else RGB; RGB,
+  RGBA (alpha dropped), CMYK, YCbCr -> RGB. Floating-point files (``F``) are refused: their
+  range is not stated in the file.
+- EXIF orientation is applied (images and masks alike), so a pixel is where a viewer, and an
+  annotation tool drawing a mask, shows it. Camera frames given to an Engine carry no EXIF.
+- Files over Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, about 89.5
+  megapixels) are refused with :class:`ImageTooLargeError` before their pixels are decoded.
+
+Training images are uint8 (H, W, 3) arrays; grayscale files are replicated to three channels
+so every backbone sees RGB. A data set is either all RGB or all
 grayscale (`detect_color` reads the first training image): a mixed set is an error, not a
 silent conversion, because a teacher sees a colour image and its gray copy differently.
 Resizing and normalisation go through `cdd_engine.preprocess.resize_normalize`, the one
@@ -10,12 +24,13 @@ definition shared by training and the engines.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..preprocess import resize_normalize  # the one pre-processing definition (train = engine)
 from .samples import ANOMALOUS, DatasetError, DatasetSplit, MissingPathError, Sample
@@ -28,22 +43,51 @@ _RGB_MODES = ("RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
 _MODE_WORD = {"gray": "grayscale", "rgb": "RGB"}
 
 
+class UnreadableImageError(DatasetError):
+    """An image file cannot be decoded (corrupt, truncated, unsupported); ``path`` names it."""
+
+    def __init__(self, message: str, path: str | os.PathLike) -> None:
+        super().__init__(message)
+        self.path = str(path)
+
+
+class ImageTooLargeError(UnreadableImageError):
+    """An image file has more pixels than Pillow's decompression-bomb limit."""
+
+
+def _too_large(path, exc) -> ImageTooLargeError:
+    return ImageTooLargeError(
+        f"image {path} is too large to decode: {exc} (the limit is PIL.Image.MAX_IMAGE_PIXELS = "
+        f"{Image.MAX_IMAGE_PIXELS} pixels, a guard against decompression bombs; downscale or tile the image)",
+        path)
+
+
 def _open(path: str | os.PathLike) -> Image.Image:
+    """Open and fully decode a file, EXIF orientation applied (see the module docstring)."""
     try:
-        im = Image.open(path)
-        im.load()
+        with warnings.catch_warnings():
+            # Pillow only warns between 1x and 2x its limit (and then decodes gigabytes): refuse both
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+            im.load()
+            ImageOps.exif_transpose(im, in_place=True)
     except FileNotFoundError:
         raise MissingPathError(f"image file does not exist: {path}") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise DatasetError(f"cannot read image {path}: unreadable or corrupt file ({exc})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _too_large(path, exc) from None
+    except (OSError, ValueError, SyntaxError, SystemError) as exc:
+        raise UnreadableImageError(f"cannot read image {path}: unreadable or corrupt file ({exc})", path) from None
     return im
 
 
 def _decode(im: Image.Image, path: str | os.PathLike) -> tuple[str, np.ndarray]:
     """-> ("gray", (H,W) uint8) or ("rgb", (H,W,3) uint8) according to how the file stores pixels."""
     mode = im.mode
-    if mode.startswith("I;16"):
-        arr16 = np.asarray(im).astype(np.uint32)
+    if mode.startswith("I;16") or mode == "I":
+        arr16 = np.asarray(im).astype(np.int64)
+        if mode == "I" and arr16.size and (arr16.min() < 0 or arr16.max() > 65535):
+            raise UnreadableImageError(f"32-bit integer image with values outside 0..65535 (range "
+                                       f"{arr16.min()}..{arr16.max()} is not stated in the file): {path}", path)
         return "gray", ((arr16 * 255 + 32767) // 65535).astype(np.uint8)  # 16 -> 8 bit, rounded
     if mode in _GRAY_MODES:
         return "gray", np.array(im.convert("L"))  # np.array: a writable copy (torch wants one)
@@ -54,7 +98,32 @@ def _decode(im: Image.Image, path: str | os.PathLike) -> tuple[str, np.ndarray]:
         return "rgb", rgb
     if mode in _RGB_MODES:
         return "rgb", np.array(im.convert("RGB"))
-    raise DatasetError(f"unsupported pixel mode {mode!r} (expected 8-bit gray/RGB or 16-bit gray): {path}")
+    raise UnreadableImageError(f"unsupported pixel mode {mode!r} (expected 8-bit grey/RGB/palette or 16-bit "
+                               f"grey; floating-point files have no stated range): {path}", path)
+
+
+def decode_image(path: str | os.PathLike) -> tuple[str, np.ndarray]:
+    """Decode one image file the way every path of the package does.
+
+    Returns ("gray", uint8 (H, W)) or ("rgb", uint8 (H, W, 3)). Raises MissingPathError,
+    UnreadableImageError (ImageTooLargeError over the pixel limit); all are DatasetErrors.
+    """
+    with _open(path) as im:
+        return _decode(im, path)
+
+
+def find_unreadable(paths: Sequence[str | os.PathLike]) -> list[dict[str, str]]:
+    """Decode every file; -> [{"path", "error"}] of those that cannot be read (in order).
+
+    For ``--skip-bad-images``: the caller drops these files, lists them and goes on.
+    """
+    bad = []
+    for p in paths:
+        try:
+            decode_image(p)
+        except DatasetError as e:
+            bad.append({"path": str(p), "error": str(e)})
+    return bad
 
 
 def load_image(path: str | os.PathLike, color: Color = "rgb") -> np.ndarray:

@@ -175,6 +175,39 @@ def read_dataset(root: str | os.PathLike, layout: Layout = "mvtec",
     return _read_folder(path, category)
 
 
+SKIPPED_FILE = "skipped_images.json"  # a run directory's list of the files --skip-bad-images left out
+
+
+def drop_unreadable(split: DatasetSplit, record: str | os.PathLike | None = None,
+                    parts: tuple[str, ...] = ("train", "test")) -> DatasetSplit:
+    """``split`` without the images that cannot be decoded (``--skip-bad-images``).
+
+    Every image of ``parts`` (and a test image's mask) is decoded once. The skipped files
+    are in the returned split's ``skipped`` ([{"path", "error"}]) and, when ``record`` is given,
+    written there as JSON ``{"skipped": [...]}``. An empty training set afterwards is an error.
+    """
+    import json
+
+    from .images import find_unreadable, load_mask
+    todo = (split.train if "train" in parts else []) + (split.test if "test" in parts else [])
+    bad = {e["path"]: e for e in find_unreadable([s.path for s in todo])}
+    for s in (split.test if "test" in parts else []):
+        if s.mask_path and s.path not in bad:
+            try:
+                load_mask(s.mask_path, (8, 8))
+            except DatasetError as e:
+                bad[s.path] = {"path": s.path, "error": f"its mask: {e}"}
+    skipped = [bad[s.path] for s in split.train + split.test if s.path in bad]
+    out = DatasetSplit(split.name, split.root, [s for s in split.train if s.path not in bad],
+                       [s for s in split.test if s.path not in bad], skipped=skipped)
+    if record is not None:
+        Path(record).write_text(json.dumps({"skipped": skipped}, indent=2) + "\n", encoding="utf-8")
+    if "train" in parts and not out.train:
+        raise DatasetError(f"{split.name}: no readable training image left after skipping {len(skipped)} "
+                           f"unreadable file(s), e.g. {skipped[0]['path']}: {skipped[0]['error']}")
+    return out
+
+
 # ----------------------------------------------------------------------------- mvtec
 def _find_mask(gt_dir: Path, stem: str) -> Path | None:
     for ext in (".png",) + tuple(e for e in IMAGE_EXTENSIONS if e != ".png"):

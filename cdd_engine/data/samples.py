@@ -48,13 +48,15 @@ class DatasetSplit:
     """The train and test samples of one category.
 
     name: e.g. "mvtec:brick"; root: absolute dataset root that relative paths (noise
-    manifests) refer to.
+    manifests) refer to. skipped: [{"path", "error"}] of the image files that could not be
+    decoded and were left out (``readers.drop_unreadable``, ``--skip-bad-images``).
     """
 
     name: str
     root: str
     train: list[Sample] = field(default_factory=list)
     test: list[Sample] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # unreadable files left out (--skip-bad-images)
 
     def summary(self) -> str:
         """One line with the counts, for logs and error messages."""

@@ -12,6 +12,14 @@ LAYOUTS = ("mvtec", "visa", "folder")
 MAP_MODES = ("add", "mul")
 DEFAULT_EPOCHS = 30          # ~2 min per category at 256² on 2 cores with cached teacher features
 DEFAULT_IMAGE_SIZE = 256
+# The size rule of every backbone (efficientnet_lite0, resnet18, wide_resnet50_2): the teacher
+# halves the input five times and the student's decoder doubles its 1/32 bottleneck back, so the
+# teacher's and the student's feature maps agree in shape only for sides that are multiples of 32
+# (measured for every side from 32 to 128: multiples of 32 always work; most other sides fail
+# with a shape mismatch after the work has started; tests/test_size_rule.py).
+IMAGE_SIZE_MULTIPLE = 32
+MIN_IMAGE_SIZE = 32
+IMAGE_SIZE_RULE = f"a multiple of {IMAGE_SIZE_MULTIPLE}, at least {MIN_IMAGE_SIZE} (e.g. 64, 128, 256)"
 THRESHOLD_RULES = ("median_mad", "quantile")
 # k of median + k * 1.4826 * MAD when the run does not set threshold_k, by method. Measured on
 # 48 demo runs (benchmarks/RESULTS.md, "Threshold from training scores"), mean test F1 at the
@@ -23,7 +31,22 @@ FALLBACK_THRESHOLD_K = 3.0
 # Options that may differ when a run is resumed; every other option must equal the recorded one,
 # or the resumed run would not be the run that was started.
 RESUMABLE_CHANGES = frozenset({"epochs", "eval_every", "progress", "resume", "num_workers", "device",
-                               "eval_batch_size"})
+                               "eval_batch_size", "skip_bad_images"})
+
+
+def check_image_size(size: Any, name: str = "image_size") -> None:
+    """Raise ValueError/TypeError unless ``size`` (an int or (H, W)) follows the size rule
+    (:data:`IMAGE_SIZE_RULE`); the message states the rule. Checked before any work starts."""
+    sides = list(size) if isinstance(size, (tuple, list)) else [size]
+    if not sides or len(sides) > 2:
+        raise ValueError(f"{name} must be one side or (H, W), got {size!r}")
+    for v in sides:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{name} must be an int, got {type(v).__name__} {v!r}")
+        if v < MIN_IMAGE_SIZE or v % IMAGE_SIZE_MULTIPLE:
+            raise ValueError(f"{name} must be >= {MIN_IMAGE_SIZE} and a multiple of {IMAGE_SIZE_MULTIPLE} "
+                             f"(the backbones' feature maps only line up at such sides: {IMAGE_SIZE_RULE}), "
+                             f"got {size!r}")
 
 
 @dataclass
@@ -35,7 +58,9 @@ class TrainConfig:
     source), ``image_size`` (square side in pixels). Optimiser: Adam(lr, betas). FUAD protocol:
     ``noise_ratio`` of the training set size is drawn from the test anomalies with
     ``noise_seed`` (default: ``seed``) and moved into training; ``overlap`` keeps them in the
-    test set as well. ``cache_features``: "auto" keeps the frozen teacher's features of the
+    test set as well. ``skip_bad_images``: leave out (and list in the run directory's
+    ``skipped_images.json``) image files that cannot be decoded, instead of stopping at the first one.
+    ``image_size`` follows :data:`IMAGE_SIZE_RULE`. ``cache_features``: "auto" keeps the frozen teacher's features of the
     training set in memory when they fit in ``feature_cache_gb`` (they never change, and the
     teacher is ~85 % of an epoch's time at 256² on CPU), "yes"/"no" force it.
     Threshold (train_scores.json): ``median_mad`` = median + k * 1.4826 * MAD of the training
@@ -75,6 +100,7 @@ class TrainConfig:
     threshold_rule: str = "median_mad"
     threshold_k: float | None = None
     method_options: dict[str, Any] = field(default_factory=dict)
+    skip_bad_images: bool = False
 
     def __post_init__(self) -> None:
         self.data = str(self.data)
@@ -130,8 +156,7 @@ class TrainConfig:
             raise TypeError(f"method must be a name like 'rd', got {self.method!r}")
         for name in ("epochs", "batch_size", "eval_batch_size"):
             need_int(name, 1)
-        for name in ("image_size",):
-            need_int(name, 32)  # the student's bottleneck is 1/32 of the input
+        check_image_size(self.image_size, "image_size")
         for name in ("seed", "eval_every", "num_workers"):
             need_int(name, 0)
         if self.noise_seed is not None:
