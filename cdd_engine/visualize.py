@@ -7,7 +7,7 @@ line saying whether the colour scale is this image's own or shared by a set. :fu
 puts the worst N of a set on one picture. Pictures are drawn at a bounded size (``MAX_SIDE``
 on the long side of each panel), never at full resolution, so a 100-megapixel frame costs a few
 tens of MB, not GBs (issue 11). Writers never overwrite a file this tool did not write
-(:func:`claim_outputs`).
+(:func:`claim_outputs`). What the pictures show, their names and the rules: docs/overlays.md.
 
 The colormap is a hand-written "jet"-like ramp (dark blue -> cyan -> yellow -> dark red), so
 matplotlib is not needed.
@@ -215,15 +215,15 @@ def _vertical_bar(canvas: Image.Image, x: int, y: int, w: int, h: int, vmin: flo
     ty = y_of(threshold) if threshold is not None and vmin <= threshold <= vmax else None
     for v in _bar_ticks(vmin, vmax):
         yy = y_of(v)
-        d.line((x + w, yy, x + w + 5, yy), fill=FOREGROUND, width=2)
+        d.line((x + w, yy, x + w + 5, yy), fill=FOREGROUND, width=max(2, w // 12))
         if ty is None or abs(yy - ty) > 1.1 * asc:
             d.text((x + w + 9, yy - asc / 2 - 1), _fmt(v, 3), font=font, fill=FOREGROUND)
     if ty is not None:
-        d.line((x - 4, ty, x + w + 4, ty), fill=(0, 0, 0), width=5)
-        d.line((x - 4, ty, x + w + 4, ty), fill=(255, 255, 255), width=2)
+        d.line((x - 4, ty, x + w + 4, ty), fill=(0, 0, 0), width=max(5, w // 5))
+        d.line((x - 4, ty, x + w + 4, ty), fill=(255, 255, 255), width=max(2, w // 12))
         d.text((x + w + 9, ty - asc / 2 - 1), f"threshold {_fmt(threshold, 3)}", font=font, fill=(255, 255, 255))
     if score is not None and np.isfinite(score):
-        sy, a = y_of(min(max(score, vmin), vmax)), max(5, w // 2)
+        sy, a = y_of(min(max(score, vmin), vmax)), max(8, round(w * 0.7))
         d.polygon([(x - 3, sy), (x - 3 - a, sy - a * 0.7), (x - 3 - a, sy + a * 0.7)], fill=(255, 255, 255),
                   outline=(0, 0, 0))
 
@@ -266,8 +266,8 @@ def render_overlay(image: np.ndarray, amap: np.ndarray, *, vmin: float, vmax: fl
 def _compose(left: Image.Image, heat: Image.Image, outlined: bool, *, vmin: float, vmax: float, scale_note: str,
              name: str, score: float | None, threshold: float | None, truth: str | None) -> Image.Image:
     dw, dh = left.size
-    fs = int(np.clip(round(dh / 16), 15, 44))
-    font, big, small = _font(fs), _font(round(fs * 1.25)), _font(max(13, round(fs * 0.85)))
+    fs = int(np.clip(round(max(dw, dh) / 28), 16, 80))  # legible when a large picture is fitted to a screen
+    font, big, small = _font(fs), _font(round(fs * 1.25)), _font(max(14, round(fs * 0.85)))
     pad = max(8, fs // 2)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     labels = [_fmt(v, 3) for v in _bar_ticks(vmin, vmax)]
@@ -513,8 +513,8 @@ def save_score_overlays(out_dir: str | Path, paths: Sequence[str | os.PathLike],
     claim_outputs(out_dir, names + [CONTACT_SHEET], force)
     vmin, vmax = shared_scale(maps, threshold)
     n = len(names)
-    note = (f"Colour scale {_fmt(vmin, 3)} to {_fmt(vmax, 3)} (anomaly-map value), shared by all {n} image"
-            f"{'s' if n != 1 else ''} of this score call.")
+    note = (f"Colour scale {_fmt(vmin, 3)} to {_fmt(vmax, 3)} (anomaly-map value), "
+            + (f"shared by all {n} images of this score call." if n > 1 else "this image's own."))
     shown = relative_inputs(paths)
     items = ({"image": f, "map": m, "name": name, "score": float(sc)}
              for f, m, name, sc in zip(frames, maps, shown, scores))
