@@ -25,7 +25,7 @@ import json
 import math
 import os
 import random
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from . import limits
+from .anomaly_map import MODES, TRUNCATE
 from .models import RDModel, Student, WeightsError, build_teacher
 from .models.teachers import RANDOM
 from .version import __version__
@@ -68,7 +70,13 @@ def _atomic_write(path: Path, data: bytes) -> None:
     """Write to a temporary file beside ``path`` and rename it over (an interruption never
     leaves a half-written file under the final name)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    while True:  # not tempfile.mkstemp: its files are 0600; these get 0666 less the umask, like any file
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -161,7 +169,50 @@ def read_config(run_dir: str | Path) -> dict:
     missing = [k for k in REQUIRED_KEYS if k not in config]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}")
+    problems = model_config_problems(config["model"])
+    if problems:
+        raise CheckpointError(f"{path}: invalid model settings: " + "; ".join(problems))
     return config
+
+
+def model_config_problems(m: Any) -> list[str]:
+    """What is wrong with config.json's "model" section, as rule sentences (the limits of
+    cdd_engine/limits.py): checked where config.json is read, so nonsense never reaches torch."""
+    if not isinstance(m, dict):
+        return [f"'model' must be an object, got {type(m).__name__}"]
+    out = []
+    for key in ("backbone", "teacher_weights_id", "image_size", "normalization", "student"):
+        if key not in m:
+            out.append(f"model.{key} is missing")
+    if "image_size" in m:
+        problem = limits.image_size_problem(m["image_size"])
+        if problem:
+            out.append("model." + problem)
+    norm = m.get("normalization")
+    if "normalization" in m:
+        if not isinstance(norm, dict):
+            out.append(f"model.normalization must be {{'mean': [...], 'std': [...]}}, got {norm!r}")
+        else:
+            out += ["model." + p for p in limits.normalization_problems(norm.get("mean"), norm.get("std"))]
+    s = m.get("student")
+    if "student" in m:
+        ch = s.get("channels") if isinstance(s, dict) else None
+        if not isinstance(ch, list) or len(ch) != 3 or not all(limits.is_int(c) and 1 <= c <= 65536 for c in ch):
+            out.append(f"model.student.channels must be 3 integers in [1, 65536], got {ch!r}")
+    am = m.get("anomaly_map", {})
+    if not isinstance(am, dict):
+        out.append(f"model.anomaly_map must be an object, got {am!r}")
+    else:
+        if am.get("mode", "add") not in MODES:
+            out.append(f"model.anomaly_map.mode must be one of {MODES}, got {am.get('mode')!r}")
+        sigma = am.get("sigma", 0.0)
+        # 0 means no blur (training allows it; an engine needs a blur, see build); any other value
+        # must give a radius within the shared limit, as in every anomaly-map implementation
+        if not limits.is_number(sigma) or sigma < 0 or limits.blur_radius(sigma, TRUNCATE) > limits.MAX_BLUR_RADIUS:
+            out.append(f"model.anomaly_map.sigma must be 0 (no blur) or a finite number > 0 whose blur radius "
+                       f"floor({TRUNCATE:g} * sigma + 0.5) is at most {limits.MAX_BLUR_RADIUS} (MAX_BLUR_RADIUS), "
+                       f"got {sigma!r}")
+    return out
 
 
 def model_config(model: RDModel, teacher_weights_path: str | None, map_mode: str, sigma: float,

@@ -111,6 +111,20 @@ def check_onnx(path: str | os.PathLike) -> None:
         raise ValueError(f"{path}: the batch dimension of 'image' is fixed to {dim0.dim_value}, expected symbolic")
 
 
+def non_finite_initializers(path: str | os.PathLike) -> list[str]:
+    """Names of the graph's constant tensors holding NaN/inf. The exporter folds BatchNorm into the
+    convolutions, so statistics that are finite but invalid (a negative variance) surface here."""
+    import onnx
+    from onnx import numpy_helper
+
+    bad = []
+    for init in onnx.load(str(path)).graph.initializer:
+        a = numpy_helper.to_array(init)
+        if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
+            bad.append(init.name)
+    return bad
+
+
 def verify_onnx(model: nn.Module, path: str | os.PathLike, *, batch: int = 3, seed: int = 0,
                 rtol: float = 1e-4) -> float:
     """Run the ONNX file with onnxruntime (CPU) and the torch model on the same random images.

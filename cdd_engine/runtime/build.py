@@ -4,6 +4,11 @@ Backends: "openvino" (CPU: model.onnx + model.xml/.bin), "tensorrt" (NVIDIA GPU:
 model.plan, built on the target machine), "torch" (model.safetensors, CPU or CUDA, the
 reference network with the fast anomaly map). "auto" picks TensorRT when an NVIDIA GPU and
 TensorRT are both present, otherwise OpenVINO, and logs which and why.
+
+A build fails closed: options are checked against the shared limits (cdd_engine/limits.py)
+before any work, the weights and a probe batch through the built engine must be finite, and the
+engine is written beside its target and swapped in only when complete (runtime/atomic_dir.py),
+so a failed or interrupted rebuild leaves the previous engine as it was.
 """
 from __future__ import annotations
 
@@ -19,11 +24,13 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
+from .. import limits
 from ..anomaly_map import DEFAULT_SIGMA, EPS, TRUNCATE
 from ..models import RDModel
+from . import atomic_dir
 from .engine import Engine, _check_threshold
-from .engine_dir import BACKEND_FILES, FEATURE_NAMES, MANIFEST, make_manifest, write_manifest
-from .errors import BackendUnavailable
+from .engine_dir import BACKEND_FILES, FEATURE_NAMES, make_manifest, write_manifest
+from .errors import BackendUnavailable, NonFiniteOutputError
 
 log = logging.getLogger("cdd_engine.build")
 BACKEND_CHOICES = ("auto", "openvino", "tensorrt", "torch")
@@ -107,6 +114,86 @@ def _load_source(checkpoint: Any, teacher_weights: str | None, threshold: float 
     return model.eval(), source, am_section, thr
 
 
+def _settings_problems(image_size: Any, mean: Any, std: Any, mode: Any, sigma: Any, threshold: Any,
+                       max_batch: Any) -> list[str]:
+    """The shared engine limits (cdd_engine/limits.py) applied to what a build would write."""
+    out = []
+    if not limits.is_int(max_batch) or not limits.MAX_BATCH[0] <= max_batch <= limits.MAX_BATCH[1]:
+        out.append(f"max_batch must be a positive integer, at most {limits.MAX_BATCH[1]}, got {max_batch!r}")
+    size_problem = limits.image_size_problem(list(image_size) if isinstance(image_size, tuple) else image_size)
+    if size_problem:
+        out.append(size_problem)
+    out += limits.normalization_problems(mean, std)
+    if mode not in ("add", "mul"):
+        out.append(f"anomaly-map mode must be 'add' or 'mul', got {mode!r}")
+    out += limits.anomaly_map_problems(sigma, TRUNCATE, EPS)
+    if not limits.is_number(threshold) or threshold < 0:
+        out.append(f"threshold must be a finite number >= 0 (scores are sums of cosine distances), got {threshold!r}")
+    return out
+
+
+def _check_settings(checkpoint: Any, max_batch: Any, threshold: Any, map_mode: Any, sigma: Any) -> None:
+    """Refuse, before any work, settings that would write an engine the readers refuse or cannot run."""
+    if isinstance(checkpoint, RDModel):
+        size, (mean, std) = checkpoint.image_size, checkpoint.normalization
+        mode, sig = map_mode or "add", DEFAULT_SIGMA if sigma is None else sigma
+        where = "the model"
+    elif isinstance(checkpoint, (str, os.PathLike)):
+        from ..checkpoint import load_threshold, read_config
+
+        m = read_config(checkpoint)["model"]  # the run directory's own checks (checkpoint.py) come first
+        am = m.get("anomaly_map") or {}
+        size, mean, std = m.get("image_size"), m["normalization"]["mean"], m["normalization"]["std"]
+        mode = map_mode or am.get("mode", "add")
+        sig = sigma if sigma is not None else am.get("sigma", DEFAULT_SIGMA)
+        if threshold is None:
+            threshold = load_threshold(checkpoint)
+        where = f"checkpoint {checkpoint} (config.json / train_scores.json) with the options given"
+    else:
+        raise TypeError(f"checkpoint must be a run directory path or an RDModel, got {type(checkpoint).__name__}")
+    if threshold is None:
+        threshold = 0.0  # an RDModel without a threshold is refused by _load_source with its own message
+    problems = _settings_problems(size, mean, std, mode, sig, threshold, max_batch)
+    if problems:
+        raise ValueError(f"cannot build an engine from {where}: " + "; ".join(problems))
+
+
+def _check_weights_finite(model: RDModel) -> None:
+    """A diverged run (one NaN weight) would score every frame "normal": refuse it, naming the tensor."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                raise NonFiniteOutputError(
+                    f"refusing to build: weight tensor {name!r} {tuple(t.shape)} holds {bad} non-finite "
+                    f"value(s) (NaN/inf): the training diverged or the checkpoint is damaged")
+
+
+PROBE_SEED = 0
+
+
+def _probe(engine_dir: Path, engine_options: dict[str, Any]) -> None:
+    """Score a seeded random uint8 batch with the new engine (Python runtime: it also returns the
+    features); any non-finite feature, map or score refuses the build, whatever ``verify`` says."""
+    opts = {k: engine_options[k] for k in ("device",) if engine_options.get(k) is not None}
+    engine = Engine(engine_dir, runtime="python", **opts)  # reads engine.json, checks every file's hash
+    h, w = engine.image_size
+    n = min(2, engine.max_batch)
+    frames = np.random.default_rng(PROBE_SEED).integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
+    for name, f in zip(FEATURE_NAMES, engine.features(frames)):
+        if not torch.isfinite(f).all():
+            raise NonFiniteOutputError(f"refusing to build: the built engine's feature {name} is non-finite "
+                                       f"(NaN/inf) on a random probe batch: the model produced non-finite output "
+                                       f"(diverged model, bad weights or an overflow at this precision)")
+    try:
+        result = engine.score(frames)
+    except NonFiniteOutputError as e:
+        raise NonFiniteOutputError(f"refusing to build: on a random probe batch {e}") from e
+    if not (np.isfinite(result.scores).all() and np.isfinite(result.maps).all()):
+        raise NonFiniteOutputError("refusing to build: the built engine's scores or maps are non-finite (NaN/inf) "
+                                   "on a random probe batch: the model produced non-finite output")
+
+
 def _feature_specs(model: RDModel, dtype: str) -> list[dict[str, Any]]:
     h, w = model.image_size
     with torch.no_grad():
@@ -133,7 +220,7 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
           max_batch: int = 32, output_dir: str | os.PathLike | None = None, threshold: float | None = None, *,
           teacher_weights: str | None = None, map_mode: str | None = None, sigma: float | None = None,
           verify: bool = True, calibration_frames: Iterable[Any] | None = None, timing_cache: str | None = None,
-          **engine_options: Any) -> Engine:
+          overwrite: bool = False, **engine_options: Any) -> Engine:
     """Build an engine directory from a checkpoint and load it.
 
     Args:
@@ -147,16 +234,23 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
         threshold: overrides the checkpoint's threshold (stored in engine.json).
         teacher_weights: where the teacher's weights are, if not where training found them.
         map_mode, sigma: override the checkpoint's anomaly-map settings.
-        verify: check the ONNX graph against torch with onnxruntime on random inputs.
+        verify: check the ONNX graph against torch with onnxruntime on random inputs. (The weights
+            and a probe batch through the built engine are checked for NaN/inf either way.)
         calibration_frames: uint8 frames (normal production images) for INT8 ranges.
         timing_cache: TensorRT timing cache file (read and updated).
+        overwrite: replace ``output_dir`` even when it is a non-empty directory that is not an
+            engine (or holds files its engine.json does not list). An engine directory is always
+            replaced as a whole, and only once the new engine is complete and verified.
         engine_options: passed to :class:`Engine` (device, num_threads, ...).
 
     Returns:
         the loaded :class:`Engine`.
+
+    Raises:
+        ValueError: an option or a checkpoint setting outside the limits of docs/engine_format.md.
+        FileExistsError: ``output_dir`` holds something that is not an engine (see ``overwrite``).
+        NonFiniteOutputError: NaN/inf in the weights or in the built engine's output.
     """
-    if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
-        raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
     name, reason = choose_backend(backend)
     log.info("backend %s (%s)", name, reason)
     if precision not in PRECISIONS[name]:
@@ -167,28 +261,53 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
         _require_gpu()
     if precision == "int8" and calibration_frames is None:
         raise ValueError("precision 'int8' needs calibration_frames (a few dozen normal uint8 frames)")
+    _check_settings(checkpoint, max_batch, threshold, map_mode, sigma)
     t0 = time.perf_counter()
-    model, source, am, thr = _load_source(checkpoint, teacher_weights, threshold, map_mode, sigma)
-
     if output_dir is None:
-        if source["path"] is not None:
-            output_dir = Path(source["path"]) / f"engine_{name}_{precision}"
-        else:
+        if isinstance(checkpoint, RDModel):
             output_dir = tempfile.mkdtemp(prefix="cdd_engine_")
             log.info("no output_dir given: writing the engine to %s", output_dir)
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MANIFEST).unlink(missing_ok=True)  # an interrupted rebuild must not look valid
+        else:
+            output_dir = Path(checkpoint) / f"engine_{name}_{precision}"
+    out = Path(output_dir).absolute()
+    if out.is_symlink():
+        out = Path(os.path.realpath(out))  # replace the directory it points to, not the link
+    atomic_dir.recover(out)
+    atomic_dir.check_target(out, overwrite)
 
+    model, source, am, thr = _load_source(checkpoint, teacher_weights, threshold, map_mode, sigma)
+    _check_weights_finite(model)
+    tmp = atomic_dir.new_temp_dir(out)
+    try:
+        _write_engine(tmp, model, name, precision, max_batch, source, am, thr, reason, verify,
+                      calibration_frames, timing_cache, t0)
+        _probe(tmp, engine_options)
+        atomic_dir.swap_into_place(tmp, out)
+    except BaseException:
+        atomic_dir.discard(tmp)
+        raise
+    log.info("engine written to %s in %.1f s", out, time.perf_counter() - t0)
+    return Engine(out, **engine_options)
+
+
+def _write_engine(out: Path, model: RDModel, name: str, precision: str, max_batch: int, source: dict,
+                  am: dict, thr: dict, reason: str, verify: bool, calibration_frames: Iterable[Any] | None,
+                  timing_cache: str | None, t0: float) -> None:
+    """Export ``model`` for backend ``name`` into the empty directory ``out``, engine.json last."""
     feature_dtype = "float16" if precision == "fp16" and name in ("tensorrt", "torch") else "float32"
     extra: dict[str, Any] = {"build": {"backend_choice": reason}}
     if name == "torch":
         extra["model"] = _save_torch(model, out)
     else:
-        from ..export.onnx import export_onnx, verify_onnx
+        from ..export.onnx import export_onnx, non_finite_initializers, verify_onnx
 
         dtype = torch.float16 if precision == "fp16" and name == "tensorrt" else torch.float32
         onnx_path = export_onnx(model, out / "model.onnx", max_batch=max_batch, dtype=dtype)
+        bad = non_finite_initializers(onnx_path)
+        if bad:  # a backend may turn NaN into finite numbers (OpenVINO's ReLU), so the probe cannot see it
+            raise NonFiniteOutputError(f"refusing to build: the exported graph's constants {bad[:4]} hold NaN/inf "
+                                       f"(folded from the weights and BatchNorm statistics: a negative variance, "
+                                       f"an overflow{' in fp16' if dtype == torch.float16 else ''}): bad weights")
         if verify and dtype == torch.float32:
             try:
                 extra["build"]["onnx_max_rel_error_vs_torch"] = verify_onnx(model, onnx_path)
@@ -215,8 +334,6 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
                              features=_feature_specs(model, feature_dtype), anomaly_map=am, threshold=thr,
                              source_checkpoint=source, files=list(BACKEND_FILES[name]), extra=extra)
     write_manifest(out, manifest)
-    log.info("engine written to %s in %.1f s", out, extra["build"]["seconds"])
-    return Engine(out, **engine_options)
 
 
 def _save_torch(model: RDModel, out: Path) -> dict[str, Any]:

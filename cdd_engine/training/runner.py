@@ -7,6 +7,8 @@ import dataclasses
 import datetime as _dt
 import json
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +38,7 @@ def train(data: str | Path, out: str | Path, layout: str = "mvtec", category: st
           method: str = "rd", backbone: str = "efficientnet_lite0", teacher_weights: str | Path | None = None,
           image_size: int = 256, epochs: int = TrainConfig.epochs, batch_size: int = 16, lr: float = 0.005,
           noise_ratio: float = 0.0, overlap: bool = False, seed: int = 0, eval_every: int = 0,
-          resume: bool = False, device: str = "cpu", progress: bool = True, **more: Any) -> Path:
+          resume: bool = False, device: str = "cpu", progress: bool = True, force: bool = False, **more: Any) -> Path:
     """Train a student on a data set and write a run directory (the checkpoint).
 
     Args mirror ``cdd-engine train`` (see :class:`TrainConfig` for ``**more``: ``noise_seed``,
@@ -44,6 +46,8 @@ def train(data: str | Path, out: str | Path, layout: str = "mvtec", category: st
     ``sigma``, ``betas``, ``eval_batch_size``, ``deterministic``, ``method_options`` ...).
     ``noise_ratio`` > 0 applies the FUAD protocol: that fraction of |train| anomalous test
     images, drawn with the seed, join the training set unlabelled and leave the test set.
+    ``out`` must be new, empty, or (``resume``) a run to continue; ``force`` writes into a
+    non-empty folder anyway (a previous run's own files there are removed first).
 
     Returns the run directory: config.json, student.safetensors, noise_manifest.json,
     train_scores.json, metrics.json (when the data set has a labelled test set), state/.
@@ -56,10 +60,37 @@ def train(data: str | Path, out: str | Path, layout: str = "mvtec", category: st
                          image_size=image_size, epochs=epochs, batch_size=batch_size, lr=lr,
                          noise_ratio=noise_ratio, overlap=overlap, seed=seed, eval_every=eval_every,
                          resume=resume, device=device, progress=progress, **more)
-    return run_training(config)
+    return run_training(config, force=force)
 
 
-def _prepare_run_dir(config: TrainConfig) -> tuple[Path, dict | None]:
+# What a run writes at the top of its directory (state/ holds only run files too).
+RUN_FILES = (ckpt.CONFIG_FILE, ckpt.STUDENT_FILE, ckpt.DOMAIN_STUDENTS_FILE, ckpt.TEACHER_FILE, ckpt.MANIFEST_FILE,
+             ckpt.SCORES_FILE, ckpt.METRICS_FILE, ckpt.STATE_DIR)
+
+
+def _check_out(run_dir: Path, has_ckpt: bool, force: bool) -> None:
+    """A new run goes into a new or empty folder: never over files the user owns, unless forced."""
+    if os.path.lexists(run_dir) and not run_dir.is_dir():
+        raise NotADirectoryError(f"--out {run_dir} is a file, not a directory")
+    if has_ckpt and not force:
+        raise FileExistsError(f"{run_dir} already holds a checkpoint; pass --resume (resume=True) to continue "
+                              f"it, --force (force=True) to replace it, or choose another --out")
+    entries = sorted(p.name for p in run_dir.iterdir()) if run_dir.is_dir() else []
+    if entries and not force:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise FileExistsError(f"--out {run_dir} is a non-empty folder that is not a run directory (it holds "
+                              f"{shown}); training writes student.safetensors, metrics.json ... there: choose a "
+                              f"new or empty folder, or pass --force (force=True) to write into it anyway")
+    if force:  # a previous run's files must not mix with the new run's
+        for name in RUN_FILES:
+            p = run_dir / name
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            elif os.path.lexists(p):
+                p.unlink()
+
+
+def _prepare_run_dir(config: TrainConfig, force: bool = False) -> tuple[Path, dict | None]:
     run_dir = Path(config.out).expanduser().absolute()
     has_ckpt = (run_dir / ckpt.CONFIG_FILE).is_file()
     if config.resume:
@@ -80,18 +111,44 @@ def _prepare_run_dir(config: TrainConfig) -> tuple[Path, dict | None]:
             raise ValueError(f"--resume: the run already trained {recorded['epoch']} epochs, more than "
                              f"the {config.epochs} asked for")
         return run_dir, recorded
-    if has_ckpt:
-        raise FileExistsError(f"{run_dir} already holds a checkpoint; pass --resume (resume=True) to continue "
-                              f"it, or choose another --out")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise NotADirectoryError(f"--out {run_dir} is a file, not a directory")
+    _check_out(run_dir, has_ckpt, force)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir, None
+
+
+def _created_dirs(path: Path) -> list[Path]:
+    """The folders ``path.mkdir(parents=True)`` would create, deepest first."""
+    out = []
+    while not os.path.lexists(path):
+        out.append(path)
+        path = path.parent
+    return out
+
+
+def _undo_new_run(run_dir: Path, before: set[str], created: list[Path]) -> None:
+    """A new run that failed before its first checkpoint leaves nothing behind: the files it
+    wrote are removed, and the folders it created (when now empty)."""
+    if not run_dir.is_dir():
+        return
+    for p in run_dir.iterdir():
+        if p.name not in before:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+    for d in created:
+        try:
+            d.rmdir()
+        except OSError:
+            break
 
 
 def _load_split(config: TrainConfig, run_dir: Path, resuming: bool):
     from ..data import NoiseManifest, detect_color, inject_noise, read_dataset
     split = read_dataset(config.data, layout=config.layout, category=config.category)
+    if config.skip_bad_images:  # unreadable files are listed in the run directory, not trained on
+        from ..data.readers import SKIPPED_FILE, drop_unreadable
+        split = drop_unreadable(split, run_dir / SKIPPED_FILE)
     if not split.train:
         raise ValueError(f"{split.name} has no training images")
     manifest_path = run_dir / ckpt.MANIFEST_FILE
@@ -155,11 +212,27 @@ def _write_train_scores(run_dir: Path, split, manifest, scores: np.ndarray, conf
     return rule["threshold"]
 
 
-def run_training(config: TrainConfig) -> Path:
-    """Run (or resume) the training described by ``config``; returns the run directory."""
+def run_training(config: TrainConfig, force: bool = False) -> Path:
+    """Run (or resume) the training described by ``config``; returns the run directory.
+
+    ``force``: start a new run in a non-empty ``config.out`` (see :func:`train`)."""
     method_cls = get_method(config.method)  # an announced-but-absent method fails before any work
     teacher_spec(config.backbone)
-    run_dir, recorded = _prepare_run_dir(config)
+    out = Path(config.out).expanduser().absolute()
+    created = _created_dirs(out)
+    run_dir, recorded = _prepare_run_dir(config, force)
+    if recorded is not None:
+        return _run(config, method_cls, run_dir, recorded)
+    before = {p.name for p in run_dir.iterdir()}  # the user's own files, when forced into a folder
+    try:
+        return _run(config, method_cls, run_dir, None)
+    except BaseException:
+        if not (run_dir / ckpt.CONFIG_FILE).is_file():  # no epoch committed: nothing to resume
+            _undo_new_run(run_dir, before, created)
+        raise
+
+
+def _run(config: TrainConfig, method_cls, run_dir: Path, recorded: dict | None) -> Path:
     resuming = recorded is not None
     config.data = str(Path(config.data).expanduser().absolute())
     split, manifest, color = _load_split(config, run_dir, resuming)
