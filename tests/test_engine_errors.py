@@ -247,8 +247,9 @@ def test_files_swapped_between_engines_are_caught(tmp_path):
         cdd_engine.load(d)
 
 
-def test_interrupted_rebuild_leaves_no_valid_engine(tmp_path, monkeypatch):
+def test_interrupted_rebuild_leaves_the_old_engine(tmp_path, monkeypatch):
     d = copy_engine("torch", tmp_path / "e")
+    before = {p.name: p.read_bytes() for p in d.iterdir()}
     from cdd_engine.runtime.backends import torch_backend
 
     def boom(model, out):
@@ -257,5 +258,5 @@ def test_interrupted_rebuild_leaves_no_valid_engine(tmp_path, monkeypatch):
     monkeypatch.setattr(torch_backend, "save_model", boom)
     with pytest.raises(KeyboardInterrupt):
         cdd_engine.build(tiny_model(seed=1), backend="torch", threshold=1.0, output_dir=d)
-    with pytest.raises(EngineFormatError, match="missing engine.json"):
-        cdd_engine.load(d)
+    assert {p.name: p.read_bytes() for p in d.iterdir()} == before  # builds are transactional (issue 16)
+    cdd_engine.load(d)
