@@ -365,6 +365,8 @@ def add_report(sub) -> None:
     p.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="run directory written by train")
     p.add_argument("--out", metavar="DIR", default=None, help="output folder (default: RUN_DIR/report)")
     p.add_argument("--top", type=int, default=16, metavar="N", help="overlays of the N highest-scoring images")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite files in the output folder that this command did not write (docs/overlays.md)")
     p.add_argument("--data", metavar="DIR", default=None, help="data set root, if it moved since training")
     p.add_argument("--teacher-weights", metavar="PATH", default=None,
                    help="where the teacher's weights are (if not where they were at training time)")
@@ -375,7 +377,7 @@ def add_report(sub) -> None:
 def run_report(a: argparse.Namespace) -> int:
     from .report import contamination_report
     r = contamination_report(a.checkpoint, a.out, top=a.top, data=a.data, device=a.device,
-                             teacher_weights=a.teacher_weights)
+                             teacher_weights=a.teacher_weights, force=a.force)
     s = r["summary"]
     out = Path(a.out) if a.out else Path(a.checkpoint) / "report"
     print(f"{s['n_train']} training images, {s['n_above_threshold']} above the threshold {s['threshold']:.4g}")

@@ -93,3 +93,14 @@ def test_report_never_overwrites_a_users_file(run_dir, tmp_path):
     assert not (out / "contamination.csv").exists()  # refused before anything was written
     contamination_report(run_dir, out, top=3, force=True)
     assert third.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_report_command_force(run_dir, tmp_path, capsys):
+    from cdd_engine.cli import main
+    out = tmp_path / "r"
+    (out / "overlays").mkdir(parents=True)
+    mine = out / "overlays" / overlay_name(ranked_training_scores(run_dir)[0][0])
+    mine.write_bytes(b"mine")
+    args = ["report", "--checkpoint", str(run_dir), "--out", str(out), "--top", "1"]
+    assert main(args) == 2 and "--force" in capsys.readouterr().err and mine.read_bytes() == b"mine"
+    assert main(args + ["--force"]) == 0 and mine.read_bytes()[:4] == b"\x89PNG"
