@@ -15,8 +15,9 @@ DEFAULT_IMAGE_SIZE = 256
 # The size rule of every backbone (efficientnet_lite0, resnet18, wide_resnet50_2): the teacher
 # halves the input five times and the student's decoder doubles its 1/32 bottleneck back, so the
 # teacher's and the student's feature maps agree in shape only for sides that are multiples of 32
-# (measured for every side from 32 to 128: multiples of 32 always work; most other sides fail
-# with a shape mismatch after the work has started; tests/test_size_rule.py).
+# (measured for every side from 32 to 128 on all three: the multiples of 32 work; of the other
+# sides only 32k-3 .. 32k-1 happen to run, with the scales off by a pixel; every other side fails
+# with a shape mismatch once the work has started; tests/test_size_rule.py).
 IMAGE_SIZE_MULTIPLE = 32
 MIN_IMAGE_SIZE = 32
 IMAGE_SIZE_RULE = f"a multiple of {IMAGE_SIZE_MULTIPLE}, at least {MIN_IMAGE_SIZE} (e.g. 64, 128, 256)"
