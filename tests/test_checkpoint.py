@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import stat
 
 import numpy as np
 import pytest
@@ -192,3 +194,43 @@ def test_threshold_errors(run_copy, tmp_path):
         load_threshold(run_copy)
     with pytest.raises(CheckpointError, match="no train_scores.json"):
         load_threshold(tmp_path)
+
+
+# ----------------------------------------------------------------------------- model settings (issue 16 item 8)
+@pytest.mark.parametrize("edit, rule", [
+    (lambda m: m.update(image_size=[0, 0]), r"image_size must be \[H, W\] with integers in \[32, 4096\], got \[0, 0\]"),
+    (lambda m: m.update(image_size=[64]), r"image_size must be \[H, W\]"),
+    (lambda m: m.update(image_size=["64", 64]), r"image_size must be \[H, W\]"),
+    (lambda m: m.update(image_size=[True, 64]), r"image_size must be \[H, W\]"),
+    (lambda m: m.update(image_size=[64, 100000]), r"image_size .*4096"),
+    (lambda m: m["normalization"].update(std=[0.2, 0.0, 0.2]), r"normalization std must be 3 finite numbers in \[0.001"),
+    (lambda m: m["normalization"].update(mean=[0.5, 0.5]), "normalization mean must be 3 finite numbers"),
+    (lambda m: m.pop("normalization"), "model.normalization is missing"),
+    (lambda m: m["anomaly_map"].update(mode="max"), r"anomaly_map.mode must be one of \('add', 'mul'\)"),
+    (lambda m: m["anomaly_map"].update(sigma=-1.0), "anomaly_map.sigma must be 0 .*got -1.0"),
+    (lambda m: m["anomaly_map"].update(sigma=1e9), "blur radius .*MAX_BLUR_RADIUS"),
+    (lambda m: m["student"].update(channels=[]), r"student.channels must be 3 integers"),
+])
+def test_nonsense_model_settings_are_refused_where_config_json_is_read(run_copy, edit, rule):
+    cfg = json.loads((run_copy / "config.json").read_text())
+    edit(cfg["model"])
+    (run_copy / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=rule):
+        read_config(run_copy)
+    with pytest.raises(CheckpointError, match="config.json: invalid model settings"):
+        load_checkpoint(run_copy)
+
+
+# ----------------------------------------------------------------------------- permissions (issue 11 item 11)
+def test_checkpoint_files_get_normal_permissions(trained, tmp_path):
+    old = os.umask(0o022)
+    try:
+        ckpt.write_json(tmp_path / "a.json", {"x": 1})
+        ckpt.write_tensors(tmp_path / "t.safetensors", {"w": torch.zeros(2)})
+    finally:
+        os.umask(old)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == {
+        "a.json": 0o644, "t.safetensors": 0o644}  # and no temporary file left beside them
+    run = trained[1]
+    for name in ("config.json", "student.safetensors", "train_scores.json", "state/optimizer.safetensors"):
+        assert stat.S_IMODE((run / name).stat().st_mode) == 0o666 & ~old, name

@@ -216,6 +216,66 @@ def test_train_writes_a_complete_run_directory(tiny_data, tmp_path):
         train(tiny_data, tmp_path / "empty", category="widget", resume=True, **TINY)
 
 
+def _tree(d):
+    return {str(p.relative_to(d)): p.read_bytes() if p.is_file() else None for p in sorted(d.rglob("*"))}
+
+
+def test_out_onto_a_non_empty_folder_that_is_not_a_run_is_refused(tiny_data, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "metrics.json").write_text("the user's own metrics")
+    (out / "photo.png").write_bytes(b"\x89PNG")
+    before = _tree(out)
+    with pytest.raises(FileExistsError, match=r"non-empty folder that is not a run directory \(it holds "
+                                              r"metrics.json, photo.png\).*--force"):
+        train(tiny_data, out, category="widget", epochs=1, **TINY)
+    assert _tree(out) == before  # refused before anything was written
+    run = train(tiny_data, out, category="widget", epochs=1, force=True, **TINY)
+    assert (run / "photo.png").read_bytes() == b"\x89PNG" and (run / "config.json").is_file()
+    with pytest.raises(FileExistsError, match="already holds a checkpoint.*--force"):
+        train(tiny_data, out, category="widget", epochs=1, **TINY)
+
+
+def test_forced_run_over_a_run_leaves_none_of_its_files(tiny_data, tmp_path):
+    out = train(tiny_data, tmp_path / "run", category="widget", epochs=1, **TINY)
+    (out / "domain_students.safetensors").write_bytes(b"from an earlier cdd run")
+    train(tiny_data, out, category="widget", epochs=1, force=True, **TINY)
+    assert not (out / "domain_students.safetensors").exists()
+
+
+def test_a_new_run_that_fails_before_its_first_checkpoint_leaves_nothing(tiny_data, tmp_path, monkeypatch):
+    with pytest.raises(Exception):
+        train(tmp_path / "no_such_data", tmp_path / "new" / "run", category="widget", epochs=1, **TINY)
+    assert list(tmp_path.iterdir()) == []  # neither the run folder nor its parent
+
+    import cdd_engine.training.rd as rd_mod
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(rd_mod, "fit_epoch", crash)  # after the noise manifest was written
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_data, mine, category="widget", epochs=1, noise_ratio=0.25, **TINY)
+    assert list(mine.iterdir()) == []  # an empty folder the user made stays, empty
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny_data, mine, category="widget", epochs=1, force=True, **TINY)
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+def test_cli_train_force(tiny_data, tmp_path):
+    from cdd_engine.cli import main
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep")
+    args = ["train", "--data", str(tiny_data), "--category", "widget", "--out", str(out), "--epochs", "1",
+            "--backbone", "efficientnet_lite0", "--teacher-weights", "random", "--image-size", "64",
+            "--batch-size", "4", "--quiet"]
+    assert main(args) != 0 and [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert main(args + ["--force"]) == 0 and (out / "config.json").is_file() and (out / "notes.txt").exists()
+
+
 def test_interrupted_run_resumes_to_bit_identical_weights(tiny_data, tmp_path, monkeypatch):
     kw = dict(category="widget", noise_ratio=0.25, seed=7, **TINY)
     straight = train(tiny_data, tmp_path / "straight", epochs=3, **kw)
