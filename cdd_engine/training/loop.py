@@ -208,8 +208,7 @@ def fit_epoch(student: nn.Module, batches: Iterator[tuple[torch.Tensor, Features
             seen += n
             loss_sum += loss.item() * n
             bar.update(n)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}",
-                            img_s=f"{seen / max(time.perf_counter() - t0, 1e-9):.1f}")
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")  # the bar's own rate is the one images/s figure
     finally:
         bar.close()
     if seen == 0:
