@@ -73,6 +73,11 @@ def test_eval_json_has_every_image_and_skips_on_request(trained, tmp_path, capsy
     assert image_auroc([e["label"] == "anomalous" for e in images], [e["score"] for e in images]) \
         == pytest.approx(m["image_auroc"])
 
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(run), "--data", str(copy), "--json", "-", "--quiet"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["images"] == images and "image AUROC" in out.err   # stdout: the JSON alone
+
     broken = copy / "widget/test/good/001.png"
     broken.write_bytes(b"\x89PNG not really")
     capsys.readouterr()
