@@ -255,3 +255,30 @@ def test_killing_a_rebuild_at_any_moment_leaves_a_working_engine(run, tmp_path, 
     assert _siblings(out) == []
     # at least one kill interrupted the build with the old engine still in place, or this proves nothing
     assert any(rc != 0 and same for _, _, rc, same in outcomes), outcomes
+
+
+def test_swap_without_atomic_exchange_falls_back_to_two_renames(tmp_path, monkeypatch):
+    """Where renameat2 is missing: rename aside, rename in, delete aside; a failure of the second
+    rename puts the old directory back."""
+    monkeypatch.setattr(atomic_dir, "_exchange", lambda a, b: False)
+    out = tmp_path / "e"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    new = atomic_dir.new_temp_dir(out)
+    (new / "new.txt").write_text("new")
+    atomic_dir.swap_into_place(new, out)
+    assert [p.name for p in tmp_path.iterdir()] == ["e"] and [p.name for p in out.iterdir()] == ["new.txt"]
+
+    newer = atomic_dir.new_temp_dir(out)
+    real_rename = os.rename
+
+    def second_rename_fails(a, b):
+        if Path(a) == newer:
+            raise KeyboardInterrupt
+        real_rename(a, b)
+    monkeypatch.setattr(os, "rename", second_rename_fails)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_dir.swap_into_place(newer, out)
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert [p.name for p in out.iterdir()] == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["e", newer.name])  # the caller discards it
