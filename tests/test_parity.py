@@ -19,6 +19,7 @@ tests/test_engine.py::test_features_match_the_torch_network (about 1e-6 relative
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -130,7 +131,8 @@ def _score_native(frames, tmp):
 
 BACKENDS = {
     "torch": _score_torch,
-    "torch+triton": _score_triton,
+    "torch+triton": pytest.param(_score_triton, marks=pytest.mark.skipif(
+        importlib.util.find_spec("triton") is None, reason="Triton is not installed (the GPU extra .[triton])")),
     "openvino": _score_openvino,
     "openvino-python": _score_openvino_python,
     "native-c++": pytest.param(_score_native, marks=pytest.mark.skipif(
