@@ -524,7 +524,7 @@ def demo_engine_step(run_dir: str | os.PathLike, test_images: Sequence[Any], out
         batch: frames per timed call (taken from the test images, repeated if there are fewer).
 
     Returns:
-        {"engine_dir", "backend", "runtime", "build_seconds", "scores" (list), "is_anomalous" (list),
+        {"engine_dir", "backend", "backend_choice" (why: "asked for" or auto's reason), "runtime", "build_seconds", "scores" (list), "is_anomalous" (list),
          "threshold", "engine_images_per_s", "eager_images_per_s", "speedup", "max_abs_score_diff"}
         where the last one compares the engine's scores with the eager reference's on the test images.
     """
@@ -548,6 +548,7 @@ def demo_engine_step(run_dir: str | os.PathLike, test_images: Sequence[Any], out
     times = time_interleaved({"eager": lambda: eager(timed), "engine": lambda: engine.score(timed)}, rounds)
     res = summarize(times, batch)
     return {"engine_dir": str(engine.engine_dir), "backend": engine.backend_name,
+            "backend_choice": engine.manifest.get("build", {}).get("backend_choice", backend),
             "runtime": getattr(engine, "runtime", "python"), "build_seconds": build_s,
             "scores": result.scores.tolist(), "is_anomalous": result.is_anomalous.tolist(),
             "threshold": engine.threshold, "engine_images_per_s": res["engine"]["images_per_s"],

@@ -245,7 +245,8 @@ def _demo_engine(run_dir: Path, out: Path, backend: str, metrics: dict) -> dict:
     r = demo_engine_step(run_dir, [s.path for s in split.test], out / "engines" / run_dir.name, backend=backend,
                          batch=8, rounds=3)
     r["image_auroc"] = image_auroc([s.label for s in split.test], r["scores"])
-    print(f"  engine: {r['backend']} ({r['runtime']}) in {r['engine_dir']}, built in {r['build_seconds']:.0f} s")
+    print(f"  engine: {r['backend']} ({r['backend_choice']}; runtime {r['runtime']}) in {r['engine_dir']}, "
+          f"built in {r['build_seconds']:.0f} s")
     print(f"    scored {len(split.test)} test images: image AUROC {r['image_auroc']:.4f} "
           f"(eager {metrics['image_auroc']:.4f}), largest score difference to eager {r['max_abs_score_diff']:.1e}")
     print(f"    batch 8, uint8 frames in -> scores + maps out: engine {r['engine_images_per_s']:.1f} images/s, "

@@ -143,6 +143,7 @@ def test_demo_quick_runs_end_to_end(tmp_path, capsys):
     assert "images/s" in out and "eager PyTorch" in out
     assert Path(e["engine_dir"], "engine.json").is_file()
     assert e["backend"] == "openvino"                       # auto on a machine without TensorRT
+    assert e["backend_choice"].startswith("auto: ") and f"({e['backend_choice']};" in out   # the choice is shown
     assert e["max_abs_score_diff"] <= 1e-4 * max(1.0, abs(e["threshold"]))
     assert e["image_auroc"] == pytest.approx(r["metrics"]["image_auroc"], abs=1e-9)
     assert e["engine_images_per_s"] > 0 and e["eager_images_per_s"] > 0

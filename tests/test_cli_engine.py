@@ -117,6 +117,7 @@ def test_demo_engine_step(images, tmp_path):
     files = sorted(str(p) for p in folder.glob("rgb_*.png"))
     out = demo_engine_step(run, files, tmp_path / "demo", backend="torch", batch=2, rounds=1)
     assert out["backend"] == "torch" and out["engine_dir"] == str(tmp_path / "demo" / "engine")
+    assert out["backend_choice"] == "asked for"
     assert rel_err(out["scores"], reference(model, list(x))[1]) <= 1e-5
     assert out["max_abs_score_diff"] <= 1e-5 * max(out["scores"])
     assert out["is_anomalous"] == [s > THRESHOLD for s in out["scores"]]
