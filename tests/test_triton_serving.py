@@ -294,6 +294,25 @@ def test_bad_and_good_requests_batched_together(served):
     c.close()
 
 
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_client_example(served, tmp_path, capsys, protocol):
+    from PIL import Image
+
+    from cdd_engine.serving import client_example
+
+    server, engine = served
+    frame = frames(1, 50, 70, seed=9)[0]
+    Image.fromarray(frame).save(tmp_path / "part.png")
+    url = server.http_url if protocol == "http" else server.grpc_url
+    assert client_example.main([str(tmp_path / "part.png"), "--url", url, "--protocol", protocol, "--model", MODEL,
+                                "--maps", str(tmp_path / "maps")]) == 0
+    want = engine.score(frame[None])
+    path, score, verdict, _ = capsys.readouterr().out.strip().split("\t")
+    assert path.endswith("part.png") and abs(float(score) - want.scores[0]) <= 1e-5 * want.scores[0]
+    assert verdict == ("ANOMALOUS" if want.is_anomalous[0] else "normal")
+    np.testing.assert_allclose(np.load(tmp_path / "maps" / "part.npy"), want.maps[0], rtol=RTOL, atol=1e-6)
+
+
 def test_restart_with_a_new_version_serves_the_new_engine(served, tmp_path):
     """Roll-out: version 2 (another model, another threshold) exported beside version 1; after a
     restart the server serves version 2 only."""
