@@ -215,6 +215,8 @@ def run_score(a: argparse.Namespace) -> int:
               "seconds": seconds, "results": results, "skipped_images": skipped}
     if a.json == cli_io.STDOUT:
         cli_io.write_json(a.json, report, stream=getattr(a, "json_stream", None))
+        for e in skipped:  # stdout is the JSON alone; the skipped files are named on stderr too
+            print(f"skipped unreadable image (--skip-bad-images): {e['path']}: {e['error']}", file=sys.stderr)
         return 0
     width = max(len(r["image"]) for r in results)
     for r in results:
