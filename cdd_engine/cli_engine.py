@@ -169,43 +169,53 @@ def _read_image(path: Path) -> tuple[np.ndarray, str]:
 def run_score(a: argparse.Namespace) -> int:
     import cdd_engine
 
+    from . import cli_io
+    from .data.images import DatasetError
+
+    paths = _expand_images(a.images)
+    cli_io.check_output(a.json, "--json", a.force, inputs=paths)  # before the engine is even loaded
+    if a.overlay:  # refuse a folder holding files this tool did not write before any scoring
+        _write_overlays(Path(a.overlay), paths, None, None, None, None, getattr(a, "force", False))
     # --threads is one of cli.py's common options: it also sets the engine's inference threads
     engine = cdd_engine.load(a.engine, threshold=a.threshold, device=a.device,
                              num_threads=getattr(a, "threads", None))
-    paths = _expand_images(a.images)
-    from . import cli_io
-    from .data.images import DatasetError
-    cli_io.check_output(a.json, "--json", a.force, inputs=paths)
-    if a.overlay:  # refuse a folder holding files this tool did not write before any scoring
-        _write_overlays(Path(a.overlay), paths, None, None, None, None, getattr(a, "force", False))
-    decoded, skipped, kept = [], [], []
-    for p in paths:
-        try:
-            decoded.append(_read_image(p))
-            kept.append(p)
-        except DatasetError as e:
-            if not a.skip_bad_images:
-                raise
-            skipped.append({"path": str(p), "error": str(e)})
+    # Files are decoded one engine batch at a time (a folder of thousands is never all in memory);
+    # a call takes one pixel format: grey files are scored as MONO, colour files as RGB.
+    results: list[dict[str, Any]] = []
+    maps: list[np.ndarray] = []
+    skipped: list[dict[str, str]] = []
+    kept: list[Path] = []
+    seconds = 0.0
+    for start in range(0, len(paths), engine.max_batch):
+        decoded = []
+        for p in paths[start:start + engine.max_batch]:
+            try:
+                decoded.append((p, *_read_image(p)))
+            except DatasetError as e:
+                if not a.skip_bad_images:
+                    raise
+                skipped.append({"path": str(p), "error": str(e)})
+        done: dict[int, tuple[dict[str, Any], np.ndarray | None]] = {}
+        for fmt in ("RGB", "MONO"):
+            idx = [i for i, (_, _, f) in enumerate(decoded) if f == fmt]
+            if not idx:
+                continue
+            t0 = time.perf_counter()
+            r = engine.score([decoded[i][1] for i in idx], pixel_format=fmt, return_maps=bool(a.overlay),
+                             map_size="model")  # model-size maps: overlays are drawn at a bounded size
+            seconds += time.perf_counter() - t0
+            for j, i in enumerate(idx):
+                done[i] = ({"image": str(decoded[i][0]), "score": float(r.scores[j]),
+                            "is_anomalous": bool(r.is_anomalous[j])}, r.maps[j] if a.overlay else None)
+        for i in sorted(done):
+            kept.append(decoded[i][0])
+            results.append(done[i][0])
+            if a.overlay:
+                maps.append(done[i][1])
     if not kept:
         raise ValueError(f"none of the {len(paths)} image file(s) could be read, e.g. {skipped[0]['error']}")
     paths = kept
-    # a call takes one pixel format: grey files are scored as MONO, colour files as RGB
-    results: list[dict[str, Any] | None] = [None] * len(paths)
-    maps: list[np.ndarray | None] = [None] * len(paths)
-    t0 = time.perf_counter()
-    for fmt in ("RGB", "MONO"):
-        idx = [i for i, (_, f) in enumerate(decoded) if f == fmt]
-        for start in range(0, len(idx), engine.max_batch):
-            chunk = idx[start:start + engine.max_batch]
-            r = engine.score([decoded[i][0] for i in chunk], pixel_format=fmt, return_maps=bool(a.overlay),
-                             map_size="model")  # model-size maps: overlays are drawn at a bounded size
-            for j, i in enumerate(chunk):
-                results[i] = {"image": str(paths[i]), "score": float(r.scores[j]),
-                              "is_anomalous": bool(r.is_anomalous[j])}
-                if a.overlay:
-                    maps[i] = r.maps[j]
-    seconds = time.perf_counter() - t0
+    decoded = (_read_image(p) for p in paths)  # overlays decode each file again, one at a time
     if a.overlay:
         _write_overlays(Path(a.overlay), paths, decoded, maps, [r["score"] for r in results], engine.threshold,
                         getattr(a, "force", False))

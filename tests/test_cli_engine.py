@@ -126,3 +126,23 @@ def test_demo_engine_step(images, tmp_path):
     assert arrays["scores"] == pytest.approx(out["scores"][:1], rel=1e-6)
     with pytest.raises(ValueError, match="at least one test image"):
         demo_engine_step(run, [], tmp_path / "demo3", backend="torch")
+
+
+def test_score_decodes_batch_by_batch_and_keeps_the_order(tmp_path):
+    """Files are decoded one engine batch at a time; grey and colour files mixed across batch
+    boundaries come back in the order given, each with its reference score."""
+    from engine_helpers import MAX_BATCH
+
+    model, _ = model_and_run_dir()
+    x = frames(MAX_BATCH + 3, 64, 64, seed=9)
+    names, want = [], []
+    for i, f in enumerate(x):
+        grey = i % 3 == 1
+        Image.fromarray(f[..., 0] if grey else f).save(tmp_path / f"{i:02d}.png")
+        names.append(f"{i:02d}.png")
+        want.append(reference(model, [f[..., 0]] if grey else [f], "MONO" if grey else "RGB")[1][0])
+    assert _main(["score", "--engine", str(engine_dir("torch")), str(tmp_path), "--json", str(tmp_path / "r.json"),
+                  "--quiet"]) == 0
+    got = json.loads((tmp_path / "r.json").read_text())["results"]
+    assert [r["image"].split("/")[-1] for r in got] == names
+    assert rel_err([r["score"] for r in got], want) <= 1e-5
