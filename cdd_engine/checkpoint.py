@@ -185,9 +185,13 @@ def model_config_problems(m: Any) -> list[str]:
         if key not in m:
             out.append(f"model.{key} is missing")
     if "image_size" in m:
+        from .training.config import IMAGE_SIZE_MULTIPLE, IMAGE_SIZE_RULE  # here: training imports this module
+
         problem = limits.image_size_problem(m["image_size"])
         if problem:
             out.append("model." + problem)
+        elif any(v % IMAGE_SIZE_MULTIPLE for v in m["image_size"]):
+            out.append(f"model.image_size sides must be {IMAGE_SIZE_RULE}, got {m['image_size']!r}")
     norm = m.get("normalization")
     if "normalization" in m:
         if not isinstance(norm, dict):

@@ -203,6 +203,7 @@ def test_threshold_errors(run_copy, tmp_path):
     (lambda m: m.update(image_size=["64", 64]), r"image_size must be \[H, W\]"),
     (lambda m: m.update(image_size=[True, 64]), r"image_size must be \[H, W\]"),
     (lambda m: m.update(image_size=[64, 100000]), r"image_size .*4096"),
+    (lambda m: m.update(image_size=[50, 50]), r"image_size sides must be a multiple of 32.*got \[50, 50\]"),
     (lambda m: m["normalization"].update(std=[0.2, 0.0, 0.2]), r"normalization std must be 3 finite numbers in \[0.001"),
     (lambda m: m["normalization"].update(mean=[0.5, 0.5]), "normalization mean must be 3 finite numbers"),
     (lambda m: m.pop("normalization"), "model.normalization is missing"),

@@ -112,7 +112,12 @@ def recover(out: Path) -> None:
             m = pat.fullmatch(entry.name)
             if m:
                 found.append((tag, entry, int(m.group(1))))
-    for tag, path, pid in sorted(found, key=lambda f: f[1].stat().st_mtime if f[1].exists() else 0, reverse=True):
+    def mtime(p: Path) -> float:
+        try:
+            return p.stat().st_mtime
+        except OSError:  # removed meanwhile (a concurrent build cleaning up)
+            return 0.0
+    for tag, path, pid in sorted(found, key=lambda f: mtime(f[1]), reverse=True):  # newest aside first
         if _pid_alive(pid):
             log.warning("%s: left alone, it belongs to a build still running (pid %d)", path, pid)
             continue

@@ -123,6 +123,12 @@ def _settings_problems(image_size: Any, mean: Any, std: Any, mode: Any, sigma: A
     size_problem = limits.image_size_problem(list(image_size) if isinstance(image_size, tuple) else image_size)
     if size_problem:
         out.append(size_problem)
+    else:
+        from ..training.config import check_image_size
+        try:
+            check_image_size(tuple(image_size))  # the backbones' size rule
+        except (TypeError, ValueError) as e:
+            out.append(str(e))
     out += limits.normalization_problems(mean, std)
     if mode not in ("add", "mul"):
         out.append(f"anomaly-map mode must be 'add' or 'mul', got {mode!r}")
