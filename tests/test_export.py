@@ -192,3 +192,16 @@ def test_check_onnx_rejects_a_foreign_graph(tmp_path):
     onnx.save(helper.make_model(graph), str(path))
     with pytest.raises(ValueError, match="expected input"):
         check_onnx(path)
+
+
+def test_non_finite_constants_of_the_graph_are_named(onnx_path, tmp_path):
+    """build() refuses a graph whose folded constants hold NaN/inf (issue 16 item 1): some backends
+    turn NaN activations into finite numbers, so the probe batch alone could miss it."""
+    from cdd_engine.export.onnx import non_finite_initializers
+
+    assert non_finite_initializers(onnx_path) == []
+    m = MicroRD()
+    with torch.no_grad():
+        m.s[1].bias[0] = float("inf")
+    bad = non_finite_initializers(export_onnx(m, tmp_path / "inf.onnx", max_batch=2))
+    assert len(bad) == 1 and "s.1.bias" in bad[0], bad
