@@ -179,6 +179,13 @@ def test_non_empty_folder_that_is_not_an_engine_is_refused_unless_overwrite(run,
         cdd_engine.build(run, backend="torch", output_dir=tmp_path / "file", overwrite=True)
 
 
+def test_output_that_is_or_contains_the_checkpoint_is_refused_even_with_overwrite(run):
+    for out in (run, run.parent):
+        with pytest.raises(ValueError, match="is or contains the checkpoint"):
+            cdd_engine.build(run, backend="torch", output_dir=out, overwrite=True)
+    assert (run / CONFIG_FILE).is_file()
+
+
 def test_cli_build_force(run, tmp_path):
     from cdd_engine.cli import main
     out = tmp_path / "mine"

@@ -278,6 +278,12 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
     out = Path(output_dir).absolute()
     if out.is_symlink():
         out = Path(os.path.realpath(out))  # replace the directory it points to, not the link
+    if not isinstance(checkpoint, RDModel):
+        run = Path(os.path.realpath(checkpoint))
+        if run == Path(os.path.realpath(out)) or Path(os.path.realpath(out)) in run.parents:
+            raise ValueError(f"engine output {out} is or contains the checkpoint {checkpoint}: the engine replaces "
+                             f"its output directory as a whole, so it would delete the run; choose another "
+                             f"directory (default: RUN_DIR/engine_<backend>_<precision>)")
     atomic_dir.recover(out)
     atomic_dir.check_target(out, overwrite)
 
