@@ -159,6 +159,8 @@ def _check_settings(checkpoint: Any, max_batch: Any, threshold: Any, map_mode: A
         raise TypeError(f"checkpoint must be a run directory path or an RDModel, got {type(checkpoint).__name__}")
     if threshold is None:
         threshold = 0.0  # an RDModel without a threshold is refused by _load_source with its own message
+    elif isinstance(threshold, (np.floating, np.integer)):
+        threshold = float(threshold)
     problems = _settings_problems(size, mean, std, mode, sig, threshold, max_batch)
     if problems:
         raise ValueError(f"cannot build an engine from {where}: " + "; ".join(problems))
