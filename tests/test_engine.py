@@ -122,8 +122,9 @@ def test_torch_tensors_float_frames_and_padded_rows(engine):
     x = frames(3, 80, 60, seed=3)
     want = engine.score(x).scores
     np.testing.assert_array_equal(engine.score(torch.from_numpy(x)).scores, want)
-    np.testing.assert_allclose(engine.score(x.astype(np.float32)).scores, want, rtol=1e-6)
-    np.testing.assert_allclose(engine.score(torch.from_numpy(x).double()).scores, want, rtol=1e-6)
+    np.testing.assert_allclose(engine.score(x.astype(np.float32), float_range=(0, 255)).scores, want, rtol=1e-6)
+    np.testing.assert_allclose(engine.score(torch.from_numpy(x).double(), float_range=(0, 255)).scores, want,
+                               rtol=1e-6)
     # a camera buffer with padded rows: (N, H, W_padded, C) viewed as (N, H, W, C), no copy
     padded = np.zeros((3, 80, 64, 3), dtype=np.uint8)
     padded[:, :, :60] = x

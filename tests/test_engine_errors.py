@@ -86,15 +86,17 @@ def test_nan_inf_and_out_of_range_floats(engine):
     x = frames(2, 16, 16).astype(np.float32)
     x[1, 3, 4, 2] = np.nan
     with pytest.raises(ValueError, match="1 NaN/inf"):
-        engine.score(x)
+        engine.score(x, float_range=(0, 255))
     y = torch.from_numpy(frames(1, 16, 16)).float()
     y[0, 0, 0, 0] = float("inf")
     with pytest.raises(ValueError, match="NaN/inf"):
-        engine.score([y[0]])
+        engine.score([y[0]], float_range=(0, 255))
     with pytest.raises(ValueError, match=r"\[0, 255\].*got values in \[-1"):
-        engine.score(np.full((1, 16, 16, 3), -1.0))
+        engine.score(np.full((1, 16, 16, 3), -1.0), float_range=(0, 255))
     with pytest.raises(ValueError, match=r"\[0, 255\]"):
-        engine.score(np.full((1, 16, 16, 3), 300.0, np.float32))
+        engine.score(np.full((1, 16, 16, 3), 300.0, np.float32), float_range=(0, 255))
+    with pytest.raises(ValueError, match=r"float_range=\[0, 1\], got values in \[2, 2"):
+        engine.score(np.full((1, 16, 16, 3), 2.0, np.float32), float_range=(0, 1))
 
 
 def test_bad_arguments(engine):
@@ -167,7 +169,7 @@ def test_corrupt_and_truncated_manifest(tmp_path):
     with pytest.raises(EngineFormatError, match="corrupt engine.json, not valid JSON"):
         cdd_engine.load(d)
     (d / "engine.json").write_bytes(b"\xff\xfe\x00garbage")
-    with pytest.raises(EngineFormatError, match="not valid JSON"):
+    with pytest.raises(EngineFormatError, match="not UTF-8 text"):
         cdd_engine.load(d)
     (d / "engine.json").write_text("[1, 2]")
     with pytest.raises(EngineFormatError, match="JSON object"):
@@ -180,7 +182,7 @@ def test_corrupt_and_truncated_manifest(tmp_path):
     (lambda m: m.pop("threshold"), r"missing required keys \['threshold'\]"),
     (lambda m: m.update(backend="onnxruntime"), "backend must be one of"),
     (lambda m: m.update(image_size=[64]), r"image_size must be \[H, W\]"),
-    (lambda m: m["input"].update(std=[0.2, 0.0, 0.2]), "input.std must be positive"),
+    (lambda m: m["input"].update(std=[0.2, 0.0, 0.2]), r"input.std entries must be in \[0.001, 1000\]"),
     (lambda m: m["features"].reverse(), "features must list"),
     (lambda m: m["anomaly_map"].update(mode="max"), "anomaly_map.mode"),
     (lambda m: m["threshold"].update(value=None), "threshold.value must be a finite number"),
@@ -213,11 +215,14 @@ def test_model_file_missing_truncated_or_changed(tmp_path):
 
 def test_openvino_file_set_is_checked(tmp_path):
     """An OpenVINO engine needs model.onnx, model.xml and model.bin, each size- and hash-checked.
-    (Stand-in files: read_manifest checks the directory before any OpenVINO code runs.)"""
+    (Stand-in files: read_manifest checks the directory before any OpenVINO code runs; it reads
+    model.xml's constants' types only, to check the precision.)"""
     d = copy_engine("torch", tmp_path / "ov")
+    _edit_manifest(d, lambda m: m.update(features=[{**f, "dtype": "float32"} for f in m["features"]]))
     rng = np.random.default_rng(0)
-    for name in ("model.onnx", "model.xml", "model.bin"):
+    for name in ("model.onnx", "model.bin"):
         (d / name).write_bytes(rng.integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    (d / "model.xml").write_text('<?xml version="1.0"?>\n<net name="stand-in" version="11"><layers/></net>\n')
     _edit_manifest(d, lambda m: (m.update(backend="openvino"), m.update(files={
         n: file_record(d / n) for n in ("model.onnx", "model.xml", "model.bin")})))
     assert read_manifest(d)["backend"] == "openvino"

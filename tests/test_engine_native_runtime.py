@@ -249,12 +249,12 @@ def test_float_frames_fall_back_to_the_python_runtime(model):
     eng = cdd_engine.load(engine_dir("openvino"), runtime="native")
     u8 = eng.score(x)
     assert eng._backend is None  # uint8 frames: the network was compiled once, in C++
-    f32 = eng.score(x.astype(np.float32))
+    f32 = eng.score(x.astype(np.float32), float_range=(0, 255))
     assert eng._backend is not None
     want_maps, want_scores = reference(model, list(x))
     assert rel_err(f32.scores, want_scores) <= RTOL and rel_err(f32.maps, want_maps) <= RTOL
     assert rel_err(f32.scores, u8.scores) <= 2 * RTOL
-    f64 = eng.score([torch.from_numpy(f).double() for f in x])
+    f64 = eng.score([torch.from_numpy(f).double() for f in x], float_range=(0, 255))
     np.testing.assert_array_equal(f64.scores, f32.scores)
     assert len(eng.features(x[:2])) == 6
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from .backends import make_backend
 from .engine_dir import read_manifest
-from .errors import BackendUnavailable
+from .errors import BackendUnavailable, EngineError, NonFiniteOutputError
 from .frames import Frames, to_frames
 from .native_runtime import NativeRunner, check_count, choose_runtime, native_arrays
 from .resize_normalize import Preprocessor
@@ -43,6 +43,8 @@ from .resize_normalize import Preprocessor
 log = logging.getLogger("cdd_engine")
 MAP_SIZES = ("model", "input")
 PYTHON_RUNTIME = "python"
+# what Engine.score does with a frame whose score or map holds NaN/inf (a diverged model, bad weights)
+ON_NON_FINITE = ("raise", "anomalous")
 
 
 @dataclass
@@ -52,14 +54,22 @@ class ScoreResult:
     scores: (N,) float32 raw image scores (max of the anomaly map).
     maps: (N, H, W) float32 at model resolution; with ``map_size="input"`` a list of N
         (h_i, w_i) float32 maps, one per frame at its own size; None with ``return_maps=False``.
-    is_anomalous: (N,) bool, ``scores > threshold``.
+    is_anomalous: (N,) bool, ``scores > threshold`` (or a non-finite output, see below).
     threshold: the threshold used.
+    non_finite: (N,) bool, True where the model produced NaN/inf (only with
+        ``on_non_finite="anomalous"``: such frames get score NaN and ``is_anomalous`` True;
+        by default a call with such a frame raises NonFiniteOutputError instead).
     """
 
     scores: np.ndarray
     maps: np.ndarray | list[np.ndarray] | None
     is_anomalous: np.ndarray
     threshold: float
+    non_finite: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.non_finite is None:
+            self.non_finite = np.zeros(self.scores.shape, dtype=bool)
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
@@ -74,6 +84,23 @@ def _check_threshold(value: Any) -> float:
 
 def _numpy(x: Any) -> np.ndarray:
     return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _non_finite(maps: Any, scores: np.ndarray) -> np.ndarray:
+    """(B,) bool: a frame whose score or any map pixel is NaN/inf. The map is checked too because a
+    max that skips NaN (OpenVINO's ReduceMax) turns an all-NaN map into a finite -3.4e38 score."""
+    bad = ~np.isfinite(scores)
+    if isinstance(maps, torch.Tensor):
+        bad |= ~torch.isfinite(maps.flatten(1)).all(dim=1).cpu().numpy()
+    else:
+        bad |= ~np.isfinite(np.asarray(maps).reshape(len(scores), -1)).all(axis=1)
+    return bad
+
+
+def _check_on_non_finite(value: Any) -> str:
+    if value not in ON_NON_FINITE:
+        raise ValueError(f"on_non_finite must be one of {ON_NON_FINITE}, got {value!r}")
+    return value
 
 
 class Engine:
@@ -217,57 +244,123 @@ class Engine:
         return self._pre.fill(frames, start, stop, self._input_buffer(stop - start))
 
     def score(self, images: Any, pixel_format: str = "RGB", return_maps: bool = True,
-              map_size: str = "model") -> ScoreResult:
+              map_size: str = "model", *, float_range: tuple[float, float] | None = None,
+              on_non_finite: str = "raise") -> ScoreResult:
         """Score camera frames.
 
         Args:
             images: uint8 (N, H, W, C) numpy array or torch tensor, or a list of (H, W, C) frames of
-                any sizes (C = 3 for RGB/BGR, 1 or absent for MONO); float frames holding 0..255
-                values are accepted too. Any N: chunks of at most ``max_batch`` go to the backend.
+                any sizes (C = 3 for RGB/BGR, 1 or absent for MONO). Float frames need
+                ``float_range``. Any N: chunks of at most ``max_batch`` go to the backend.
                 On the native runtime CPU uint8 frames are read in place by the C++ engine; float
                 frames and frames on a GPU are scored by the Python runtime.
             pixel_format: "RGB", "BGR" or "MONO".
             return_maps: False skips copying maps out (the score still comes from the full map).
             map_size: "model" -> (N, H, W) at the model resolution; "input" -> a list of maps,
                 each resized (bilinear, antialiased) to its frame's size.
+            float_range: for float frames, ``(black, white)`` such as ``(0, 1)`` or ``(0, 255)``;
+                values outside it are refused. Float frames without it raise a TypeError (a 0..1
+                frame read as 0..255 would silently get another score). Ignored for uint8 frames.
+            on_non_finite: what a frame whose score or map is NaN/inf (a diverged model, bad
+                weights) gets: "raise" (default) -> NonFiniteOutputError for the call;
+                "anomalous" -> score NaN, ``is_anomalous`` True and ``non_finite`` True for that
+                frame. Never a "normal" verdict.
 
         Returns:
             :class:`ScoreResult`.
+
+        Raises:
+            TypeError, ValueError: bad frames or arguments (nothing is scored).
+            NonFiniteOutputError: the model produced NaN/inf (with on_non_finite="raise").
+            EngineError: the backend failed (its error chained).
         """
         if map_size not in MAP_SIZES:
             raise ValueError(f"map_size must be one of {MAP_SIZES}, got {map_size!r}")
-        frames = to_frames(images, pixel_format)  # both runtimes: the same checks and messages
+        _check_on_non_finite(on_non_finite)
+        # both runtimes: the same checks and messages
+        frames = to_frames(images, pixel_format, float_range=float_range)
         threshold = self._threshold  # one value for the whole call, even if another thread sets it
         if self._native is not None:
             arrays = native_arrays(frames)
             if arrays is not None:
-                scores, maps = self._native.score(arrays, frames.pixel_format, return_maps, map_size)
-                return ScoreResult(scores=scores, maps=maps, is_anomalous=scores > threshold, threshold=threshold)
+                try:
+                    scores, maps = self._native.score(arrays, frames.pixel_format, return_maps, map_size)
+                except NonFiniteOutputError:
+                    if on_non_finite == "raise":
+                        raise
+                    # the C++ engine raises for the whole call; the Python runtime says which frames
+                    log.warning("engine %s: non-finite output on the native runtime; scoring the call again on "
+                                "the Python runtime to flag the frames", self.engine_dir)
+                else:
+                    return self._result(scores, maps, ~np.isfinite(scores), threshold, on_non_finite)
+        try:
+            with torch.no_grad():
+                scores, maps, bad = self._score_python(frames, return_maps, map_size)
+        except BaseException:
+            self._local.buffer = None  # never reuse a buffer a failed call may have left half-written
+            raise
+        return self._result(scores, maps, bad, threshold, on_non_finite)
+
+    def _score_python(self, frames: Frames, return_maps: bool, map_size: str) -> tuple:
         n = len(frames)
         H, W = self.image_size
         scores = np.empty(n, dtype=np.float32)
+        bad = np.zeros(n, dtype=bool)
         model_maps = np.empty((n, H, W), dtype=np.float32) if return_maps and map_size == "model" else None
         input_maps: list[np.ndarray] | None = [] if return_maps and map_size == "input" else None
         for start in range(0, n, self.max_batch):
             stop = min(n, start + self.max_batch)
-            maps, s = self.backend.score_batch(self.prepare(frames, start, stop))
+            maps, s = self._backend_call("score_batch", self.prepare(frames, start, stop))
             scores[start:stop] = _numpy(s)
+            bad[start:stop] = _non_finite(maps, scores[start:stop])
             if model_maps is not None:
                 model_maps[start:stop] = _numpy(maps)
             elif input_maps is not None:
                 maps_t = maps if isinstance(maps, torch.Tensor) else torch.from_numpy(np.asarray(maps))
                 for i in range(start, stop):
                     input_maps.append(_resize_map(maps_t[i - start], frames.size(i)))
-        return ScoreResult(scores=scores, maps=model_maps if model_maps is not None else input_maps,
-                           is_anomalous=scores > threshold, threshold=threshold)
+        return scores, model_maps if model_maps is not None else input_maps, bad
 
-    def features(self, images: Any, pixel_format: str = "RGB") -> list[torch.Tensor]:
+    def _backend_call(self, method: str, x: torch.Tensor) -> Any:
+        """A Python backend's method; its own failures (torch, OpenVINO, TensorRT) become EngineError."""
+        try:
+            return getattr(self.backend, method)(x)
+        except (EngineError, ValueError, TypeError, MemoryError):
+            raise
+        except Exception as e:  # noqa: BLE001 - re-raised as the engine's own type, cause chained
+            raise EngineError(f"engine {self.engine_dir}: the {self.backend_name} backend failed: "
+                              f"{type(e).__name__}: {e}") from e
+
+    def _result(self, scores: np.ndarray, maps: Any, bad: np.ndarray, threshold: float,
+                on_non_finite: str) -> ScoreResult:
+        if bad.any():
+            idx = np.flatnonzero(bad)
+            if on_non_finite == "raise":
+                shown = ", ".join(str(i) for i in idx[:10]) + (", ..." if len(idx) > 10 else "")
+                raise NonFiniteOutputError(
+                    f"engine {self.engine_dir}: the model produced non-finite output (NaN/inf) for "
+                    f"{len(idx)} of {len(scores)} frame(s) (frame {shown}): a diverged model or bad weights; "
+                    f"no verdict given. Pass on_non_finite='anomalous' to get such frames flagged as anomalous")
+            log.warning("engine %s: non-finite output for %d frame(s), reported as anomalous", self.engine_dir, len(idx))
+            scores = scores.copy()
+            scores[idx] = np.nan
+        return ScoreResult(scores=scores, maps=maps, is_anomalous=(scores > threshold) | bad, threshold=threshold,
+                           non_finite=bad)
+
+    def features(self, images: Any, pixel_format: str = "RGB", *,
+                 float_range: tuple[float, float] | None = None) -> list[torch.Tensor]:
         """The network's six feature maps for frames (at most ``max_batch``), for parity checks
         (always the Python backend: the C++ engine does not return features)."""
-        frames = to_frames(images, pixel_format)
+        frames = to_frames(images, pixel_format, float_range=float_range)
         if len(frames) > self.max_batch:
             raise ValueError(f"features() takes at most max_batch={self.max_batch} frames, got {len(frames)}")
-        return [f.detach().float().cpu() for f in self.backend.features(self.prepare(frames, 0, len(frames)))]
+        try:
+            with torch.no_grad():
+                feats = self._backend_call("features", self.prepare(frames, 0, len(frames)))
+        except BaseException:
+            self._local.buffer = None
+            raise
+        return [f.detach().float().cpu() for f in feats]
 
 
 def _resize_map(m: torch.Tensor, size: tuple[int, int]) -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import BackendUnavailable, EngineFormatError
+from .errors import BackendUnavailable, EngineError, EngineFormatError, NonFiniteOutputError
 from .frames import Frames
 
 RUNTIMES = ("auto", "native", "python")
@@ -196,9 +196,19 @@ class NativeRunner:
 
     def score(self, arrays: np.ndarray | list[np.ndarray], pixel_format: str, return_maps: bool,
               map_size: str) -> tuple[np.ndarray, np.ndarray | list[np.ndarray] | None]:
-        """-> (scores (N,) float32, maps: None / (N, H, W) float32 / list of (h_i, w_i) float32)."""
+        """-> (scores (N,) float32, maps: None / (N, H, W) float32 / list of (h_i, w_i) float32).
+
+        Raises NonFiniteOutputError when the C++ engine reports NaN/inf output (its NonFinite error
+        code, whichever Python class the module maps it to), EngineError for its other failures."""
         engine = self.engine_for(len(arrays))
-        scores, maps, _, _ = engine.score(arrays, pixel_format, return_maps, map_size)
+        try:
+            scores, maps, _, _ = engine.score(arrays, pixel_format, return_maps, map_size)
+        except (NonFiniteOutputError, EngineError):
+            raise
+        except RuntimeError as e:
+            if "non-finite" in str(e).lower():
+                raise NonFiniteOutputError(str(e)) from e
+            raise EngineError(f"libcdd_engine failed scoring with {self._engine_dir}: {e}") from e
         return scores, maps
 
 

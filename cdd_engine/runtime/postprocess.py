@@ -136,9 +136,20 @@ class FastAnomalyMap:
         dtype = teacher_feats[0].dtype
         if dtype in (torch.float16, torch.bfloat16):
             dtype = torch.float32
-        device = teacher_feats[0].device
-        shapes = tuple((int(t.shape[2]), int(t.shape[3])) for t in teacher_feats)
         dists = [cosine_distance_fast(t.to(dtype), s.to(dtype), self.eps) for t, s in zip(teacher_feats, student_feats)]
+        return self.from_distances(dists)
+
+    def from_distances(self, dists: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-scale cosine distances (B, h_s, w_s) -> (maps (B,H,W), scores (B,)): the map after the
+        distance step (reduced-precision inputs are upcast to float32, as for features)."""
+        if len(dists) == 0 or any(d.dim() != 3 or d.shape[0] != dists[0].shape[0] for d in dists):
+            raise ValueError(f"need (B, h, w) distances with one B, got {[tuple(d.shape) for d in dists]}")
+        dtype = dists[0].dtype
+        if dtype in (torch.float16, torch.bfloat16):
+            dtype = torch.float32
+        dists = [d.to(dtype) for d in dists]
+        device = dists[0].device
+        shapes = tuple((int(d.shape[1]), int(d.shape[2])) for d in dists)
         if self.mode == "add":
             a_cat, bts = self.matrices(shapes, dtype, device)
             x = torch.cat([torch.matmul(d, bt) for d, bt in zip(dists, bts)], dim=1)  # (B, sum h_s, W)

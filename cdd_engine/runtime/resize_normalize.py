@@ -50,12 +50,29 @@ class Preprocessor:
         fmt = frames.pixel_format
         if frames.batch is not None:
             self._fill_group(frames.batch[start:stop], fmt, out)
+            self._normalize(out, frames.batch, frames.float_range)
         else:
             for i in range(start, stop):
-                self._fill_group(frames.items[i].unsqueeze(0), fmt, out[i - start:i - start + 1])
+                o = out[i - start:i - start + 1]
+                self._fill_group(frames.items[i].unsqueeze(0), fmt, o)
+                self._normalize(o, frames.items[i], frames.float_range)
+        return out
+
+    def _normalize(self, out: torch.Tensor, src: torch.Tensor, float_range: tuple[float, float] | None) -> None:
+        """out holds resized pixel values on the source's scale -> normalised in place.
+
+        uint8 sources are on 0..255; float sources on ``float_range = (lo, hi)``, mapped to 0..255
+        as ``(x - lo) * 255 / (hi - lo)``, folded into the same multiply-add (the resize is linear
+        with weights summing to 1, so mapping before or after it is the same)."""
+        if src.is_floating_point() and float_range is not None and float_range != (0.0, 255.0):
+            lo, hi = float_range
+            k = 255.0 / (hi - lo)
+            for c in range(3):
+                scale = self.scale[c] * k
+                out[:, c].mul_(scale).add_(self.bias[c] - lo * scale)
+            return
         for c in range(3):
             out[:, c].mul_(self.scale[c]).add_(self.bias[c])
-        return out
 
     def _fill_group(self, t: torch.Tensor, fmt: str, out: torch.Tensor) -> None:
         """t (n, h, w, C) uint8/float on any device -> out (n, 3, H, W) float32 in 0..255, RGB order."""

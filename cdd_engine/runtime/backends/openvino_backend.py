@@ -32,11 +32,18 @@ import numpy as np
 import torch
 
 from ..engine_dir import FEATURE_NAMES
-from ..errors import BackendUnavailable
+from ..errors import BackendUnavailable, EngineFormatError
 from ..postprocess import FastAnomalyMap
 
 log = logging.getLogger("cdd_engine.runtime")
 MAP_OUTPUT, SCORE_OUTPUT = "anomaly_map", "score"
+# Reduced-precision engines (fp16, int8) output the per-scale cosine distances instead, and the
+# rest of the map runs in float32 outside the network, as in the C++ engine (the same output
+# names): with the whole map in the graph the CPU plugin ran the upsample/blur matmuls at its
+# default reduced inference precision (bf16 on CPUs that have it), 6.7e-3 relative to fp32 on the
+# tiny test engine against 6.8e-4 with the map in float32 (docs/engine_format.md: features in
+# reduced precision, map in float32).
+DISTANCE_OUTPUTS = tuple(f"cdd_distance_{s}" for s in range(3))
 # Compiled static-shape models kept at once (latency batch 1, throughput jobs, a remainder and
 # the features-only model); each holds its own repacked weights (~0.5 GB for WRN50 RD).
 MAX_COMPILED = 4
@@ -51,6 +58,59 @@ def _ov():
     return ov, ops
 
 
+def check_model(model: Any, manifest: dict, path: str) -> None:
+    """The IR's interface against engine.json (the C++ reader's rules): one input (B, 3, H, W)
+    (dynamic dimensions allowed), outputs teacher_0..student_2 of static shape (B, C, h, w)."""
+    if len(model.inputs) != 1:
+        raise EngineFormatError(f"{path}: the model must have one input, it has {len(model.inputs)}")
+    H, W = manifest["image_size"]
+    ips = model.input(0).get_partial_shape()
+    ok = ips.rank.is_static and ips.rank.get_length() == 4 and all(
+        ips[d + 1].is_dynamic or ips[d + 1].get_length() == want for d, want in enumerate((3, H, W)))
+    if not ok:
+        raise EngineFormatError(f"{path}: model input has shape {ips}, engine.json says (B, 3, {H}, {W})")
+    for f in manifest["features"]:
+        try:
+            ps = model.output(f["name"]).get_partial_shape()
+        except RuntimeError as e:
+            raise EngineFormatError(f"{path}: the model has no output named {f['name']}") from e
+        ok = ps.rank.is_static and ps.rank.get_length() == 4 and all(
+            ps[d + 1].is_static and ps[d + 1].get_length() == want for d, want in enumerate(f["shape"]))
+        if not ok:
+            raise EngineFormatError(f"{path}: model output {f['name']} has shape {ps}, engine.json says "
+                                    f"(B, {', '.join(str(v) for v in f['shape'])})")
+
+
+def _feature_port(model: Any, name: str) -> Any:
+    # the port feeding the Result node, not the Result itself (a Model's outputs are Result nodes)
+    return model.output(name).get_node().input_value(0)
+
+
+def _distances(ops: Any, ov: Any, model: Any, eps: Any, s: int) -> Any:
+    """(B, h, w) float32 cosine distance of scale s, the reference's formula, as graph operations."""
+    axis1 = ops.constant(np.array([1], dtype=np.int64))
+    t = _feature_port(model, FEATURE_NAMES[s])
+    st = _feature_port(model, FEATURE_NAMES[s + 3])
+    if t.get_element_type() != ov.Type.f32:
+        t, st = ops.convert(t, "f32"), ops.convert(st, "f32")
+    dot = ops.reduce_sum(ops.multiply(t, st), axis1, False)
+    nt = ops.maximum(ops.sqrt(ops.reduce_sum(ops.multiply(t, t), axis1, False)), eps)
+    ns = ops.maximum(ops.sqrt(ops.reduce_sum(ops.multiply(st, st), axis1, False)), eps)
+    return ops.subtract(ops.constant(np.float32(1.0)), ops.divide(dot, ops.multiply(nt, ns)))
+
+
+def append_distances(model: Any, manifest: dict) -> Any:
+    """ov.Model image -> features  =>  ov.Model image -> three (B, h_s, w_s) float32 distances."""
+    ov, ops = _ov()
+    eps = ops.constant(np.float32(manifest["anomaly_map"]["eps"]))
+    outs = []
+    for s, name in enumerate(DISTANCE_OUTPUTS):
+        d = _distances(ops, ov, model, eps, s)
+        d.output(0).get_tensor().set_names({name})
+        outs.append(d)
+    return ov.Model(outs, model.get_parameters(), "cdd_engine_distances")
+
+
 def append_anomaly_map(model: Any, manifest: dict) -> Any:
     """ov.Model image -> features  =>  ov.Model image -> (anomaly_map (B,H,W), score (B,)), float32."""
     ov, ops = _ov()
@@ -59,25 +119,13 @@ def append_anomaly_map(model: Any, manifest: dict) -> Any:
     shapes = tuple((f["shape"][1], f["shape"][2]) for f in manifest["features"][:3])
     post = FastAnomalyMap((H, W), am["mode"], am["sigma"], am["truncate"], am["eps"])
     mats = post.matrices(shapes, torch.float32, torch.device("cpu"))
-    axis1 = ops.constant(np.array([1], dtype=np.int64))
     eps = ops.constant(np.float32(am["eps"]))
 
     def const(t: torch.Tensor):
         return ops.constant(np.ascontiguousarray(t.numpy()))
 
-    def feature(name: str):
-        # the port feeding the Result node, not the Result itself (a Model's outputs are Result nodes)
-        return model.output(name).get_node().input_value(0)
-
     def distance(s: int):
-        t = feature(FEATURE_NAMES[s])
-        st = feature(FEATURE_NAMES[s + 3])
-        if t.get_element_type() != ov.Type.f32:
-            t, st = ops.convert(t, "f32"), ops.convert(st, "f32")
-        dot = ops.reduce_sum(ops.multiply(t, st), axis1, False)
-        nt = ops.maximum(ops.sqrt(ops.reduce_sum(ops.multiply(t, t), axis1, False)), eps)
-        ns = ops.maximum(ops.sqrt(ops.reduce_sum(ops.multiply(st, st), axis1, False)), eps)
-        return ops.subtract(ops.constant(np.float32(1.0)), ops.divide(dot, ops.multiply(nt, ns)))  # (B, h, w)
+        return _distances(ops, ov, model, eps, s)
 
     if am["mode"] == "add":
         a_cat, bts = mats
@@ -132,9 +180,23 @@ class OpenVINOBackend:
         self.static_shapes = bool(static_shapes)
         self._ov = ov
         self.core = ov.Core()
-        net = self.core.read_model(str(Path(engine_dir) / "model.xml"))
+        xml = str(Path(engine_dir) / "model.xml")
+        try:
+            net = self.core.read_model(xml)
+        except RuntimeError as e:  # the reader's own error types; the file's hash was checked already
+            raise EngineFormatError(f"{xml}: OpenVINO cannot read the model ({e})") from e
+        check_model(net, manifest, xml)
         self._features_model = net
-        self._scored_model = append_anomaly_map(net.clone(), manifest)
+        self._map_in_graph = manifest["precision"] == "fp32"
+        if self._map_in_graph:
+            self._scored_model = append_anomaly_map(net.clone(), manifest)
+            self._outputs = {MAP_OUTPUT: tuple(manifest["image_size"]), SCORE_OUTPUT: ()}
+        else:
+            self._scored_model = append_distances(net.clone(), manifest)
+            self._outputs = {name: tuple(f["shape"][1:]) for name, f in zip(DISTANCE_OUTPUTS, manifest["features"])}
+            am = manifest["anomaly_map"]
+            self._post = FastAnomalyMap(tuple(manifest["image_size"]), am["mode"], am["sigma"], am["truncate"],
+                                        am["eps"])
         base: dict[str, Any] = {}
         if manifest["precision"] == "fp32":
             # CPUs with bf16/AMX default to bf16 inference; fp32 engines must stay fp32 (DESIGN.md §3)
@@ -199,15 +261,19 @@ class OpenVINOBackend:
             raise ValueError(f"OpenVINO backend needs a contiguous float32 CPU tensor, got {x.dtype} on {x.device}")
         return x.numpy()
 
-    def score_batch(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        arr = self._check(x)
+    def score_batch(self, x: torch.Tensor) -> tuple[Any, Any]:
+        """-> (maps (B,H,W), scores (B,)): numpy arrays (fp32 engines) or float32 tensors."""
+        outs = self._run_scored(self._check(x))
+        if self._map_in_graph:
+            return outs[MAP_OUTPUT], outs[SCORE_OUTPUT]
+        return self._post.from_distances([torch.from_numpy(np.asarray(outs[n])) for n in DISTANCE_OUTPUTS])
+
+    def _run_scored(self, arr: np.ndarray) -> dict[str, np.ndarray]:
         b = arr.shape[0]
         if self.mode == "latency" or (self.mode == "auto" and b == 1):
             out = self._request("score", "latency", b).infer({0: arr}, share_inputs=True, share_outputs=True)
-            return out[MAP_OUTPUT], out[SCORE_OUTPUT]
-        H, W = self.manifest["image_size"]
-        maps = np.empty((b, H, W), dtype=np.float32)
-        scores = np.empty(b, dtype=np.float32)
+            return {name: out[name] for name in self._outputs}
+        res = {name: np.empty((b, *shape), dtype=np.float32) for name, shape in self._outputs.items()}
         sub = min(self.sub_batch, b)
         full = b - b % sub
         pool = self._async_requests(sub)
@@ -215,27 +281,38 @@ class OpenVINOBackend:
 
         def collect(k: int) -> None:
             start = started[k]
-            pool[k].wait()
-            maps[start:start + sub] = pool[k].get_tensor(MAP_OUTPUT).data
-            scores[start:start + sub] = pool[k].get_tensor(SCORE_OUTPUT).data
             started[k] = None
+            pool[k].wait()
+            for name, a in res.items():
+                a[start:start + sub] = pool[k].get_tensor(name).data
 
-        # Round-robin over the pool without Python callbacks: a callback needs the GIL on a plugin
-        # thread while the caller may hold it, which is how an AsyncInferQueue can deadlock.
-        for j, start in enumerate(range(0, full, sub)):
-            k = j % len(pool)
-            if started[k] is not None:
-                collect(k)
-            pool[k].start_async({0: arr[start:start + sub]}, share_inputs=True)
-            started[k] = start
-        if full < b:  # the remainder, meanwhile, as one request of its own size
-            out = self._request("score", "throughput", b - full).infer({0: arr[full:]}, share_inputs=True)
-            maps[full:] = out[MAP_OUTPUT]
-            scores[full:] = out[SCORE_OUTPUT]
-        for k in range(len(pool)):
-            if started[k] is not None:
-                collect(k)
-        return maps, scores
+        try:
+            # Round-robin over the pool without Python callbacks: a callback needs the GIL on a plugin
+            # thread while the caller may hold it, which is how an AsyncInferQueue can deadlock.
+            for j, start in enumerate(range(0, full, sub)):
+                k = j % len(pool)
+                if started[k] is not None:
+                    collect(k)
+                pool[k].start_async({0: arr[start:start + sub]}, share_inputs=True)
+                started[k] = start
+            if full < b:  # the remainder, meanwhile, as one request of its own size
+                out = self._request("score", "throughput", b - full).infer({0: arr[full:]}, share_inputs=True)
+                for name, a in res.items():
+                    a[full:] = out[name]
+            for k in range(len(pool)):
+                if started[k] is not None:
+                    collect(k)
+        except BaseException:
+            # no request may still read the caller's buffer after a failure, and none is reused
+            for k in range(len(pool)):
+                if started[k] is not None:
+                    try:
+                        pool[k].wait()
+                    except Exception:  # noqa: BLE001 - the first error is the one reported
+                        pass
+            self._local.cache = None
+            raise
+        return res
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The network alone: six (B, C, h, w) float32 tensors (copies), for parity checks."""

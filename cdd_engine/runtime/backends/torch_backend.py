@@ -106,6 +106,8 @@ class TorchBackend:
         self.model = load_model(engine_dir, manifest).to(self.device, self.dtype)
         am = manifest["anomaly_map"]
         self.image_size = tuple(manifest["image_size"])
+        self._feature_names = [f["name"] for f in manifest["features"]]
+        self._feature_shapes = [tuple(f["shape"]) for f in manifest["features"]]
         self._am = am
         if use_triton is None:
             use_triton = self.device.type == "cuda" and _kernels_or_none() is not None
@@ -123,14 +125,24 @@ class TorchBackend:
         return self.kernels.fused_preprocess(frames.to(self.device), self.image_size, inp["mean"], inp["std"],
                                              pixel_format, self.dtype, channels_last=True)
 
+    def _forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        t, s = self.model(x.to(self.device, self.dtype))
+        # engine.json's shapes are not covered by the file hashes: an edited image_size or channel
+        # count must not silently give a map of other features (the C++ reader checks the same)
+        for name, f, want in zip(self._feature_names, (*t, *s), self._feature_shapes):
+            if tuple(f.shape[1:]) != want:
+                raise EngineFormatError(f"engine.json: the model's feature {name} has shape {tuple(f.shape[1:])} at "
+                                        f"image_size {list(self.image_size)}, engine.json says {list(want)}")
+        return t, s
+
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         with torch.inference_mode():
-            t, s = self.model(x.to(self.device, self.dtype))
+            t, s = self._forward(x)
         return [*t, *s]
 
     def score_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.inference_mode():
-            t, s = self.model(x.to(self.device, self.dtype))
+            t, s = self._forward(x)
             if self.kernels is not None:
                 maps, scores = self.kernels.fused_anomaly_map(t, s, self.image_size, self._am["mode"],
                                                               self._am["sigma"])
