@@ -38,8 +38,9 @@ SEED = 20261204
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CASE_TIMEOUT_S = 20.0      # one case, all its readers, on a loaded 2-core machine (normal: < 5 s)
-SPECIAL_TIMEOUT_S = 10.0   # cases that may block on a FIFO
-RSS_LIMIT_BYTES = 3 << 30  # a worker above this is killed: a read of /dev/zero, an unchecked allocation
+SPECIAL_TIMEOUT_S = 8.0    # cases that may block on a FIFO
+RSS_LIMIT_BYTES = 2 << 30  # a worker above this is killed: a read of /dev/zero, an unchecked allocation
+#                            (a worker holding torch, OpenVINO and the fixture engines uses ~0.7 GiB)
 MAX_FRAME_PIXELS = 2 ** 28
 TOL = 1e-5                 # documented fp32 tolerance between readers (relative)
 RUN_BACKBONE, RUN_SIZE = "efficientnet_lite0", 32  # the tiniest real RD model: ~0.1 s per build/load
@@ -417,6 +418,7 @@ def model_cases(target: str, rng: random.Random) -> list[dict]:
         add("swap:xml_bin", "model", file="model.xml", how="swap", other="model.bin", rehash=False)
         add("swap:xml_bin+rehash", "model", file="model.xml", how="swap", other="model.bin", rehash=True)
         add("swap:onnx_xml+rehash", "model", file="model.onnx", how="swap", other="model.xml", rehash=True)
+        add("swap:foreign_bin+rehash", "model", file="model.bin", how="foreign", rehash=True)
         for what in ("nan", "inf", "big"):
             add(f"weights:{what}+rehash", "model", file="model.bin", how="weights", what=what, rehash=True)
         add("weights:nan", "model", file="model.bin", how="weights", what="nan", rehash=False)
@@ -514,7 +516,7 @@ FRAME_CASES = [
     ("fmt_yuv", "refuse"), ("fmt_empty", "refuse"), ("fmt_none", "refuse"), ("fmt_int", "refuse"),
     ("fmt_bytes", "either"), ("fmt_rgba", "refuse"), ("huge_broadcast", "refuse"), ("huge_mono_row", "refuse"),
     ("map_size_bogus", "refuse"), ("meta_tensor", "refuse"),
-    ("tiny_1x1", "valid"), ("row_1x3000", "valid"), ("col_3000x1", "valid"), ("mono_nhw1", "valid"),
+    ("tiny_1x1", "valid"), ("row_1x3000", "valid"), ("large_3000x4000", "valid"), ("col_3000x1", "valid"), ("mono_nhw1", "valid"),
     ("map_size_input", "valid"), ("black", "valid"), ("white", "valid"),
 ]
 FRAME_TARGETS = ("py-torch", "py-ov", "native", "raw")
@@ -927,6 +929,8 @@ def apply_model_mutation(case: dict, engine: Path, fx: dict) -> dict:
         _replace(f, od)
         if a["rehash"]:
             rehash(engine, [a["other"]])
+    elif how == "foreign":  # another engine's weights file under this name
+        _replace(f, (Path(fx["torch"]) / "model.safetensors").read_bytes())
     elif how == "other_engine":
         _replace(f, (Path(fx["torch_other"]) / a["file"]).read_bytes())
     elif how == "weights":
@@ -1092,6 +1096,9 @@ def make_frames(name: str, base: Any) -> tuple[Any, Any, dict]:
         img = F[:, :1, :1]
     elif name == "row_1x3000":
         img = rng.integers(0, 256, (1, 1, 3000, 3), dtype=np.uint8)
+    elif name == "large_3000x4000":
+        img = np.broadcast_to(F[:1, :1, :1], (1, 3000, 4000, 3)).copy()
+        img[0, ::97, ::89] = 255
     elif name == "col_3000x1":
         img = rng.integers(0, 256, (1, 3000, 1, 3), dtype=np.uint8)
     elif name == "black":
