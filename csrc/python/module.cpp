@@ -104,6 +104,17 @@ std::vector<cdd::ImageView> views_of(const py::handle& images, cdd::PixelFormat 
     return views;
 }
 
+/// The Python runtime's NonFiniteOutputError when it defines one, else RuntimeError (looked
+/// up when needed: the module must import without the Python runtime).
+py::object non_finite_error() {
+    try {
+        py::module_ errors = py::module_::import("cdd_engine.runtime.errors");
+        if (py::hasattr(errors, "NonFiniteOutputError")) return errors.attr("NonFiniteOutputError");
+    } catch (const py::error_already_set&) {
+    }
+    return py::reinterpret_borrow<py::object>(PyExc_RuntimeError);
+}
+
 py::tuple score(const cdd::Engine& engine, const py::handle& images, const std::string& pixel_format,
                 bool return_maps, const std::string& map_size) {
     const cdd::PixelFormat fmt = parse_format(pixel_format);
@@ -186,6 +197,8 @@ py::tuple anomaly_map(const std::vector<py::array>& teacher, const std::vector<p
     st.sigma = sigma;
     st.truncate = truncate;
     st.eps = eps;
+    // validates sigma / truncate (MAX_BLUR_RADIUS) and the map size (MAX_MAP_PIXELS) before
+    // anything is allocated: cdd::Error -> ValueError
     cdd::kernels::AnomalyMap amap(image_size.first, image_size.second, scales, st);
     py::array_t<float> maps({batch, static_cast<py::ssize_t>(image_size.first), static_cast<py::ssize_t>(image_size.second)});
     py::array_t<float> scores(batch);
@@ -207,6 +220,12 @@ py::array_t<float> preprocess(const py::handle& images, const std::string& pixel
         norm.mean[c] = mean[c];
         norm.std[c] = std[c];
     }
+    // checked before the output is allocated from these numbers
+    if (size.first <= 0 || size.second <= 0 ||
+        static_cast<std::uint64_t>(size.first) * static_cast<std::uint64_t>(size.second) > cdd::limits::kMaxMapPixels)
+        throw py::value_error("size must be positive with height * width <= MAX_MAP_PIXELS = " +
+                              std::to_string(cdd::limits::kMaxMapPixels) + ", got (" + std::to_string(size.first) +
+                              ", " + std::to_string(size.second) + ")");
     std::vector<py::array> keep;
     std::vector<cdd::ImageView> views = views_of(images, fmt, keep);
     const std::size_t n = views.size();
@@ -238,6 +257,9 @@ PYBIND11_MODULE(_native, m) {
                     return;
                 case cdd::ErrorCode::NotFound:
                     PyErr_SetString(PyExc_FileNotFoundError, e.what());
+                    return;
+                case cdd::ErrorCode::NonFinite:
+                    PyErr_SetObject(non_finite_error().ptr(), py::str(e.what()).ptr());
                     return;
                 default:
                     PyErr_SetString(PyExc_RuntimeError, e.what());

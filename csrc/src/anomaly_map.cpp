@@ -18,6 +18,7 @@
 
 #include "cdd/error.hpp"
 #include "cdd/kernels.hpp"
+#include "cdd/limits.hpp"
 #include "operators.hpp"
 #include "parallel.hpp"
 #include "simd.hpp"
@@ -80,9 +81,23 @@ int reflect_index(long long i, int n) noexcept {
     return static_cast<int>(r >= n ? period - 1 - r : r);
 }
 
+int blur_radius(double sigma, double truncate) {
+    if (!(sigma > 0.0) || !std::isfinite(sigma))
+        throw Error(ErrorCode::InvalidArgument, "blur sigma must be finite and > 0, got " + std::to_string(sigma));
+    if (!(truncate >= 0.0) || !std::isfinite(truncate))
+        throw Error(ErrorCode::InvalidArgument, "blur truncate must be finite and >= 0, got " + std::to_string(truncate));
+    // in double, before any conversion to int: sigma * truncate may be far beyond INT_MAX
+    const double r = std::floor(truncate * sigma + 0.5);
+    if (!(r <= limits::kMaxBlurRadius))
+        throw Error(ErrorCode::InvalidArgument,
+                    "blur radius floor(truncate * sigma + 0.5) = " + std::to_string(r) + " (sigma " +
+                        std::to_string(sigma) + ", truncate " + std::to_string(truncate) +
+                        ") exceeds MAX_BLUR_RADIUS = " + std::to_string(limits::kMaxBlurRadius));
+    return static_cast<int>(r);
+}
+
 std::vector<double> gaussian_taps(double sigma, double truncate) {
-    if (!(sigma > 0.0)) throw Error(ErrorCode::InvalidArgument, "sigma must be > 0, got " + std::to_string(sigma));
-    const int radius = static_cast<int>(truncate * sigma + 0.5);
+    const int radius = blur_radius(sigma, truncate);
     std::vector<double> w(2 * radius + 1);
     double total = 0.0;
     for (int k = -radius; k <= radius; ++k) {
@@ -121,9 +136,26 @@ CDD_HOT void axpy(float* CDD_RESTRICT y, const float* CDD_RESTRICT x, float a, i
     for (int i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
+/// Max of a row, NaN when any entry is NaN or infinite: std::max alone skips NaNs, so a map
+/// with NaNs could give a finite (or -inf) score and a "normal" verdict. x * 0 is 0 for every
+/// finite x and NaN otherwise, so one extra add per entry flags them (no branch).
 CDD_HOT float row_max(const float* x, int n) {
     float m = -std::numeric_limits<float>::infinity();
-    for (int i = 0; i < n; ++i) m = std::max(m, x[i]);
+    float bad = 0.f;
+    for (int i = 0; i < n; ++i) {
+        m = std::max(m, x[i]);
+        bad += x[i] * 0.f;
+    }
+    return bad == 0.f ? m : std::numeric_limits<float>::quiet_NaN();
+}
+
+/// Max over rows with NaN propagated (std::max_element skips NaNs the same way).
+float max_of_rows(const std::vector<float>& rows) {
+    float m = -std::numeric_limits<float>::infinity();
+    for (float v : rows) {
+        if (std::isnan(v)) return v;
+        m = std::max(m, v);
+    }
     return m;
 }
 
@@ -163,9 +195,26 @@ AnomalyMap::AnomalyMap(int out_height, int out_width, std::vector<std::pair<int,
     if (out_h_ <= 0 || out_w_ <= 0)
         throw Error(ErrorCode::InvalidArgument, "anomaly map size must be positive, got " + std::to_string(out_h_) +
                                                     "x" + std::to_string(out_w_));
+    if (static_cast<std::uint64_t>(out_h_) * static_cast<std::uint64_t>(out_w_) > limits::kMaxMapPixels)
+        throw Error(ErrorCode::InvalidArgument, "anomaly map size " + std::to_string(out_h_) + "x" +
+                                                    std::to_string(out_w_) + " exceeds MAX_MAP_PIXELS = " +
+                                                    std::to_string(limits::kMaxMapPixels));
     if (scales.empty()) throw Error(ErrorCode::InvalidArgument, "anomaly map needs at least one feature scale");
-    if (!(settings.sigma >= 0.0) || !(settings.truncate >= 0.0) || !(settings.eps >= 0.0))
-        throw Error(ErrorCode::InvalidArgument, "anomaly map: sigma, truncate and eps must be >= 0");
+    if (!(settings.sigma >= 0.0) || !(settings.truncate >= 0.0) || !(settings.eps >= 0.0) ||
+        !std::isfinite(settings.sigma) || !std::isfinite(settings.truncate) || !std::isfinite(settings.eps))
+        throw Error(ErrorCode::InvalidArgument, "anomaly map: sigma, truncate and eps must be finite and >= 0");
+    // checked before any of the (out x in) matrices below is allocated
+    for (const auto& hw : scales) {
+        const std::uint64_t rows = static_cast<std::uint64_t>(std::max(hw.first, 0)),
+                            cols = static_cast<std::uint64_t>(std::max(hw.second, 0));
+        if (rows * cols > limits::kMaxMapPixels || rows * static_cast<std::uint64_t>(out_h_) > limits::kMaxMapPixels ||
+            cols * static_cast<std::uint64_t>(out_w_) > limits::kMaxMapPixels)
+            throw Error(ErrorCode::InvalidArgument,
+                        "feature scale " + std::to_string(hw.first) + "x" + std::to_string(hw.second) + " with map " +
+                            std::to_string(out_h_) + "x" + std::to_string(out_w_) +
+                            ": a feature plane or an upsampling matrix exceeds MAX_MAP_PIXELS = " +
+                            std::to_string(limits::kMaxMapPixels));
+    }
     if (settings.mode != MapMode::Add && settings.mode != MapMode::Mul)
         throw Error(ErrorCode::InvalidArgument, "anomaly map: mode must be add or mul");
     std::vector<double> taps;
@@ -300,7 +349,7 @@ float AnomalyMap::map_add(const float* dist, float* map, float* scratch, int num
             row_max_v[i] = row_max(mrow, W);
         }
     });
-    return *std::max_element(row_max_v.begin(), row_max_v.end());
+    return max_of_rows(row_max_v);
 }
 
 namespace {
@@ -368,7 +417,7 @@ float AnomalyMap::map_mul(const float* dist, float* map, float* scratch, int num
     std::vector<float> row_max_v(H);
     if (!blur) {
         for (int i = 0; i < H; ++i) row_max_v[i] = row_max(map + static_cast<std::size_t>(i) * W, W);
-        return *std::max_element(row_max_v.begin(), row_max_v.end());
+        return max_of_rows(row_max_v);
     }
     const int taps = static_cast<int>(taps_.size()), r = taps / 2;
     // rows: reflect-pad then convolve
@@ -391,7 +440,7 @@ float AnomalyMap::map_mul(const float* dist, float* map, float* scratch, int num
             row_max_v[i] = row_max(m, W);
         }
     });
-    return *std::max_element(row_max_v.begin(), row_max_v.end());
+    return max_of_rows(row_max_v);
 }
 
 float AnomalyMap::operator()(const FeaturePair* levels, float* map, int num_threads) const {

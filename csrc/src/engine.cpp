@@ -177,10 +177,18 @@ Engine::~Engine() = default;
 Engine::Engine(Engine&&) noexcept = default;
 Engine& Engine::operator=(Engine&&) noexcept = default;
 
-const EngineInfo& Engine::info() const noexcept { return impl_->info; }
-float Engine::threshold() const noexcept { return impl_->info.threshold; }
+Engine::Impl& Engine::live(const char* method) const {
+    if (!impl_)
+        throw Error(ErrorCode::InvalidArgument,
+                    std::string(method) + "() on a moved-from Engine (it holds no engine any more)");
+    return *impl_;
+}
+
+const EngineInfo& Engine::info() const { return live("info").info; }
+float Engine::threshold() const { return live("threshold").info.threshold; }
 
 std::pair<int, int> Engine::map_shape(const ImageView& view, MapOutput map) const {
+    live("map_shape");
     switch (map) {
         case MapOutput::None:
             return {0, 0};
@@ -194,14 +202,13 @@ std::pair<int, int> Engine::map_shape(const ImageView& view, MapOutput map) cons
 
 void Engine::score_into(const ImageView* views, std::size_t n, const ScoreOptions& options, float* scores,
                         bool* is_anomalous, float* const* maps) const {
-    if (!impl_) throw Error(ErrorCode::InvalidArgument, "score() on a moved-from Engine");
+    Impl& im = live("score_into");
     if (n == 0) return;
     if (views == nullptr) throw Error(ErrorCode::InvalidArgument, "views pointer is null (with n = " + std::to_string(n) + ")");
     const MapOutput map = options.map;
     if (map != MapOutput::None && map != MapOutput::ModelSize && map != MapOutput::InputSize)
         throw Error(ErrorCode::InvalidArgument, "unknown map output " + std::to_string(static_cast<int>(map)));
     for (std::size_t i = 0; i < n; ++i) validate(views[i], i);  // all inputs checked before any work
-    Impl& im = *impl_;
     const int H = im.info.image_height, W = im.info.image_width;
     const std::size_t full = static_cast<std::size_t>(H) * W;
     const std::size_t batch = static_cast<std::size_t>(im.info.max_batch);
@@ -223,6 +230,12 @@ void Engine::score_into(const ImageView* views, std::size_t n, const ScoreOption
         if (k == 0) return;
         piece_scores.resize(k);
         worker.run(views + off, k, piece_scores.data());
+        for (std::size_t i = 0; i < k; ++i)
+            if (!std::isfinite(piece_scores[i]))  // one pass over k floats: free
+                throw Error(ErrorCode::NonFinite,
+                            "image " + std::to_string(off + i) + ": the model produced non-finite output (score " +
+                                std::to_string(piece_scores[i]) +
+                                "): diverged model or bad weights; refusing to give a verdict");
         for (std::size_t i = 0; i < k; ++i) {
             const float s = piece_scores[i];
             if (scores) scores[off + i] = s;
@@ -255,7 +268,7 @@ void Engine::score_into(const ImageView* views, std::size_t n, const ScoreOption
 }
 
 std::vector<Result> Engine::score(const ImageView* views, std::size_t n, const ScoreOptions& options) const {
-    if (!impl_) throw Error(ErrorCode::InvalidArgument, "score() on a moved-from Engine");
+    live("score");
     if (n > 0 && views == nullptr)
         throw Error(ErrorCode::InvalidArgument, "views pointer is null (with n = " + std::to_string(n) + ")");
     for (std::size_t i = 0; i < n; ++i) validate(views[i], i);
@@ -282,7 +295,7 @@ std::vector<Result> Engine::score(const ImageView* views, std::size_t n, const S
 
 std::vector<Result> Engine::score(const ImageView* views, std::size_t n) const {
     ScoreOptions o;
-    o.map = impl_ ? impl_->default_map : MapOutput::ModelSize;
+    o.map = live("score").default_map;
     return score(views, n, o);
 }
 

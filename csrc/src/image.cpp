@@ -4,6 +4,7 @@
 
 #include "cdd/error.hpp"
 #include "cdd/image.hpp"
+#include "cdd/limits.hpp"
 
 namespace cdd {
 
@@ -60,6 +61,10 @@ void validate(const ImageView& view, std::size_t index) {
     if (view.width <= 0 || view.height <= 0)
         fail("zero-sized frame: width " + std::to_string(view.width) + ", height " +
              std::to_string(view.height) + " (both must be > 0)");
+    const std::uint64_t pixels = static_cast<std::uint64_t>(view.width) * static_cast<std::uint64_t>(view.height);
+    if (pixels > limits::kMaxFramePixels)  // the resize buffers and input-size maps grow with it
+        fail("frame of " + std::to_string(view.width) + " x " + std::to_string(view.height) + " = " +
+             std::to_string(pixels) + " pixels exceeds MAX_FRAME_PIXELS = " + std::to_string(limits::kMaxFramePixels));
     const std::size_t row = static_cast<std::size_t>(view.width) * static_cast<std::size_t>(c);
     if (view.stride_bytes < row)
         fail("row stride " + std::to_string(view.stride_bytes) + " bytes is smaller than a row of " +

@@ -28,7 +28,9 @@ const char* type_name(Value::Type t) {
 
 namespace {
 
-constexpr int kMaxDepth = 64;  // engine.json nests 4 levels; a deeper file is not ours
+// At most 64 arrays/objects open at once (the top-level object is level 1), the same rule
+// as the Python reader; engine.json nests 4 levels. The bound also keeps the recursion shallow.
+constexpr int kMaxDepth = 64;
 
 class Parser {
 public:
@@ -57,11 +59,13 @@ private:
             if (i_ >= s_.size() || s_[i_] != *p) fail(std::string("expected '") + word + "'");
     }
 
+    /// `depth`: arrays/objects enclosing this value.
     Value value(int depth) {
-        if (depth > kMaxDepth) fail("nesting deeper than 64 levels");
         ws();
         Value v;
         const char c = peek();
+        if ((c == '{' || c == '[') && depth >= kMaxDepth)
+            fail("nesting deeper than " + std::to_string(kMaxDepth) + " arrays/objects");
         if (c == '{') {
             v.type = Value::Type::Object;
             ++i_;
@@ -124,16 +128,19 @@ private:
             v.number = neg ? -std::numeric_limits<double>::infinity() : std::numeric_limits<double>::infinity();
         } else if (c == '-' || (c >= '0' && c <= '9')) {
             v.type = Value::Type::Number;
-            v.number = number();
+            v.number = number(v.integer);
         } else {
             fail(std::string("unexpected character '") + c + "'");
         }
         return v;
     }
 
-    double number() {
+    double number(bool& integer) {
         const std::size_t start = i_;
+        integer = true;
         if (s_[i_] == '-') ++i_;
+        if (i_ + 1 < s_.size() && s_[i_] == '0' && s_[i_ + 1] >= '0' && s_[i_ + 1] <= '9')
+            fail("malformed number (leading zero)");  // RFC 8259, as Python's json
         auto digits = [&] {
             const std::size_t b = i_;
             while (i_ < s_.size() && s_[i_] >= '0' && s_[i_] <= '9') ++i_;
@@ -142,10 +149,12 @@ private:
         digits();
         if (i_ < s_.size() && s_[i_] == '.') {
             ++i_;
+            integer = false;
             digits();
         }
         if (i_ < s_.size() && (s_[i_] == 'e' || s_[i_] == 'E')) {
             ++i_;
+            integer = false;
             if (i_ < s_.size() && (s_[i_] == '+' || s_[i_] == '-')) ++i_;
             digits();
         }

@@ -1,5 +1,5 @@
 // A small JSON reader for engine.json (RFC 8259 values; no dependency). Malformed input,
-// nesting deeper than 64 levels and trailing garbage are errors with a byte offset.
+// more than 64 nested arrays/objects and trailing garbage are errors with a byte offset.
 #pragma once
 
 #include <map>
@@ -17,6 +17,7 @@ public:
     Type type = Type::Null;
     bool boolean = false;
     double number = 0.0;
+    bool integer = false;  ///< a number written without fraction or exponent ("1", not "1.0" / "1e0")
     std::string string;
     std::vector<Value> array;
     std::map<std::string, Value> object;

@@ -14,6 +14,13 @@ namespace detail {
 
 constexpr int kFormatVersion = 1;  // the engine.json format this library reads
 
+// Field ranges of engine.json, the same in the Python reader (docs/engine_format.md).
+constexpr std::uint64_t kMaxManifestBytes = 16u << 20;  // engine.json itself: 16 MiB
+constexpr int kMaxBatch = 4096;
+constexpr int kMinImageSide = 32, kMaxImageSide = 4096;
+constexpr int kMaxChannels = 65536;
+constexpr double kMaxSigma = 64.0, kMaxTruncate = 16.0;
+
 struct FileEntry {
     std::string sha256;
     std::uint64_t bytes = 0;

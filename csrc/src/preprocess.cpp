@@ -12,6 +12,7 @@
 
 #include "cdd/error.hpp"
 #include "cdd/kernels.hpp"
+#include "cdd/limits.hpp"
 #include "operators.hpp"
 #include "parallel.hpp"
 #include "simd.hpp"
@@ -34,12 +35,32 @@ CDD_HOT void resample_row(const T* CDD_RESTRICT src, const AxisWeights& ax, int 
         const T* p = src + static_cast<std::size_t>(ax.start[x]) * C;
         const float* w = ax.w.data() + static_cast<std::size_t>(x) * taps;
         const int n = ax.size[x];
-        float acc[C];
-        for (int c = 0; c < C; ++c) acc[c] = 0.f;
+        // double accumulators: a strong down-scale sums millions of taps per output (a 1 x 10^8
+        // frame: 3 x 10^6), where float sums drift by 1e-4 relative; this loop is scalar either
+        // way (a reduction), so double costs nothing here
+        double acc[C];
+        for (int c = 0; c < C; ++c) acc[c] = 0.0;
         for (int j = 0; j < n; ++j)
-            for (int c = 0; c < C; ++c) acc[c] += w[j] * static_cast<float>(p[j * C + c]);
-        for (int c = 0; c < C; ++c) dst[c * plane_stride + x] = acc[c];
+            for (int c = 0; c < C; ++c) acc[c] += static_cast<double>(w[j]) * static_cast<double>(p[j * C + c]);
+        for (int c = 0; c < C; ++c) dst[c * plane_stride + x] = static_cast<float>(acc[c]);
     }
+}
+
+/// Windows longer than this sum in double in the height pass (float sums drift with the
+/// window length; up to 32 taps, a down-scale of <= 16x, they stay ~1e-7 relative).
+constexpr int kFloatSumTaps = 32;
+
+/// Height pass, long windows: the same sum with double accumulators (acc: out_w doubles).
+CDD_HOT void resample_column_exact(const float* CDD_RESTRICT plane, std::size_t row_stride, const float* w,
+                                   int start, int n, int out_w, float a, float b, double* CDD_RESTRICT acc,
+                                   float* CDD_RESTRICT out) {
+    for (int x = 0; x < out_w; ++x) acc[x] = 0.0;
+    for (int j = 0; j < n; ++j) {
+        const double wj = w[j];
+        const float* r = plane + static_cast<std::size_t>(start + j) * row_stride;
+        for (int x = 0; x < out_w; ++x) acc[x] += wj * r[x];
+    }
+    for (int x = 0; x < out_w; ++x) out[x] = static_cast<float>(acc[x]) * a + b;
 }
 
 /// Height pass of one output row of one plane: out[x] = (sum_j w_j rows[j][x]) * a + b.
@@ -70,11 +91,18 @@ void resize_generic(const T* src, int in_h, int in_w, std::size_t stride_elems, 
     });
     const std::size_t out_plane = static_cast<std::size_t>(out_h) * out_w;
     detail::parallel_for(static_cast<std::size_t>(out_h), num_threads, [&](std::size_t r0, std::size_t r1) {
+        std::vector<double> acc(wy.max_taps > kFloatSumTaps ? out_w : 0);
         for (std::size_t r = r0; r < r1; ++r)
-            for (int k = 0; k < out_planes; ++k)
-                resample_column(tmp.data() + src_channel[k] * plane, out_w,
-                                wy.w.data() + r * wy.max_taps, wy.start[r], wy.size[r], out_w, a[k], b[k],
-                                out + k * out_plane + r * out_w);
+            for (int k = 0; k < out_planes; ++k) {
+                const float* src_plane = tmp.data() + src_channel[k] * plane;
+                const float* w = wy.w.data() + r * wy.max_taps;
+                float* dst = out + k * out_plane + r * out_w;
+                if (wy.size[r] > kFloatSumTaps)
+                    resample_column_exact(src_plane, out_w, w, wy.start[r], wy.size[r], out_w, a[k], b[k], acc.data(),
+                                          dst);
+                else
+                    resample_column(src_plane, out_w, w, wy.start[r], wy.size[r], out_w, a[k], b[k], dst);
+            }
     });
 }
 
@@ -83,9 +111,11 @@ void resize_generic(const T* src, int in_h, int in_w, std::size_t stride_elems, 
 void preprocess(const ImageView& view, int out_h, int out_w, const Normalization& norm, float* out,
                 int num_threads) {
     validate(view, 0);
-    if (out_h <= 0 || out_w <= 0)
-        throw Error(ErrorCode::InvalidArgument, "preprocess: output size must be positive, got " +
-                                                    std::to_string(out_h) + "x" + std::to_string(out_w));
+    if (out_h <= 0 || out_w <= 0 ||
+        static_cast<std::uint64_t>(out_h) * static_cast<std::uint64_t>(out_w) > limits::kMaxMapPixels)
+        throw Error(ErrorCode::InvalidArgument, "preprocess: output size must be positive with height * width <= "
+                                                "MAX_MAP_PIXELS = " + std::to_string(limits::kMaxMapPixels) +
+                                                    ", got " + std::to_string(out_h) + "x" + std::to_string(out_w));
     if (out == nullptr) throw Error(ErrorCode::InvalidArgument, "preprocess: output pointer is null");
     float a[3], b[3];
     for (int c = 0; c < 3; ++c) {
@@ -110,10 +140,13 @@ void preprocess(const ImageView& view, int out_h, int out_w, const Normalization
 void resize_plane(const float* src, int in_h, int in_w, std::size_t src_stride, float* dst, int out_h, int out_w,
                   int num_threads) {
     if (src == nullptr || dst == nullptr) throw Error(ErrorCode::InvalidArgument, "resize_plane: null pointer");
-    if (in_h <= 0 || in_w <= 0 || out_h <= 0 || out_w <= 0 || src_stride < static_cast<std::size_t>(in_w))
+    if (in_h <= 0 || in_w <= 0 || out_h <= 0 || out_w <= 0 || src_stride < static_cast<std::size_t>(in_w) ||
+        static_cast<std::uint64_t>(in_h) * static_cast<std::uint64_t>(in_w) > limits::kMaxFramePixels ||
+        static_cast<std::uint64_t>(out_h) * static_cast<std::uint64_t>(out_w) > limits::kMaxFramePixels)
         throw Error(ErrorCode::InvalidArgument, "resize_plane: bad sizes " + std::to_string(in_h) + "x" +
                                                     std::to_string(in_w) + " -> " + std::to_string(out_h) + "x" +
-                                                    std::to_string(out_w));
+                                                    std::to_string(out_w) + " (sides > 0, at most MAX_FRAME_PIXELS = " +
+                                                    std::to_string(limits::kMaxFramePixels) + " pixels)");
     if (in_h == out_h && in_w == out_w) {  // identity weights: a plain copy
         for (int y = 0; y < in_h; ++y)
             std::memcpy(dst + static_cast<std::size_t>(y) * out_w, src + y * src_stride, sizeof(float) * in_w);

@@ -1,7 +1,13 @@
 #include "sha256.hpp"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <string>
 #include <memory>
 #include <vector>
 
@@ -92,22 +98,30 @@ std::string Sha256::hex_digest() {
     return out;
 }
 
-std::string file_sha256(const std::string& path, std::uint64_t* size) {
-    std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
-    if (!f) throw Error(ErrorCode::NotFound, "cannot open " + path);
+std::string file_sha256(const std::string& path, std::uint64_t* size, std::uint64_t max_bytes) {
+    // O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) throw Error(ErrorCode::NotFound, "cannot open " + path);
+    std::unique_ptr<int, void (*)(int*)> closer(new int(fd), [](int* p) {
+        ::close(*p);
+        delete p;
+    });
+    struct stat st {};
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+        throw Error(ErrorCode::EngineFormat, path + " is not a regular file");
     Sha256 h;
     std::vector<unsigned char> buf(1 << 20);
     std::uint64_t total = 0;
     for (;;) {
-        const std::size_t n = std::fread(buf.data(), 1, buf.size(), f.get());
-        if (n > 0) {
-            h.update(buf.data(), n);
-            total += n;
-        }
-        if (n < buf.size()) {
-            if (std::ferror(f.get())) throw Error(ErrorCode::EngineFormat, "read error in " + path);
-            break;
-        }
+        const ssize_t n = ::read(fd, buf.data(), buf.size());
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) throw Error(ErrorCode::EngineFormat, "read error in " + path);
+        if (n == 0) break;
+        h.update(buf.data(), static_cast<std::size_t>(n));
+        total += static_cast<std::uint64_t>(n);
+        if (total > max_bytes)
+            throw Error(ErrorCode::EngineFormat, path + " holds more than the " + std::to_string(max_bytes) +
+                                                     " bytes engine.json lists: replaced or growing file");
     }
     if (size) *size = total;
     return h.hex_digest();

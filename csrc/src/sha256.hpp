@@ -22,9 +22,11 @@ private:
     std::uint64_t total_ = 0;
 };
 
-/// Lower-case hex sha256 of a file's bytes and its size; throws cdd::Error(NotFound) when
-/// the file cannot be opened.
-std::string file_sha256(const std::string& path, std::uint64_t* size = nullptr);
+/// Lower-case hex sha256 of a regular file's bytes and its size; throws cdd::Error(NotFound)
+/// when the file cannot be opened, EngineFormat when it is not a regular file (FIFO, device,
+/// directory: refused without blocking) or holds more than `max_bytes` bytes (reading stops there).
+std::string file_sha256(const std::string& path, std::uint64_t* size = nullptr,
+                        std::uint64_t max_bytes = UINT64_MAX);
 
 }  // namespace detail
 }  // namespace cdd

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "cdd/kernels.hpp"
+#include "cdd/limits.hpp"
 #include "check.hpp"
 
 using namespace cdd;
@@ -280,6 +281,142 @@ TEST_CASE("kernel errors: bad views, sizes and features are cdd::Error, never a 
     FeaturePair wrong{f.data(), f.data(), DType::Float32, 4, 2, 1};
     REQUIRE_THROWS(amap(&wrong, m.data()), ErrorCode::InvalidArgument, "expected");
     REQUIRE_THROWS(resize_plane(nullptr, 2, 2, 2, m.data(), 4, 4), ErrorCode::InvalidArgument, "null");
+}
+
+namespace {
+
+/// Sparse 1-D windows of ref_weights (first input index, weights): for millions of inputs.
+std::vector<std::pair<long, std::vector<double>>> ref_windows(long in, int out) {
+    const double scale = static_cast<double>(in) / out;
+    const double support = std::max(scale, 1.0);
+    std::vector<std::pair<long, std::vector<double>>> w(out);
+    for (int i = 0; i < out; ++i) {
+        const double center = scale * (i + 0.5);
+        const long lo = std::max(0L, static_cast<long>(center - support + 0.5));
+        const long hi = std::min(in, static_cast<long>(center + support + 0.5));
+        double total = 0;
+        w[i].first = lo;
+        for (long j = lo; j < hi; ++j) {
+            w[i].second.push_back(std::max(0.0, 1.0 - std::fabs((j - center + 0.5) / support)));
+            total += w[i].second.back();
+        }
+        for (double& x : w[i].second) x /= total;
+    }
+    return w;
+}
+
+/// Mono8 (h x w) -> (oh x ow) in double through the sparse windows (height pass first: the
+/// filter is separable, and the reference need not follow the kernel's order).
+double worst_mono_error(int h, int w, int oh, int ow) {
+    const std::vector<std::uint8_t> px = random_bytes(static_cast<std::size_t>(h) * w);
+    const ImageView v = ImageView::packed(px.data(), w, h, PixelFormat::Mono8);
+    Normalization n;
+    std::vector<float> out(3 * static_cast<std::size_t>(oh) * ow);
+    preprocess(v, oh, ow, n, out.data(), 2);
+    const auto wy = ref_windows(h, oh), wx = ref_windows(w, ow);
+    std::vector<double> ref(out.size());
+    std::vector<double> col(w);
+    for (int oy = 0; oy < oh; ++oy) {
+        std::fill(col.begin(), col.end(), 0.0);
+        for (std::size_t k = 0; k < wy[oy].second.size(); ++k)
+            for (int x = 0; x < w; ++x) col[x] += wy[oy].second[k] * px[(wy[oy].first + k) * w + x];
+        for (int ox = 0; ox < ow; ++ox) {
+            double acc = 0;
+            for (std::size_t k = 0; k < wx[ox].second.size(); ++k) acc += wx[ox].second[k] * col[wx[ox].first + k];
+            for (int ch = 0; ch < 3; ++ch)
+                ref[(static_cast<std::size_t>(ch) * oh + oy) * ow + ox] = (acc / 255.0 - n.mean[ch]) / n.std[ch];
+        }
+    }
+    const double scale = max_abs(ref);
+    double worst = 0;
+    for (std::size_t i = 0; i < ref.size(); ++i) worst = std::max(worst, std::fabs(out[i] - ref[i]) / scale);
+    return worst;
+}
+
+std::vector<float> nan_map_score(MapMode mode, double sigma, float bad, std::size_t where) {
+    const std::vector<std::array<int, 3>> shapes = {{8, 6, 7}, {16, 3, 4}};
+    std::vector<std::vector<float>> t, s;
+    std::vector<std::pair<int, int>> hw;
+    for (const auto& sh : shapes) {
+        const std::size_t n = static_cast<std::size_t>(sh[0]) * sh[1] * sh[2];
+        t.push_back(random_floats(n));
+        s.push_back(random_floats(n));
+        hw.emplace_back(sh[1], sh[2]);
+    }
+    t[0][where] = bad;  // one feature value of one pixel of scale 0
+    MapSettings set;
+    set.mode = mode;
+    set.sigma = sigma;
+    AnomalyMap amap(200, 220, hw, set);
+    const std::vector<FeaturePair> levels = make_levels(t, s, shapes);
+    std::vector<float> map(200 * 220);
+    const float score = amap(levels.data(), map.data(), 1);
+    std::size_t non_finite = 0;
+    for (float x : map) non_finite += !std::isfinite(x);
+    return {score, static_cast<float>(non_finite)};
+}
+
+}  // namespace
+
+TEST_CASE("limits: blur radius (sigma * truncate up to 1e18), map and output sizes before allocation") {
+    // issue 16 item 2: int(truncate * sigma + 0.5) overflowed and segfaulted
+    for (const auto& st : std::vector<std::pair<double, double>>{{1e9, 4.0}, {4.0, 1e9}, {1e9, 1e9}, {65.0, 16.0}}) {
+        REQUIRE_THROWS(gaussian_taps(st.first, st.second), ErrorCode::InvalidArgument, "MAX_BLUR_RADIUS = 1024");
+        MapSettings set;
+        set.sigma = st.first;
+        set.truncate = st.second;
+        REQUIRE_THROWS(AnomalyMap(64, 64, {{8, 8}}, set), ErrorCode::InvalidArgument, "MAX_BLUR_RADIUS");
+        std::vector<float> t(8 * 8, 1.f), u(8 * 8, 0.5f);
+        FeaturePair f{t.data(), u.data(), DType::Float32, 1, 8, 8};
+        std::vector<double> m(64 * 64);
+        REQUIRE_THROWS(anomaly_map_naive(&f, 1, 64, 64, set, m.data()), ErrorCode::InvalidArgument, "MAX_BLUR_RADIUS");
+    }
+    CHECK(blur_radius(64.0, 16.0) == 1024);  // the largest the manifest allows
+    CHECK(gaussian_taps(64.0, 16.0).size() == 2049);
+    CHECK(blur_radius(4.0, 4.0) == 16);
+    for (double bad : {0.0, -1.0, std::nan(""), HUGE_VAL})
+        REQUIRE_THROWS(gaussian_taps(bad, 4.0), ErrorCode::InvalidArgument, "sigma");
+    REQUIRE_THROWS(gaussian_taps(4.0, std::nan("")), ErrorCode::InvalidArgument, "truncate");
+    MapSettings inf_eps;
+    inf_eps.eps = HUGE_VAL;
+    REQUIRE_THROWS(AnomalyMap(64, 64, {{8, 8}}, inf_eps), ErrorCode::InvalidArgument, "finite");
+    // sizes: refused before the matrices / maps are allocated
+    REQUIRE_THROWS(AnomalyMap(4097, 4096, {{8, 8}}), ErrorCode::InvalidArgument, "MAX_MAP_PIXELS");
+    REQUIRE_THROWS(AnomalyMap(1 << 30, 1 << 30, {{8, 8}}), ErrorCode::InvalidArgument, "MAX_MAP_PIXELS");
+    REQUIRE_THROWS(AnomalyMap(1 << 24, 1, {{1 << 24, 1}}), ErrorCode::InvalidArgument, "MAX_MAP_PIXELS");
+    std::vector<std::uint8_t> px(16 * 16 * 3, 1);
+    const ImageView v = ImageView::packed(px.data(), 16, 16, PixelFormat::RGB8);
+    std::vector<float> out(3 * 4 * 4);
+    REQUIRE_THROWS(preprocess(v, 1 << 20, 1 << 20, Normalization(), out.data()), ErrorCode::InvalidArgument,
+                   "MAX_MAP_PIXELS");
+    REQUIRE_THROWS(resize_plane(out.data(), 4, 4, 4, out.data(), 1 << 20, 1 << 20), ErrorCode::InvalidArgument,
+                   "MAX_FRAME_PIXELS");
+    // a frame view beyond 2**28 pixels is refused by its header alone (nothing is read)
+    ImageView huge = ImageView::packed(px.data(), 1 << 15, (1 << 13) + 1, PixelFormat::Mono8);
+    REQUIRE_THROWS(validate(huge), ErrorCode::InvalidArgument, "MAX_FRAME_PIXELS");
+    CHECK(limits::kMaxFramePixels == (1ull << 28) && limits::kMaxMapPixels == 4096ull * 4096 &&
+          limits::kMaxBlurRadius == 1024);
+}
+
+TEST_CASE("anomaly map: one NaN or inf feature value makes the score NaN, never a finite max") {
+    // std::max skips NaN: the old kernel scored a partly-NaN map by its finite part
+    for (MapMode mode : {MapMode::Add, MapMode::Mul})
+        for (double sigma : {4.0, 0.0})
+            for (float bad : {std::nanf(""), HUGE_VALF}) {
+                const std::vector<float> r = nan_map_score(mode, sigma, bad, 5);
+                CHECK_MSG(std::isnan(r[0]), std::string(mode == MapMode::Add ? "add" : "mul") + " sigma " +
+                                                std::to_string(sigma) + ": score " + std::to_string(r[0]));
+                CHECK(r[1] > 0 && r[1] < 200 * 220);  // a part of the map, not all of it
+            }
+    CHECK(std::isfinite(nan_map_score(MapMode::Add, 4.0, 0.25f, 5)[0]));
+}
+
+TEST_CASE("preprocess: huge antialias windows (very wide / tall frames) stay within 1e-5 of double") {
+    // issue 16 item 8: float sums over ~10^4..10^6 taps drifted by 1e-4 relative
+    const double wide = worst_mono_error(1, 1000000, 8, 64);
+    CHECK_MSG(wide <= 1e-5, "1 x 1000000 -> 8 x 64: rel. err " + std::to_string(wide));
+    const double tall = worst_mono_error(400000, 3, 16, 5);
+    CHECK_MSG(tall <= 1e-5, "400000 x 3 -> 16 x 5: rel. err " + std::to_string(tall));
 }
 
 int main(int argc, char** argv) { return check::run_all(argc, argv); }

@@ -5,3 +5,4 @@
 #include "cdd/error.hpp"
 #include "cdd/image.hpp"
 #include "cdd/kernels.hpp"
+#include "cdd/limits.hpp"

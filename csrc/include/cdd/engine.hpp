@@ -126,12 +126,18 @@ public:
     /// (height, width) of the map score() returns for `view` with `map`; (0, 0) for None.
     std::pair<int, int> map_shape(const ImageView& view, MapOutput map) const;
 
-    const EngineInfo& info() const noexcept;
-    float threshold() const noexcept;
+    const EngineInfo& info() const;
+    float threshold() const;
+
+    // Every method of a moved-from Engine throws cdd::Error (InvalidArgument).
+    // A NaN or infinite score (diverged model, bad weights) throws cdd::Error (NonFinite) from
+    // score()/score_into(): no verdict is given for such a call.
 
 private:
     struct Impl;
     std::unique_ptr<Impl> impl_;
+    /// impl_, or cdd::Error naming `method` when this Engine was moved from.
+    Impl& live(const char* method) const;
 };
 
 /// Library version ("0.1.0") and the optional parts compiled in.

@@ -17,6 +17,7 @@ enum class ErrorCode : int {
     EngineFormat = 3,     ///< engine.json unreadable, wrong version, hash or shape mismatch (Python: ValueError)
     Unsupported = 4,      ///< the feature was not built in or the machine cannot run it (Python: RuntimeError)
     Backend = 5,          ///< the inference backend failed while loading or running (Python: RuntimeError)
+    NonFinite = 6,        ///< the model produced NaN/inf scores: no verdict is given (Python: NonFiniteOutputError)
 };
 
 class Error : public std::runtime_error {

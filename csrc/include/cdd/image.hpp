@@ -34,7 +34,8 @@ struct ImageView {
 };
 
 /// Throws cdd::Error(InvalidArgument) naming image `index` when the view cannot be read:
-/// null data, width or height <= 0, unknown format, stride smaller than a row.
+/// null data, width or height <= 0, unknown format, stride smaller than a row, more than
+/// limits::kMaxFramePixels pixels.
 void validate(const ImageView& view, std::size_t index = 0);
 
 }  // namespace cdd

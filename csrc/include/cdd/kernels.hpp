@@ -63,6 +63,9 @@ struct MapSettings {
 class AnomalyMap {
 public:
     /// `scales`: (h_s, w_s) of each feature scale, in the order the features are passed.
+    /// Sizes are checked against limits::kMaxMapPixels (the map, each feature plane and each
+    /// out x in upsampling matrix) and the blur against limits::kMaxBlurRadius before any
+    /// allocation. A NaN or infinite map entry makes the score NaN (never a finite max).
     AnomalyMap(int out_height, int out_width, std::vector<std::pair<int, int>> scales,
                const MapSettings& settings = MapSettings());
 
@@ -121,8 +124,13 @@ private:
 double anomaly_map_naive(const FeaturePair* levels, std::size_t num_scales, int out_h, int out_w,
                          const MapSettings& settings, double* map);
 
+/// Blur radius r = floor(truncate * sigma + 0.5), computed in double; throws cdd::Error
+/// (InvalidArgument) unless sigma is finite and > 0, truncate finite and >= 0 and
+/// r <= limits::kMaxBlurRadius.
+int blur_radius(double sigma, double truncate);
+
 /// Normalised Gaussian taps of scipy.ndimage.gaussian_filter: 2r+1 weights,
-/// r = int(truncate * sigma + 0.5).
+/// r = blur_radius(sigma, truncate) (same checks).
 std::vector<double> gaussian_taps(double sigma, double truncate);
 
 /// Index i in (-inf, inf) folded onto [0, n) as scipy's mode="reflect" (edge repeated).

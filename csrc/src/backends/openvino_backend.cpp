@@ -21,6 +21,7 @@
 #include <openvino/op/constant.hpp>
 #include <openvino/op/convert.hpp>
 #include <openvino/op/divide.hpp>
+#include <openvino/op/fake_quantize.hpp>
 #include <openvino/op/maximum.hpp>
 #include <openvino/op/multiply.hpp>
 #include <openvino/op/reduce_sum.hpp>
@@ -216,6 +217,30 @@ void check_port(const Manifest& m, const ov::PartialShape& ps, const FeatureInfo
                                                  std::to_string(f.height) + ", " + std::to_string(f.width) + ")");
 }
 
+/// engine.json's "precision" must describe the IR: fp32 holds no f16 weight, fp16 holds f16
+/// weights (compress_to_fp16), int8 holds FakeQuantize or 8-bit constants. The hashes protect
+/// the model files, not engine.json's own fields, so a relabelled precision is caught here.
+void check_precision(const Manifest& m, const ov::Model& model, const std::string& file) {
+    bool f16 = false, quantized = false;
+    for (const auto& op : model.get_ops()) {
+        if (ov::is_type<ov::op::v0::FakeQuantize>(op)) quantized = true;
+        const auto c = ov::as_type_ptr<ov::op::v0::Constant>(op);
+        if (!c) continue;
+        const ov::element::Type t = c->get_element_type();
+        if (t == ov::element::f16) f16 = true;
+        if (t == ov::element::i8 || t == ov::element::u8 || t == ov::element::i4 || t == ov::element::u4)
+            quantized = true;
+    }
+    std::string why;
+    if (m.precision == "fp32" && f16) why = "it holds float16 weights";
+    if (m.precision == "fp16" && !f16) why = "it holds no float16 weights";
+    if (m.precision == "int8" && !quantized) why = "it holds no FakeQuantize and no 8-bit weights";
+    if (!why.empty())
+        throw Error(ErrorCode::EngineFormat, m.dir + "/engine.json: \"precision\" is \"" + m.precision +
+                                                 "\" but the model " + file + " disagrees: " + why +
+                                                 " (a relabelled precision is refused)");
+}
+
 /// The network with the cosine-distance stage appended: per scale s a new output
 /// cdd_distance_<s> = 1 - <T,S> / (max(|T|, eps) max(|S|, eps)) over channels, (B, h_s, w_s)
 /// fp32, replacing the six feature outputs (DESIGN.md section 3, step 1).
@@ -271,6 +296,7 @@ std::vector<std::unique_ptr<Worker>> make_openvino_workers(const Manifest& m, co
     }
     try {
         std::shared_ptr<ov::Model> model = sh->core.read_model(m.path(model_file));
+        if (m.backend == "openvino" && model_file == "model.xml") check_precision(m, *model, model_file);
         if (model->inputs().size() != 1)
             throw Error(ErrorCode::EngineFormat, m.path(model_file) + ": the model must have one input, it has " +
                                                      std::to_string(model->inputs().size()));

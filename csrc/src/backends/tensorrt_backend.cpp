@@ -294,10 +294,15 @@ private:
 #endif
 };
 
-std::vector<char> read_file(const std::string& path) {
+/// The file's bytes, refused unless it holds exactly the `expected` bytes engine.json lists
+/// (verify_file() has checked it is a regular file of that size; this re-checks what is read).
+std::vector<char> read_file(const std::string& path, std::uint64_t expected) {
     std::ifstream in(path, std::ios::binary | std::ios::ate);
     if (!in) throw Error(ErrorCode::NotFound, "cannot open " + path);
     const std::streamsize n = in.tellg();
+    if (n < 0 || static_cast<std::uint64_t>(n) != expected)
+        throw Error(ErrorCode::EngineFormat, path + " does not hold the " + std::to_string(expected) +
+                                                 " bytes engine.json lists: replaced file");
     std::vector<char> data(static_cast<std::size_t>(std::max<std::streamsize>(n, 0)));
     in.seekg(0);
     if (!in.read(data.data(), n)) throw Error(ErrorCode::EngineFormat, "cannot read " + path);
@@ -350,7 +355,7 @@ std::vector<std::unique_ptr<Worker>> make_tensorrt_workers(const Manifest& m, co
     sh->input_name = m.input_name;
     sh->runtime.reset(nvinfer1::createInferRuntime(sh->logger));
     if (!sh->runtime) throw Error(ErrorCode::Backend, "TensorRT: createInferRuntime failed: " + sh->logger.last());
-    const std::vector<char> plan = read_file(m.path("model.plan"));
+    const std::vector<char> plan = read_file(m.path("model.plan"), m.files.at("model.plan").bytes);
     sh->engine.reset(sh->runtime->deserializeCudaEngine(plan.data(), plan.size()));
     if (!sh->engine)
         throw Error(ErrorCode::Backend, m.path("model.plan") + " cannot be deserialised (built by another TensorRT "
