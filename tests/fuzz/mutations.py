@@ -413,7 +413,8 @@ def apply_run_mutation(case: dict, run: Path) -> None:
             f.unlink()
             os.mkfifo(f)
         if a["rehash"]:
-            cfg["files"][a["file"]] = hashlib.sha256(f.read_bytes()).hexdigest()
+            # the form checkpoint.py records: "sha256:<hex>"
+            cfg["files"][a["file"]] = "sha256:" + hashlib.sha256(f.read_bytes()).hexdigest()
             replace_file(cfg_path, dumps(cfg).encode())
     elif op != "noop":
         raise ValueError(op)
