@@ -6,9 +6,11 @@ in one run (docs/serving.md).
 Builds an OpenVINO engine (random weights: speed does not depend on them; efficientnet_lite0 at
 256² by default), exports it with ``export_triton``, starts the nvidia-pytriton ``tritonserver``
 on 127.0.0.1 and measures, for each of 1, 4 and 16 concurrent clients (threads, each with its own
-connection, sending batch-8 requests back to back for ``--seconds``): frames/s, and p50/p99
-latency per request. In-process ``Engine.score`` on the same batch-8 frames runs before and after
-the server phases (the server is idle then); its mean is the reference. Every reply is checked
+connection, sending batch-8 requests back to back for ``--seconds``, after a ``--warmup`` at
+each client count so that the merged batch sizes are compiled): frames/s, and p50/p99 latency
+per request. In-process ``Engine.score`` on the same batch-8 frames runs before the first and
+after every server phase (the server is idle then); each server phase is compared with the mean
+of the two in-process phases on either side of it. Every reply is checked
 against the in-process scores of its own frames (each client sends its own frames).
 Writes OUT.json (every latency) and OUT.csv (one row per phase). The cores are shared: read the
 load averages recorded beside the figures.
@@ -106,6 +108,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--clients", default="1,4,16")
     ap.add_argument("--seconds", type=float, default=20.0, help="per phase")
+    ap.add_argument("--warmup", type=float, default=3.0, help="seconds per client count before measuring")
     ap.add_argument("--protocol", default="http", choices=("http", "grpc"))
     ap.add_argument("--instances", type=int, default=1)
     ap.add_argument("--max-queue-delay-us", type=int, default=2000)
@@ -132,18 +135,22 @@ def main(argv=None) -> int:
     with LocalTritonServer(work / "repo", work_dir=work / "server") as server:
         server.wait_ready([MODEL], 300)
         url = server.http_url if a.protocol == "http" else server.grpc_url
-        through_server(url, a.protocol, 1, batches, want, 2.0)  # warm-up: the batch shapes compile
-        for c in clients:
+        for c in clients:  # warm-up: the batch sizes that merged requests produce compile on first use
+            through_server(url, a.protocol, c, batches, want, a.warmup)
+        for c in clients:  # interleaved: in-process, server, in-process, server, ..., in-process
             rows.append(through_server(url, a.protocol, c, batches, want, a.seconds))
             print(rows[-1]["phase"], c, "clients:", rows[-1]["frames_per_s"], "frames/s, p50",
                   rows[-1]["p50_ms"], "ms, p99", rows[-1]["p99_ms"], "ms")
+            rows.append(in_process(engine, batches[0], a.seconds))
+            print(rows[-1]["phase"], rows[-1]["frames_per_s"], "frames/s")
         stats = __import__("tritonclient.http", fromlist=["x"]).InferenceServerClient(
             server.http_url).get_inference_statistics(MODEL)["model_stats"][0]
-    rows.append(in_process(engine, batches[0], a.seconds))
-    print(rows[-1]["phase"], rows[-1]["frames_per_s"], "frames/s")
-    reference = (rows[0]["frames_per_s"] + rows[-1]["frames_per_s"]) / 2
-    for r in rows:
-        r["vs_in_process"] = round(r["frames_per_s"] / reference, 3)
+    # each server phase against the mean of the in-process phases just before and after it
+    for i in range(1, len(rows), 2):
+        rows[i]["vs_in_process"] = round(rows[i]["frames_per_s"] /
+                                         ((rows[i - 1]["frames_per_s"] + rows[i + 1]["frames_per_s"]) / 2), 3)
+    for r in rows[::2]:
+        r["vs_in_process"] = 1.0
     result = {"command": "python benchmarks/serving.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": platform.platform(),
               "cpus": os.cpu_count(), "engine": repr(engine), "batch": a.batch, "protocol": a.protocol,
