@@ -346,3 +346,15 @@ def test_both_readers_refuse_the_same_edits(tmp_path):
         if p.stdout.strip() != "refused":
             wrong.append((pattern, p.returncode, p.stdout.strip() or p.stderr.strip()[-200:]))
     assert wrong == [], "\n".join(map(str, wrong))
+
+
+def test_sizes_from_untrusted_numbers_are_checked_before_allocation():
+    from cdd_engine.runtime.postprocess import FastAnomalyMap
+
+    with pytest.raises(ValueError, match="above MAX_BLUR_RADIUS = 1024"):
+        FastAnomalyMap(64, sigma=1e9)  # once tried to build 64 GB of taps
+    with pytest.raises(ValueError, match="above MAX_MAP_PIXELS"):
+        FastAnomalyMap((5000, 5000))
+    huge = np.broadcast_to(np.uint8(7), (16385, 16385, 1))  # 2**28 + 2 * 16384 + 1 pixels, no memory
+    with pytest.raises(ValueError, match=r"more than MAX_FRAME_PIXELS = 268435456 \(2\*\*28\)"):
+        cdd_engine.load(engine_dir("torch")).score([huge], pixel_format="MONO")

@@ -22,6 +22,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from .. import limits
 from ..version import __version__
 from .errors import EngineFormatError
 
@@ -41,19 +42,20 @@ _REQUIRED = ("format", "format_version", "package_version", "created", "source_c
              "precision", "max_batch", "image_size", "input", "features", "anomaly_map", "threshold", "files")
 _HASH_CHUNK = 1 << 22  # 4 MiB reads: hashing a 435 MB WRN50 model takes about a second
 
-# Limits shared with the C++ reader (docs/engine_format.md). engine.json is a few kB; the byte
-# and depth limits keep a hostile file from exhausting memory or the interpreter's stack.
+# Limits shared with the C++ reader (docs/engine_format.md; the numbers live in cdd_engine/limits.py).
+# engine.json is a few kB; the byte and depth limits keep a hostile file from exhausting memory or
+# the interpreter's stack.
 MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 MAX_JSON_DEPTH = 64  # arrays/objects open at once, the top-level object counting as one
-MAX_BATCH = 4096
-IMAGE_SIDE = (32, 4096)
+MAX_BATCH = limits.MAX_BATCH[1]
+IMAGE_SIDE = limits.IMAGE_SIDE
 MAX_CHANNELS = 65536
-MEAN_RANGE = (-1000.0, 1000.0)
-STD_RANGE = (1e-3, 1000.0)
-MAX_SIGMA = 64.0
-MAX_TRUNCATE = 16.0
-MAX_BLUR_RADIUS = 1024
-EPS_RANGE = (1e-12, 1e-3)
+MEAN_RANGE = limits.MEAN
+STD_RANGE = limits.STD
+MAX_SIGMA = limits.SIGMA[1]
+MAX_TRUNCATE = limits.TRUNCATE[1]
+MAX_BLUR_RADIUS = limits.MAX_BLUR_RADIUS
+EPS_RANGE = limits.EPS
 MAX_FILE_BYTES = 2 ** 53  # what a JSON number holds exactly
 _BOM = b"\xef\xbb\xbf"
 _HEX = frozenset("0123456789abcdef")
@@ -225,7 +227,7 @@ def validate_manifest(m: Any) -> None:
     sigma = _number_in(am.get("sigma"), 0.0, MAX_SIGMA, "anomaly_map.sigma", lo_open=True)
     truncate = _number_in(am.get("truncate"), 0.0, MAX_TRUNCATE, "anomaly_map.truncate", lo_open=True)
     _number_in(am.get("eps"), *EPS_RANGE, "anomaly_map.eps")
-    radius = math.floor(truncate * sigma + 0.5)
+    radius = limits.blur_radius(sigma, truncate)
     if not 1 <= radius <= MAX_BLUR_RADIUS:
         _fail(f"engine.json: anomaly_map blur radius floor(truncate * sigma + 0.5) = {radius} must be in "
               f"[1, {MAX_BLUR_RADIUS}] (MAX_BLUR_RADIUS)")

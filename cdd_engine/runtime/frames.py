@@ -23,11 +23,12 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+# the largest frame (width * height) either runtime takes, checked before anything is allocated
+from ..limits import MAX_FRAME_PIXELS
+
 PIXEL_FORMATS = ("RGB", "BGR", "MONO")
 FLOAT_DTYPES = (torch.float16, torch.float32, torch.float64)
 _NUMPY_OK = (np.uint8, np.float16, np.float32, np.float64)
-# The largest frame (width * height) either runtime takes, checked before anything is allocated.
-MAX_FRAME_PIXELS = 2 ** 28
 
 
 def check_pixel_format(pixel_format: Any) -> str:

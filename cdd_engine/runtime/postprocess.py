@@ -18,6 +18,7 @@ from typing import Sequence
 
 import torch
 
+from .. import limits
 from ..anomaly_map import DEFAULT_SIGMA, EPS, MODES, TRUNCATE, gaussian_taps
 
 
@@ -88,6 +89,13 @@ class FastAnomalyMap:
         h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if h <= 0 or w <= 0:
             raise ValueError(f"image_size must be positive, got {(h, w)}")
+        # the matrices below are (H, H) and (W, W) float64 and the taps 2r + 1: checked first
+        if h * w > limits.MAX_MAP_PIXELS:
+            raise ValueError(f"map size {h}x{w} is above MAX_MAP_PIXELS = {limits.MAX_MAP_PIXELS}")
+        if sigma and limits.blur_radius(float(sigma), float(truncate)) > limits.MAX_BLUR_RADIUS:
+            raise ValueError(f"blur radius floor(truncate * sigma + 0.5) = "
+                             f"{limits.blur_radius(float(sigma), float(truncate))} is above MAX_BLUR_RADIUS = "
+                             f"{limits.MAX_BLUR_RADIUS} (sigma {sigma!r}, truncate {truncate!r})")
         self.size = (int(h), int(w))
         self.mode = mode
         self.sigma = float(sigma) if sigma else 0.0
