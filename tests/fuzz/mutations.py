@@ -38,10 +38,7 @@ def mutate_manifest_bytes(case: dict, manifest: dict) -> bytes:
     m = json.loads(json.dumps(manifest))
     text = dumps(m)
     if op == "set":
-        try:
-            _set(m, a["path"], decode_value(a["value"]))
-        except (KeyError, IndexError, TypeError):
-            _get(m, a["path"][:-1])[a["path"][-1]] = decode_value(a["value"])
+        _set(m, a["path"], decode_value(a["value"]))
         return dumps(m).encode()
     if op == "multi":
         for path, v in a["sets"]:
