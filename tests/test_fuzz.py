@@ -23,6 +23,7 @@ from cdd_engine.native import available
 
 CASES = cases.all_cases()
 NATIVE = available()  # the C++ reader's cases run only with the module
+NATIVE_READERS = ("native:", "both:", "frames-native", "frames-raw")
 WORKERS = 2
 BUDGET_S = 600.0  # hard bound on the campaign's wall time (normally 1-3 minutes on 2 busy cores)
 
@@ -99,7 +100,7 @@ def test_case_list_covers_the_real_manifests(campaign):
 def _param(case: dict):
     reason = KNOWN.get(case["id"])
     # a finding of the C++ reader (or of the two readers' agreement) cannot show without the module
-    needs_native = reason is not None and reason.startswith(("native:", "both:", "frames-native", "frames-raw"))
+    needs_native = reason is not None and reason.startswith(NATIVE_READERS)
     if reason is None or (needs_native and not NATIVE):
         return pytest.param(case["id"], id=case["id"])
     return pytest.param(case["id"], id=case["id"], marks=[pytest.mark.xfail(strict=True, reason=reason)])
