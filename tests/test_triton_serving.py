@@ -252,11 +252,11 @@ def test_bad_request_gets_an_error_and_the_next_good_one_is_served(served, case)
     server, engine = served
     good = frames(2, 64, 64, seed=77)
     bad, dtype, match = {
-        "float frames": (good.astype(np.float32), "FP32", None),
-        "no batch dimension": (good[0], "UINT8", None),
-        "zero-sized": (np.zeros((1, 0, 64, 3), np.uint8), "UINT8", None),
-        "empty batch": (np.zeros((0, 64, 64, 3), np.uint8), "UINT8", None),
-        "four channels": (np.zeros((1, 64, 64, 4), np.uint8), "UINT8", None),
+        "float frames": (good.astype(np.float32), "FP32", "UINT8"),  # refused by Triton against config.pbtxt
+        "no batch dimension": (good[0], "UINT8", "shape"),
+        "zero-sized": (np.zeros((1, 0, 64, 3), np.uint8), "UINT8", "zero-sized"),  # refused by model.py
+        "empty batch": (np.zeros((0, 64, 64, 3), np.uint8), "UINT8", "FRAMES"),
+        "four channels": (np.zeros((1, 64, 64, 4), np.uint8), "UINT8", "shape"),
         "oversized": (np.full((1, 4097, 4, 3), 7, np.uint8), "UINT8", "max_frame_side"),
     }[case]
     c = httpclient.InferenceServerClient(server.http_url)
