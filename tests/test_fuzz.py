@@ -11,6 +11,7 @@ campaign still runs; the failure table names case, reader and outcome).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -70,13 +71,29 @@ def campaign():
     root = Path(tempfile.mkdtemp(prefix="cdd_fuzz_"))
     try:
         fx = fixtures.make_fixtures(root / "fx")
+        before = _digests(Path(fx["root"]))
         camp = runner.run_campaign(fx, CASES, workers=WORKERS, budget_s=BUDGET_S)
         camp["manifests"] = fixtures.fixture_manifests(fx)
+        after = _digests(Path(fx["root"]))
+        camp["fixtures_changed"] = sorted(k for k, v in before.items() if after.get(k) != v)
         print(f"\nfuzz: seed {cases.SEED}, {len(CASES)} mutations, {len(camp['results'])} judged, "
               f"{camp['wall_s']:.0f} s wall, {camp['restarts']} worker restarts")
         yield camp
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _digests(root: Path) -> dict[str, str]:
+    """SHA-256 of every file of the fixture engines and run directory (cases hard-link them)."""
+    dirs = ("engine_ov", "engine_torch", "engine_torch_other", "run")
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for name in dirs for p in (root / name).rglob("*") if p.is_file()}
+
+
+def test_no_case_changed_the_fixtures(campaign):
+    """Scratch copies hard-link the fixture files: a reader or build that wrote into a file in
+    place (instead of replacing it) would change the fixtures of every later case."""
+    assert not campaign["fixtures_changed"]
 
 
 def test_campaign_ran_every_case(campaign):
