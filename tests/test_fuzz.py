@@ -22,6 +22,8 @@ from fuzz import cases, fixtures, runner
 
 from cdd_engine.native import available
 
+pytestmark = pytest.mark.slow  # ~1.5 min on 2 cores: CI runs it; "-m 'not slow'" skips it locally
+
 CASES = cases.all_cases()
 NATIVE = available()  # the C++ reader's cases run only with the module
 NATIVE_READERS = ("native:", "both:", "frames-native", "frames-raw")
