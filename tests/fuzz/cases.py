@@ -125,6 +125,11 @@ def manifest_cases(target: str, manifest: dict, rng: random.Random) -> list[dict
     add("dup:threshold_value_neg", "dup", path=["threshold"], key="value", value=-1.0)
     add("extra:top_key", "set", path=["zz_extra"], value=encode_value({"a": [1, 2]}))
     add("extra:am_key", "set", path=["anomaly_map", "zz_extra"], value=1)
+    # file names that leave the engine directory (or are no plain name) must be refused
+    names = ("../model.bin", "/etc/hostname", "sub/model.bin", "", ".", "model.bin\\..\\x", "engine.json")
+    record = encode_value({"sha256": "0" * 64, "bytes": 1})
+    for i, name in enumerate(names):
+        add(f"files:name{i}", "set", path=["files", name], value=record)
     # text-level rewrites that keep the meaning
     for op in MEANING_KEPT:
         add(f"text:{op}", "text", how=op)
