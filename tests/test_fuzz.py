@@ -129,4 +129,5 @@ def _param(case: dict):
 def test_fuzz_case(campaign, case_id):
     fails = campaign["results"].get(case_id)
     assert fails is not None, f"{case_id}: not run"
-    assert not fails, "\n" + runner.table([(case_id, reader, what) for reader, what in fails])
+    assert not fails, (f"fuzz seed {cases.SEED}\n"
+                       + runner.table([(case_id, reader, what) for reader, what in fails]))
