@@ -358,3 +358,34 @@ def test_sizes_from_untrusted_numbers_are_checked_before_allocation():
     huge = np.broadcast_to(np.uint8(7), (16385, 16385, 1))  # 2**28 + 2 * 16384 + 1 pixels, no memory
     with pytest.raises(ValueError, match=r"more than MAX_FRAME_PIXELS = 268435456 \(2\*\*28\)"):
         cdd_engine.load(engine_dir("torch")).score([huge], pixel_format="MONO")
+
+
+def test_informative_keys_are_optional_as_in_the_cpp_reader(tmp_path):
+    d = copy_engine("torch", tmp_path / "e")
+    _edit(d, lambda m: [m.pop(k) for k in ("package_version", "created", "source_checkpoint")])
+    eng = cdd_engine.load(d)
+    assert "backbone=None" in repr(eng) and len(eng.score(frames(1, 64, 64))) == 1
+
+
+@pytest.mark.parametrize("edit,pattern", [
+    (lambda m: m["model"]["student"].update(channels=[64, -1, 256]), "must be the teacher features' channels"),
+    (lambda m: m["model"]["student"].update(bottleneck_blocks=2 ** 64), r"bottleneck_blocks must be an integer"),
+    (lambda m: m["model"]["student"].update(decoder_blocks=[2 ** 64, 2, 2]), r"decoder_blocks 3 integers"),
+    (lambda m: m["model"]["student"].update(width_mult=0), r"width_mult must be an integer in \[1, 8\]"),
+])
+def test_torch_model_section_is_checked_before_building_the_model(tmp_path, edit, pattern):
+    d = copy_engine("torch", tmp_path / "e")
+    _edit(d, edit)
+    with pytest.raises(EngineFormatError, match=pattern):
+        cdd_engine.load(d)
+
+
+def test_huge_integers_and_meta_tensors_get_clear_errors(tmp_path):
+    d = copy_engine("torch", tmp_path / "e")
+    text = (d / "engine.json").read_text().replace('"max_batch": 4', '"max_batch": ' + "9" * 5000, 1)
+    (d / "engine.json").write_text(text)
+    with pytest.raises(EngineFormatError, match="not valid JSON"):  # Python refuses > 4300 digits
+        read_manifest(d)
+    eng = cdd_engine.load(engine_dir("torch"))
+    with pytest.raises(ValueError, match="CPU or CUDA tensors holding pixels, got a tensor on 'meta'"):
+        eng.score(torch.empty(1, 64, 64, 3, dtype=torch.uint8, device="meta"))

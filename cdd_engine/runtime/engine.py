@@ -213,7 +213,8 @@ class Engine:
         return self.manifest["precision"]
 
     def __repr__(self) -> str:
-        src = self.manifest["source_checkpoint"]
+        src = self.manifest.get("source_checkpoint")
+        src = src if isinstance(src, dict) else {}  # informative only: readers do not require it
         return (f"Engine({str(self.engine_dir)!r}, backend={self.backend_name}, precision={self.precision}, "
                 f"backbone={src.get('backbone')}, image_size={self.image_size}, max_batch={self.max_batch}, "
                 f"threshold={self.threshold:.6g}, runtime={self.runtime!r})")

@@ -38,8 +38,10 @@ BACKEND_FILES = {
     "tensorrt": ("model.onnx", "model.plan"),
     "torch": ("model.safetensors",),
 }
-_REQUIRED = ("format", "format_version", "package_version", "created", "source_checkpoint", "backend",
-             "precision", "max_batch", "image_size", "input", "features", "anomaly_map", "threshold", "files")
+# package_version, created and source_checkpoint are written by every build but only informative:
+# like the C++ reader, a reader does not need them
+_REQUIRED = ("format", "format_version", "backend", "precision", "max_batch", "image_size", "input", "features",
+             "anomaly_map", "threshold", "files")
 _HASH_CHUNK = 1 << 22  # 4 MiB reads: hashing a 435 MB WRN50 model takes about a second
 
 # Limits shared with the C++ reader (docs/engine_format.md; the numbers live in cdd_engine/limits.py).
@@ -297,7 +299,7 @@ def parse_manifest(data: bytes, path: Path | str = MANIFEST, what: str = MANIFES
         raise EngineFormatError(f"{path}: corrupt {what}, not UTF-8 text ({e})") from e
     try:
         value = json.loads(text)
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # JSONDecodeError, or an integer of more digits than Python converts
         raise EngineFormatError(f"{path}: corrupt {what}, not valid JSON ({e})") from e
     except RecursionError as e:  # deeper than the interpreter's stack; the limit below is far lower
         raise EngineFormatError(f"{path}: {what} nests arrays/objects deeper than {MAX_JSON_DEPTH} "

@@ -49,6 +49,9 @@ def as_tensor(x: Any, what: str) -> torch.Tensor:
         if x.dtype != torch.uint8 and x.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{what}: frames must be uint8 (or float with float_range=...), got "
                             f"torch.{str(x.dtype)[6:]}")
+        if x.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"{what}: frames must be CPU or CUDA tensors holding pixels, got a tensor on "
+                             f"{x.device.type!r}")
         # frames are data, never part of a caller's autograd graph: a tensor with requires_grad
         # would otherwise give the engine's reused input buffer autograd history (same memory)
         return x.detach()

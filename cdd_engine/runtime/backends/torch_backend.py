@@ -60,6 +60,30 @@ def save_model(model: RDModel, engine_dir: str | os.PathLike) -> dict[str, Any]:
     return {"backbone": model.backbone, "student": student_config(model)}
 
 
+MAX_WIDTH_MULT = 8
+MAX_BLOCKS = 16  # per stage; the backbones of cdd_engine.models use at most 6
+
+
+def _check_student(s: Any, manifest: dict) -> None:
+    """The student's shape in engine.json: its channels are the teacher features' (features[0..2]),
+    the multiplier and block counts small integers."""
+    def small_int(v: Any, lo: int, hi: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+    want = [f["shape"][0] for f in manifest["features"][:3]]
+    if not isinstance(s, dict) or s.get("channels") != want:
+        raise ValueError(f"model.student.channels must be the teacher features' channels {want}, "
+                         f"got {s.get('channels') if isinstance(s, dict) else s!r}")
+    if not small_int(s.get("width_mult"), 1, MAX_WIDTH_MULT):
+        raise ValueError(f"model.student.width_mult must be an integer in [1, {MAX_WIDTH_MULT}], got "
+                         f"{s.get('width_mult')!r}")
+    blocks = s.get("decoder_blocks")
+    if not small_int(s.get("bottleneck_blocks"), 0, MAX_BLOCKS) or not (
+            isinstance(blocks, list) and len(blocks) == 3 and all(small_int(b, 0, MAX_BLOCKS) for b in blocks)):
+        raise ValueError(f"model.student.bottleneck_blocks must be an integer and decoder_blocks 3 integers, each "
+                         f"in [0, {MAX_BLOCKS}], got {s.get('bottleneck_blocks')!r} and {blocks!r}")
+
+
 def load_model(engine_dir: str | os.PathLike, manifest: dict) -> RDModel:
     """Rebuild the RDModel of a torch engine directory (weights already hash-checked by read_manifest)."""
     from safetensors.torch import load_file
@@ -68,10 +92,11 @@ def load_model(engine_dir: str | os.PathLike, manifest: dict) -> RDModel:
     try:
         backbone = spec["backbone"]
         s = spec["student"]
+        _check_student(s, manifest)  # sizes first: a huge block count would allocate or loop for minutes
         teacher, _ = build_teacher(backbone, RANDOM)
         student = Student(tuple(s["channels"]), width_mult=s["width_mult"], bottleneck_blocks=s["bottleneck_blocks"],
                           decoder_blocks=tuple(s["decoder_blocks"]))
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise EngineFormatError(f"engine.json: the 'model' section a torch engine needs is missing or invalid "
                                 f"({e!r})") from e
     inp = manifest["input"]
