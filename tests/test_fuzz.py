@@ -33,38 +33,12 @@ BUDGET_S = 600.0  # hard bound on the campaign's wall time (normally 1-3 minutes
 # Findings still open on the current code, by case id -> why. Each is a real defect; the
 # oracle is not loosened for them. Remove an entry when its fix lands (strict xfail says so).
 KNOWN: dict[str, str] = {
-    "ov/manifest/delete:package_version":
-        "both: READERS DISAGREE: python refuses (EngineFormatError: engine.json: missing required keys ['pa",
-    "ov/manifest/delete:created":
-        "both: READERS DISAGREE: python refuses (EngineFormatError: engine.json: missing required keys ['cr",
-    "ov/manifest/delete:source_checkpoint":
-        "both: READERS DISAGREE: python refuses (EngineFormatError: engine.json: missing required keys ['so",
     "ov/manifest/text:bom2":
         "native: raw error UnicodeDecodeError: 'utf-8' codec can't decode byte 0xef in position 103: invali",
-    "ov/manifest/text:bigint_dig":
-        "python: raw error ValueError: Exceeds the limit (4300 digits) for integer string conversion: value",
-    "torch/manifest/set:model.student.channels.0=neg":
-        "python: raw error RuntimeError: Trying to create tensor with negative dimension -1: [40, -1, 3, 3]",
-    "torch/manifest/set:model.student.channels.1=neg":
-        "python: raw error RuntimeError: Trying to create tensor with negative dimension -1: [-1, 24, 3, 3]",
-    "torch/manifest/set:model.student.channels.2=neg":
-        "python: raw error RuntimeError: Trying to create tensor with negative dimension -1: [-1, 40, 3, 3]",
-    "torch/manifest/set:model.student.bottleneck_blocks=u64":
-        "python: MEMORY: worker RSS 2049 MiB > 2048 MiB",
-    "torch/manifest/set:model.student.decoder_blocks.0=u64":
-        "python: HANG: no result after 20 s",
-    "torch/manifest/text:bigint_dig":
-        "python: raw error ValueError: Exceeds the limit (4300 digits) for integer string conversion: value",
     "run/config:format_version=true":
         "build: ACCEPTED (same scores); should refuse: refuse",
     "run/config:text:deep100000":
         "build: raw error RecursionError: maximum recursion depth exceeded while decoding a JSON array from",
-    "frames/py-torch/meta_tensor":
-        "frames-py-torch: raw error NotImplementedError: Cannot copy out of meta tensor; no data!",
-    "frames/py-ov/meta_tensor":
-        "frames-py-ov: raw error NotImplementedError: Cannot copy out of meta tensor; no data!",
-    "frames/native/meta_tensor":
-        "frames-native: raw error NotImplementedError: Cannot copy out of meta tensor; no data!",
 }
 
 
