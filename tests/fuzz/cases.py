@@ -147,6 +147,12 @@ def manifest_cases(target: str, manifest: dict, rng: random.Random) -> list[dict
     for i in range(20):
         add(f"byte:{i}", "byte", at=rng.randrange(size),
             value=rng.choice([0, 0x22, 0x5c, 0x7b, 0x7d, 0x2c, 0x30, 0x39, 0x2d, 0x65, 0x80, 0xff]))
+    # two or three scored leaves changed at once, each to a nasty or an edge value
+    scored = [p for p in leaves(manifest) if not _informational(p) and p[0] != "files"]
+    pool = [v for _, v in NASTY] + [0.001, 1000, 64, 16, 1e-12, 4096, 32, "mul", "float16", 1.0]
+    for i in range(60):
+        picks = rng.sample(scored, rng.choice((2, 3)))
+        add(f"combo:{i}", "multi", sets=[[list(p), encode_value(rng.choice(pool))] for p in picks])
     # what sits at engine.json
     for how in ("fifo", "dev_zero", "directory", "symlink_ok", "dangling", "missing", "dev_null"):
         add(f"file:{how}", "file", how=how)
