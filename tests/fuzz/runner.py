@@ -177,18 +177,3 @@ def table(rows: list[tuple[str, str, str]]) -> str:
     lines += [f"{a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in rows]
     return "\n".join(lines)
 
-
-def findings_markdown(campaign: dict, cases: list[dict]) -> str:
-    """Failures grouped by case family, for routing."""
-    groups: dict[str, list] = {}
-    for c in cases:
-        for reader, what in campaign["results"].get(c["id"], [("worker", "NOT RUN (budget)")]):
-            fam = c["id"].split(":")[0] if ":" in c["id"] else c["id"].rsplit("/", 1)[0]
-            groups.setdefault(fam, []).append((c["id"], reader, what))
-    out = [f"# Fuzz findings (seed {SEED}, {len(cases)} mutations, {campaign['wall_s']:.0f} s)", ""]
-    n = sum(len(v) for v in groups.values())
-    failing = sum(1 for c in cases if campaign["results"].get(c["id"]))
-    out.append(f"{n} failing reader results in {failing} cases.")
-    for fam, rows in sorted(groups.items()):
-        out += ["", f"## {fam} ({len(rows)})", "", "```", table(rows), "```"]
-    return "\n".join(out) + "\n"
