@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from .cases import SEED
 from .fixtures import TESTS
 
 CASE_TIMEOUT_S = 20.0      # one case, all its readers, on a loaded 2-core machine (normal: < 5 s)
