@@ -1,5 +1,5 @@
 """The parent side: workers in subprocesses, a crash, hang or memory blow-up pinned on its case, and
-the report tables."""
+the failure table."""
 from __future__ import annotations
 
 import json
@@ -15,6 +15,7 @@ CASE_TIMEOUT_S = 20.0      # one case, all its readers, on a loaded 2-core machi
 SPECIAL_TIMEOUT_S = 8.0    # cases that may block on a FIFO
 RSS_LIMIT_BYTES = 2 << 30  # a worker above this is killed: a read of /dev/zero, an unchecked allocation
 #                            (a worker holding torch, OpenVINO and the fixture engines uses ~0.7 GiB)
+
 
 def _rss(pid: int) -> int:
     try:
