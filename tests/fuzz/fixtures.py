@@ -11,6 +11,7 @@ from .cases import RUN_BACKBONE, RUN_SIZE
 TESTS = Path(__file__).resolve().parents[1]
 ROOT = TESTS.parent
 
+
 def make_fixtures(root: Path) -> dict:
     """Build the fixture engines once: a micro OpenVINO engine (three convolutions, 32x32) and a
     run directory of the smallest real RD model with its torch engine. -> {name: path}."""

@@ -7,6 +7,7 @@ from .cases import SEED
 
 MAX_FRAME_PIXELS = 2 ** 28  # docs/engine_format.md's shared limit
 
+
 def make_frames(name: str, base: Any) -> tuple[Any, Any, dict]:
     """-> (images, canonical uint8 frames with the same pixels (or None), score kwargs)."""
     import numpy as np

@@ -6,6 +6,7 @@ from typing import Any
 
 TOL = 1e-5  # documented fp32 tolerance between readers (relative)
 
+
 def short(s: Any) -> str:
     return "[" + ", ".join(f"{float(x):.4g}" for x in list(s)[:3]) + "]"
 
