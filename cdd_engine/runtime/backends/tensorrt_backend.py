@@ -22,7 +22,7 @@ import torch
 
 from ...export.tensorrt import import_tensorrt
 from ..engine_dir import FEATURE_NAMES
-from ..errors import BackendUnavailable, EngineError
+from ..errors import BackendUnavailable, EngineError, EngineFormatError
 from ..postprocess import FastAnomalyMap
 from .torch_backend import import_kernels
 
@@ -92,6 +92,13 @@ class TensorRTBackend:
                                              pixel_format, torch.float32)
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        try:
+            return self._features(x)
+        except BaseException:
+            self._local.context = None  # a failed call's execution context is not reused
+            raise
+
+    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = x.to(self.device, torch.float32).contiguous()
         ctx = self._context()
         if not ctx.set_input_shape("image", tuple(x.shape)):
@@ -99,8 +106,12 @@ class TensorRTBackend:
                              f"(max batch {self.manifest['max_batch']})")
         ctx.set_tensor_address("image", x.data_ptr())
         outs = []
-        for name in FEATURE_NAMES:
-            out = torch.empty(tuple(ctx.get_tensor_shape(name)), dtype=self._out_dtypes[name], device=self.device)
+        for name, f in zip(FEATURE_NAMES, self.manifest["features"]):
+            shape = tuple(ctx.get_tensor_shape(name))
+            if shape[1:] != tuple(f["shape"]):  # engine.json's shapes are not covered by the hashes
+                raise EngineFormatError(f"TensorRT plan output {name} has shape {shape}, engine.json says "
+                                        f"(B, {', '.join(str(v) for v in f['shape'])})")
+            out = torch.empty(shape, dtype=self._out_dtypes[name], device=self.device)
             ctx.set_tensor_address(name, out.data_ptr())
             outs.append(out)
         stream = torch.cuda.current_stream(self.device)
