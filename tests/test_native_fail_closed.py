@@ -152,6 +152,30 @@ def test_engine_json_out_of_range_is_refused(engine_dir, tmp_path, case):
         native.Engine(d, num_threads=1)
 
 
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_python_reader_refuses_the_same_manifests(engine_dir, tmp_path, case):
+    from cdd_engine.runtime.engine_dir import read_manifest
+    from cdd_engine.runtime.errors import EngineFormatError
+    d = variant(engine_dir, tmp_path / "e", REFUSED[case][0])
+    with pytest.raises(EngineFormatError):
+        read_manifest(d, verify_hashes=False)
+
+
+def test_both_readers_accept_the_edges_of_the_ranges(engine_dir, tmp_path):
+    from cdd_engine.runtime.engine_dir import read_manifest
+
+    def edges(m):
+        m["anomaly_map"].update(eps=1e-3, sigma=64.0, truncate=16.0)  # radius 1024 = MAX_BLUR_RADIUS
+        m["threshold"]["value"] = 0
+        m["input"]["std"][2] = 1e-3
+        m["input"]["mean"][2] = -1000
+        m["max_batch"] = 4096
+    d = variant(engine_dir, tmp_path / "edges", edges, text_edit=lambda t: "\ufeff" + t)
+    assert read_manifest(d, verify_hashes=False)["max_batch"] == 4096
+    e = native.Engine(d, num_threads=1, verify_hashes=False)
+    assert e.threshold == 0.0 and e.max_batch == 4096
+
+
 def test_engine_json_bom_accepted_and_deep_nesting_refused(engine_dir, tmp_path):
     d = variant(engine_dir, tmp_path / "bom", text_edit=lambda t: "\ufeff" + t)
     assert native.Engine(d, num_threads=1).image_size[0] > 0
@@ -222,3 +246,17 @@ def test_preprocess_of_huge_windows_matches_float64(shape, size):
         want = (ref / 255 - mean[c]) / std[c]
         err = np.abs(got[c] - want).max() / np.abs(want).max()
         assert err <= 1e-5, f"channel {c}: relative error {err:.2e}"
+
+
+def test_tall_narrow_frame_needs_no_giant_buffer():
+    # 16777216 x 1 -> 64 x 256: width first needed a 16 GB float buffer (MemoryError here, under a
+    # 6 GB data limit); height first needs 64 x 1 floats
+    expect_child_error("""
+        import resource
+        import numpy as np
+        resource.setrlimit(resource.RLIMIT_DATA, (6 << 30, 6 << 30))
+        img = np.random.default_rng(3).integers(0, 256, size=(1 << 24, 1), dtype=np.uint8)
+        x = native.preprocess([img], "MONO", (64, 256), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), 2)
+        assert x.shape == (1, 3, 64, 256) and np.isfinite(x).all()
+        raise ValueError("resized")
+    """, "ValueError", "resized", timeout=120)

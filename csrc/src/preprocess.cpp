@@ -7,6 +7,7 @@
 // loops run over contiguous memory so they vectorise.
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -75,6 +76,46 @@ CDD_HOT void resample_column(const float* CDD_RESTRICT plane, std::size_t row_st
     for (int x = 0; x < out_w; ++x) out[x] = out[x] * a + b;
 }
 
+/// The width-first buffer (in_h x out_w x C floats) is used up to this size (256 MB); beyond,
+/// when it is the smaller one, the height-first buffer (out_h x in_w x C) is: a tall narrow
+/// frame (2**28 x 1 -> 4096 wide) would need 4 TB width first. Since (in_h * out_w)(out_h *
+/// in_w) <= MAX_FRAME_PIXELS * MAX_MAP_PIXELS = 2**52, the smaller order needs <= 2**26 x C.
+constexpr std::uint64_t kMaxResizeBufferFloats = std::uint64_t(1) << 26;
+
+/// Height-first order: the height pass from the interleaved source into planar rows
+/// (out_h x in_w per channel, double sums), then the width pass of each row with a * x + b.
+template <class T, int C>
+void resize_height_first(const T* src, int in_w, std::size_t stride_elems, int out_h, int out_w,
+                         const AxisWeights& wx, const AxisWeights& wy, const int* src_channel, const float* a,
+                         const float* b, int out_planes, float* out, int num_threads) {
+    const std::size_t plane = static_cast<std::size_t>(out_h) * in_w;
+    std::vector<float> tmp(plane * C);
+    detail::parallel_for(static_cast<std::size_t>(out_h), num_threads, [&](std::size_t r0, std::size_t r1) {
+        std::vector<double> acc(static_cast<std::size_t>(in_w) * C);
+        for (std::size_t r = r0; r < r1; ++r) {
+            std::fill(acc.begin(), acc.end(), 0.0);
+            const float* w = wy.w.data() + r * wy.max_taps;
+            for (int j = 0; j < wy.size[r]; ++j) {
+                const double wj = w[j];
+                const T* row = src + static_cast<std::size_t>(wy.start[r] + j) * stride_elems;
+                for (std::size_t i = 0; i < acc.size(); ++i) acc[i] += wj * static_cast<double>(row[i]);
+            }
+            for (int x = 0; x < in_w; ++x)
+                for (int c = 0; c < C; ++c)
+                    tmp[c * plane + r * in_w + x] = static_cast<float>(acc[static_cast<std::size_t>(x) * C + c]);
+        }
+    });
+    const std::size_t out_plane = static_cast<std::size_t>(out_h) * out_w;
+    detail::parallel_for(static_cast<std::size_t>(out_h), num_threads, [&](std::size_t r0, std::size_t r1) {
+        for (std::size_t r = r0; r < r1; ++r)
+            for (int k = 0; k < out_planes; ++k) {
+                float* dst = out + k * out_plane + r * out_w;
+                resample_row<float, 1>(tmp.data() + src_channel[k] * plane + r * in_w, wx, out_w, dst, 0);
+                for (int x = 0; x < out_w; ++x) dst[x] = dst[x] * a[k] + b[k];
+            }
+    });
+}
+
 /// Shared body: C source channels of type T -> `out_planes` output planes; output plane k
 /// reads source channel src_channel[k] and is scaled by a[k], shifted by b[k].
 template <class T, int C>
@@ -83,6 +124,10 @@ void resize_generic(const T* src, int in_h, int in_w, std::size_t stride_elems, 
                     int num_threads) {
     const AxisWeights wx = antialias_weights(in_w, out_w);
     const AxisWeights wy = antialias_weights(in_h, out_h);
+    if (static_cast<std::uint64_t>(in_h) * static_cast<std::uint64_t>(out_w) * C > kMaxResizeBufferFloats &&
+        static_cast<std::uint64_t>(out_h) * in_w < static_cast<std::uint64_t>(in_h) * out_w)
+        return resize_height_first<T, C>(src, in_w, stride_elems, out_h, out_w, wx, wy, src_channel, a, b,
+                                         out_planes, out, num_threads);
     const std::size_t plane = static_cast<std::size_t>(in_h) * out_w;  // one width-resampled plane
     std::vector<float> tmp(plane * C);
     detail::parallel_for(static_cast<std::size_t>(in_h), num_threads, [&](std::size_t y0, std::size_t y1) {

@@ -417,6 +417,24 @@ TEST_CASE("preprocess: huge antialias windows (very wide / tall frames) stay wit
     CHECK_MSG(wide <= 1e-5, "1 x 1000000 -> 8 x 64: rel. err " + std::to_string(wide));
     const double tall = worst_mono_error(400000, 3, 16, 5);
     CHECK_MSG(tall <= 1e-5, "400000 x 3 -> 16 x 5: rel. err " + std::to_string(tall));
+    // tall and narrow: width first would need a 4194304 x 128 float buffer (2 GB); resized
+    // height first instead, through a 16 x 1 one (tall frames of 2**28 x 1 needed 4 TB)
+    const double narrow = worst_mono_error(1 << 22, 1, 16, 128);
+    CHECK_MSG(narrow <= 1e-5, "4194304 x 1 -> 16 x 128: rel. err " + std::to_string(narrow));
+    // the same height-first path with 3 interleaved channels (BGR): each output plane equals the
+    // Mono8 result of its own channel
+    const int h = 1 << 20, oh = 16, ow = 128;
+    std::vector<std::uint8_t> bgr = random_bytes(static_cast<std::size_t>(h) * 3), mono(h);
+    std::vector<float> got(3 * oh * ow), want(3 * oh * ow);
+    preprocess(ImageView::packed(bgr.data(), 1, h, PixelFormat::BGR8), oh, ow, Normalization(), got.data(), 2);
+    double worst = 0;
+    for (int k = 0; k < 3; ++k) {
+        for (int y = 0; y < h; ++y) mono[y] = bgr[static_cast<std::size_t>(y) * 3 + (2 - k)];  // plane k = R, G, B
+        preprocess(ImageView::packed(mono.data(), 1, h, PixelFormat::Mono8), oh, ow, Normalization(), want.data(), 1);
+        for (int i = 0; i < oh * ow; ++i)
+            worst = std::max(worst, std::fabs(got[k * oh * ow + i] - want[k * oh * ow + i]) / 2.7);
+    }
+    CHECK_MSG(worst <= 1e-6, "BGR 1048576 x 1 height first vs Mono8: rel. err " + std::to_string(worst));
 }
 
 int main(int argc, char** argv) { return check::run_all(argc, argv); }
