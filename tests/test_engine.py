@@ -1,7 +1,7 @@
 """Engine.build/load/score on the CPU backends (torch, OpenVINO) against the reference pipeline.
 
 Every comparison runs the whole pipeline from uint8 frames (resize_normalize -> torch model ->
-anomaly_map in float64 is the reference) with the fp32 tolerance of DESIGN.md §3 (1e-5
+anomaly_map in float64 is the reference) with the fp32 tolerance of docs/anomaly_map.md (1e-5
 relative). Frames are smooth patterns plus noise of odd sizes, never constant.
 """
 from __future__ import annotations

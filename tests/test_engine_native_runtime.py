@@ -3,7 +3,7 @@ Python Engine, against the Python runtime and the float64 reference pipeline.
 
 The engine is the tiny resnet18 OpenVINO engine of engine_helpers (64², max_batch 4). Frames are
 fresh random uint8 frames of odd sizes in every pixel format, padded rows (a crop of a bigger
-frame), layouts the module cannot read in place, torch tensors. Tolerances (DESIGN.md §3): scores
+frame), layouts the module cannot read in place, torch tensors. Tolerances (docs/anomaly_map.md): scores
 and maps within 1e-5 relative of the float64 reference (RTOL). Tests that need the compiled module
 skip with the reason when it is not built; the runtime-choice tests run everywhere.
 """
@@ -107,7 +107,7 @@ def test_auto_falls_back_when_the_cpp_engine_cannot_load(monkeypatch, caplog):
 @pytest.mark.parametrize("with_trt,device,want", [(True, None, "native"), (True, "cuda:1", "native"),
                                                  (True, "cpu", "python"), (False, None, "python")])
 def test_tensorrt_engines_choose_native_only_with_a_tensorrt_build_on_cuda(monkeypatch, with_trt, device, want):
-    """The choice alone (no TensorRT or GPU here, DESIGN.md §6): a stand-in module says what it was built with."""
+    """The choice alone (no TensorRT or GPU here, docs/where_it_runs.md): a stand-in module says what it was built with."""
     monkeypatch.setattr(native_runtime, "native_module",
                         lambda: SimpleNamespace(WITH_OPENVINO=True, WITH_TENSORRT=with_trt))
     name, reason = native_runtime.choose_runtime("auto", {"backend": "tensorrt"}, device, {})

@@ -2,7 +2,7 @@
 
 Reference: uint8 frames -> cdd_engine.preprocess.resize_normalize -> the torch RD model (fp32) ->
 cdd_engine.anomaly_map in float64. Each backend scores the same uint8 frames end to end
-(its own pre-processing, network and anomaly map). Tolerances (DESIGN.md §3): maps and scores
+(its own pre-processing, network and anomaly map). Tolerances (docs/anomaly_map.md): maps and scores
 within 1e-5 relative for fp32 paths (2e-3 on maps for fp16 features), and the image AUROC
 identical to 3 decimals.
 
@@ -138,7 +138,7 @@ BACKENDS = {
     "native-c++": pytest.param(_score_native, marks=pytest.mark.skipif(
         _native_or_none() is None, reason="the native module (libcdd_engine) is not built here")),
     "tensorrt": pytest.param(_score_tensorrt, marks=pytest.mark.skipif(
-        not _tensorrt_usable(), reason="TensorRT and an NVIDIA GPU are not both present (DESIGN.md §6)")),
+        not _tensorrt_usable(), reason="TensorRT and an NVIDIA GPU are not both present (docs/where_it_runs.md)")),
 }
 
 

@@ -6,7 +6,7 @@
 
 Frames of any size are resized to the model resolution (antialiased, as in training), run in
 chunks of at most ``max_batch`` through the backend's network with the anomaly map of
-DESIGN.md §3, and returned as numpy arrays. Thread-safe: buffers and inference requests are
+docs/anomaly_map.md, and returned as numpy arrays. Thread-safe: buffers and inference requests are
 per thread.
 
 Two runtimes run the same engine directory (``Engine(..., runtime=...)``, ``engine.runtime`` says which):

@@ -137,7 +137,7 @@ class NativeRunner:
         static_shapes: OpenVINO static-shape networks per batch size (None = True).
 
     TensorRT engines (device "cuda[:i]", a module built with CDD_WITH_TENSORRT) are NOT RUN on the
-    development and CI machines (no GPU, DESIGN.md §6): that path passes the module's documented
+    development and CI machines (no GPU, docs/where_it_runs.md): that path passes the module's documented
     ``device`` option (one engine, ``num_streams`` or 1 execution context); the choice logic is
     tested with a stand-in module.
 

@@ -1,4 +1,4 @@
-"""Fast anomaly map on the CPU (torch), equal to the reference of DESIGN.md §3.
+"""Fast anomaly map on the CPU (torch), equal to the reference of docs/anomaly_map.md.
 
 Bilinear upsampling (``align_corners=True``) and the reflect-boundary Gaussian blur are both
 linear and separable, so for one scale the blurred upsampled map is

@@ -1,6 +1,6 @@
 """OpenVINO backend (CPU): the IR network with the anomaly map appended to its graph.
 
-At load the runtime reads ``model.xml`` (image -> six feature maps) and appends DESIGN.md §3
+At load the runtime reads ``model.xml`` (image -> six feature maps) and appends docs/anomaly_map.md
 as OpenVINO operations: per-pixel cosine distance (multiply, reduce over channels, sqrt,
 max(., eps)), then the separable upsample+blur as MatMuls with the constant matrices of
 :mod:`cdd_engine.runtime.postprocess` (``A_s d_s B_s^T`` summed for ``add``; upsample,
@@ -9,6 +9,10 @@ fused kernels, and the 14.7 MB/image of WRN50 features never reach Python. Measu
 2-core development machine (batch 8, WRN50 feature shapes, interleaved; benchmarks/RESULTS.md):
 7.5 ms/image in the graph against 13.2 ms/image for the torch separable path and 85 ms for the
 eager reference.
+
+That is for fp32 engines (compiled with inference precision f32). An fp16 engine's graph ends
+with the cosine distances instead and the rest of the map runs in float32 in torch, as in the C++
+engine: in the graph it would run at the plugin's reduced default precision (see DISTANCE_OUTPUTS).
 
 The IR itself may hold Winograd F(2x2, 3x3) subgraphs in place of its wide 3x3 convolutions
 (written by the export, export/openvino.py; backends/openvino_winograd.py): nothing to do here,
@@ -199,7 +203,7 @@ class OpenVINOBackend:
                                         am["eps"])
         base: dict[str, Any] = {}
         if manifest["precision"] == "fp32":
-            # CPUs with bf16/AMX default to bf16 inference; fp32 engines must stay fp32 (DESIGN.md §3)
+            # CPUs with bf16/AMX default to bf16 inference; fp32 engines must stay fp32 (docs/anomaly_map.md)
             base["INFERENCE_PRECISION_HINT"] = "f32"
         if num_threads:
             base["INFERENCE_NUM_THREADS"] = int(num_threads)

@@ -1,6 +1,6 @@
 """TensorRT backend (NVIDIA GPUs): the serialised plan for the network, Triton kernels around it.
 
-NOT RUN HERE: no TensorRT and no GPU on the development and CI machines (DESIGN.md §6).
+NOT RUN HERE: no TensorRT and no GPU on the development and CI machines (docs/where_it_runs.md).
 Written against the documented TensorRT 10 Python API (``Runtime.deserialize_cuda_engine``,
 named I/O tensors, ``IExecutionContext.set_input_shape`` / ``set_tensor_address`` /
 ``execute_async_v3``). Loading it without TensorRT or a GPU raises BackendUnavailable saying
