@@ -417,6 +417,7 @@ TEST_CASE("a diverged model (NaN maps): score throws NonFinite, never a verdict"
         const float huge = 1e38f;
         for (std::size_t k = 0; k < size / sizeof(float); ++k) f.write(reinterpret_cast<const char*>(&huge), sizeof huge);
     }
+    CHECK(static_cast<int>(ErrorCode::NonFinite) == 6);  // the value crosses into Python
     EngineOptions o = fast();
     o.verify_hashes = false;  // the bytes changed, the size did not: as a diverged run would write them
     Engine e(dir, o);
