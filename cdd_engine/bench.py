@@ -199,7 +199,7 @@ def _engine_for(backbone: str, backend: str, model: torch.nn.Module, engines_dir
     """
     import cdd_engine
     from .export.openvino import WINOGRAD_ENV
-    from .runtime.errors import EngineFormatError
+    from .errors import EngineFormatError
 
     engine_options = dict(engine_options)
     winograd = engine_options.pop("_winograd", True)

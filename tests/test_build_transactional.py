@@ -19,7 +19,7 @@ import torch
 import cdd_engine
 from cdd_engine.checkpoint import CONFIG_FILE, CheckpointError
 from cdd_engine.runtime import atomic_dir
-from cdd_engine.runtime.errors import EngineError, NonFiniteOutputError
+from cdd_engine.errors import EngineError, NonFiniteOutputError
 from engine_helpers import frames, tiny_model, write_run_dir
 
 TESTS = Path(__file__).resolve().parent

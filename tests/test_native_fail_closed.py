@@ -155,7 +155,7 @@ def test_engine_json_out_of_range_is_refused(engine_dir, tmp_path, case):
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_python_reader_refuses_the_same_manifests(engine_dir, tmp_path, case):
     from cdd_engine.runtime.engine_dir import read_manifest
-    from cdd_engine.runtime.errors import EngineFormatError
+    from cdd_engine.errors import EngineFormatError
     d = variant(engine_dir, tmp_path / "e", REFUSED[case][0])
     with pytest.raises(EngineFormatError):
         read_manifest(d, verify_hashes=False)
@@ -221,7 +221,7 @@ def test_diverged_model_raises_instead_of_a_normal_verdict(engine_dir, tmp_path)
     with open(d / "model.bin", "r+b") as f:
         f.seek(off)
         f.write(np.full(size // 4, 1e38, np.float32).tobytes())
-    from cdd_engine.runtime import errors
+    from cdd_engine import errors
     want = getattr(errors, "NonFiniteOutputError", RuntimeError)
     img = (np.arange(40 * 30 * 3) * 7 % 256).astype(np.uint8).reshape(30, 40, 3)
     for din in (True, False):

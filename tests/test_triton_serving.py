@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import cdd_engine
-from cdd_engine.runtime.errors import EngineFormatError
+from cdd_engine.errors import EngineFormatError
 from cdd_engine.serving import export_triton
 from cdd_engine.serving.requests import frame_problem
 from engine_helpers import (copy_engine, engine_dir, frames, one_torch_thread,  # noqa: F401 (autouse fixture)

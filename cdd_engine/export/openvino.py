@@ -24,7 +24,7 @@ import logging
 import os
 from pathlib import Path
 
-from ..runtime.errors import BackendUnavailable
+from ..errors import BackendUnavailable
 
 log = logging.getLogger("cdd_engine.export")
 WINOGRAD_ENV = "CDD_OPENVINO_WINOGRAD"

@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..runtime.errors import BackendUnavailable, EngineError
+from ..errors import BackendUnavailable, EngineError
 
 log = logging.getLogger("cdd_engine.export")
 MIN_TRT_MAJOR = 10

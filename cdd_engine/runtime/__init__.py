@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .build import build, choose_backend
 from .engine import Engine, ScoreResult, load
-from .errors import BackendUnavailable, EngineError, EngineFormatError, NonFiniteOutputError
+from ..errors import BackendUnavailable, EngineError, EngineFormatError, NonFiniteOutputError
 
 __all__ = ["build", "load", "Engine", "ScoreResult", "choose_backend", "BackendUnavailable", "EngineError",
            "EngineFormatError", "NonFiniteOutputError"]

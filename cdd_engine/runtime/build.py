@@ -30,7 +30,7 @@ from ..models import RDModel
 from . import atomic_dir
 from .engine import Engine, _check_threshold
 from .engine_dir import BACKEND_FILES, FEATURE_NAMES, make_manifest, write_manifest
-from .errors import BackendUnavailable, NonFiniteOutputError
+from ..errors import BackendUnavailable, NonFiniteOutputError
 
 log = logging.getLogger("cdd_engine.build")
 BACKEND_CHOICES = ("auto", "openvino", "tensorrt", "torch")

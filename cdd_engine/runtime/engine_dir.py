@@ -24,7 +24,7 @@ from typing import Any
 
 from .. import limits
 from ..version import __version__
-from .errors import EngineFormatError
+from ..errors import EngineFormatError
 
 FORMAT = "cdd-engine"
 FORMAT_VERSION = 1

@@ -1,21 +1,7 @@
-"""Errors raised by the engine: each says what was expected and what was found."""
+"""The engine's errors under their first import path (README, the compiled module): the classes
+live in cdd_engine/errors.py, which export/ and runtime/ both import."""
 from __future__ import annotations
 
+from ..errors import BackendUnavailable, EngineError, EngineFormatError, NonFiniteOutputError
 
-class EngineError(RuntimeError):
-    """Base class of engine errors that are not plain bad-argument errors."""
-
-
-class EngineFormatError(EngineError, ValueError):
-    """An engine directory is missing, truncated, corrupt or of an unknown format version.
-
-    Also a ValueError, so callers that treat any bad input alike can catch that."""
-
-
-class BackendUnavailable(EngineError, ImportError):
-    """A backend's runtime (TensorRT, OpenVINO, a GPU) is not installed or not usable here."""
-
-
-class NonFiniteOutputError(EngineError):
-    """The model produced a NaN or infinite score (diverged training, bad weights, an engine.json
-    whose numbers overflow): the frames get no verdict, never a silent "normal"."""
+__all__ = ["EngineError", "EngineFormatError", "BackendUnavailable", "NonFiniteOutputError"]

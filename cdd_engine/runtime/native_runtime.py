@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import BackendUnavailable, EngineError, EngineFormatError, NonFiniteOutputError
+from ..errors import BackendUnavailable, EngineError, EngineFormatError, NonFiniteOutputError
 from .frames import Frames
 
 RUNTIMES = ("auto", "native", "python")

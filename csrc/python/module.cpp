@@ -108,7 +108,7 @@ std::vector<cdd::ImageView> views_of(const py::handle& images, cdd::PixelFormat 
 /// up when needed: the module must import without the Python runtime).
 py::object non_finite_error() {
     try {
-        py::module_ errors = py::module_::import("cdd_engine.runtime.errors");
+        py::module_ errors = py::module_::import("cdd_engine.errors");
         if (py::hasattr(errors, "NonFiniteOutputError")) return errors.attr("NonFiniteOutputError");
     } catch (const py::error_already_set&) {
     }

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..engine_dir import FEATURE_NAMES
-from ..errors import BackendUnavailable, EngineFormatError
+from ...errors import BackendUnavailable, EngineFormatError
 from ..postprocess import FastAnomalyMap
 
 log = logging.getLogger("cdd_engine.runtime")

@@ -22,7 +22,7 @@ import torch
 
 from ...export.tensorrt import import_tensorrt
 from ..engine_dir import FEATURE_NAMES
-from ..errors import BackendUnavailable, EngineError, EngineFormatError
+from ...errors import BackendUnavailable, EngineError, EngineFormatError
 from ..postprocess import FastAnomalyMap
 from .torch_backend import import_kernels
 

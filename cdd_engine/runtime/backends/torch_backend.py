@@ -20,7 +20,7 @@ import torch
 
 from ...models import RDModel, Student, build_teacher
 from ...models.teachers import RANDOM
-from ..errors import BackendUnavailable, EngineFormatError
+from ...errors import BackendUnavailable, EngineFormatError
 from ..postprocess import FastAnomalyMap
 
 WEIGHTS_FILE = "model.safetensors"
