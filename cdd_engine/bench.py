@@ -431,7 +431,7 @@ def _openvino_post(shapes, image_size, t, s_) -> Callable[[], Any]:
     import openvino.opset13 as ops
 
     from .runtime.backends.openvino_backend import append_anomaly_map
-    from .runtime.engine_dir import FEATURE_NAMES
+    from .engine_format import FEATURE_NAMES
 
     params, results = [], []
     for i, name in enumerate(FEATURE_NAMES):

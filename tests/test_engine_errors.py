@@ -14,7 +14,7 @@ import torch
 
 import cdd_engine
 from cdd_engine.runtime import BackendUnavailable, EngineFormatError
-from cdd_engine.runtime.engine_dir import file_record, read_manifest
+from cdd_engine.engine_format import file_record, read_manifest
 
 from engine_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 from engine_helpers import copy_engine, engine_dir, frames, model_and_run_dir, tiny_model

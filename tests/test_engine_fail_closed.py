@@ -23,7 +23,7 @@ import torch
 
 import cdd_engine
 from cdd_engine.runtime import EngineError, EngineFormatError, NonFiniteOutputError
-from cdd_engine.runtime.engine_dir import file_record, read_manifest
+from cdd_engine.engine_format import file_record, read_manifest
 from cdd_engine.runtime.native_runtime import native_module
 
 from engine_helpers import one_torch_thread  # noqa: F401 (autouse fixture)

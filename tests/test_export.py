@@ -15,7 +15,7 @@ import torch
 
 from cdd_engine.export import check_onnx, convert_to_openvino, export_onnx, quantize_qdq, verify_onnx
 from cdd_engine.runtime import BackendUnavailable, choose_backend
-from cdd_engine.runtime.engine_dir import FEATURE_NAMES
+from cdd_engine.engine_format import FEATURE_NAMES
 
 from engine_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 from engine_helpers import IMAGE_SIZE, MicroRD, tiny_model

@@ -154,7 +154,7 @@ def test_engine_json_out_of_range_is_refused(engine_dir, tmp_path, case):
 
 @pytest.mark.parametrize("case", sorted(REFUSED))
 def test_python_reader_refuses_the_same_manifests(engine_dir, tmp_path, case):
-    from cdd_engine.runtime.engine_dir import read_manifest
+    from cdd_engine.engine_format import read_manifest
     from cdd_engine.errors import EngineFormatError
     d = variant(engine_dir, tmp_path / "e", REFUSED[case][0])
     with pytest.raises(EngineFormatError):
@@ -162,7 +162,7 @@ def test_python_reader_refuses_the_same_manifests(engine_dir, tmp_path, case):
 
 
 def test_both_readers_accept_the_edges_of_the_ranges(engine_dir, tmp_path):
-    from cdd_engine.runtime.engine_dir import read_manifest
+    from cdd_engine.engine_format import read_manifest
 
     def edges(m):
         m["anomaly_map"].update(eps=1e-3, sigma=64.0, truncate=16.0)  # radius 1024 = MAX_BLUR_RADIUS

@@ -15,7 +15,7 @@ import openvino.opset13 as ops  # noqa: E402
 from cdd_engine.export import convert_to_openvino, export_onnx  # noqa: E402
 from cdd_engine.export import openvino as ov_export  # noqa: E402
 from cdd_engine.runtime.backends import openvino_winograd as wg  # noqa: E402
-from cdd_engine.runtime.engine_dir import FEATURE_NAMES  # noqa: E402
+from cdd_engine.engine_format import FEATURE_NAMES  # noqa: E402
 
 from engine_helpers import one_torch_thread  # noqa: F401,E402 (autouse fixture)
 from engine_helpers import IMAGE_SIZE, tiny_model  # noqa: E402

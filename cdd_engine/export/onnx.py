@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..runtime.engine_dir import FEATURE_NAMES
+from ..engine_format import FEATURE_NAMES
 
 log = logging.getLogger("cdd_engine.export")
 INPUT_NAME = "image"

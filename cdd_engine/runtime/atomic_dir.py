@@ -32,7 +32,7 @@ import shutil
 import stat
 from pathlib import Path
 
-from .engine_dir import FORMAT, MANIFEST
+from ..engine_format import FORMAT, MANIFEST
 
 log = logging.getLogger("cdd_engine.build")
 TEMP_TAG = "cdd-build"

@@ -29,7 +29,7 @@ from ..anomaly_map import DEFAULT_SIGMA, EPS, TRUNCATE
 from ..models import RDModel
 from . import atomic_dir
 from .engine import Engine, _check_threshold
-from .engine_dir import BACKEND_FILES, FEATURE_NAMES, make_manifest, write_manifest
+from ..engine_format import BACKEND_FILES, FEATURE_NAMES, make_manifest, write_manifest
 from ..errors import BackendUnavailable, NonFiniteOutputError
 
 log = logging.getLogger("cdd_engine.build")

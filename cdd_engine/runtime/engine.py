@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .backends import make_backend
-from .engine_dir import read_manifest
+from ..engine_format import read_manifest
 from ..errors import BackendUnavailable, EngineError, NonFiniteOutputError
 from .frames import Frames, to_frames
 from .native_runtime import NativeRunner, check_count, choose_runtime, native_arrays

@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..runtime.engine_dir import read_manifest
+from ..engine_format import read_manifest
 from .requests import CHANNELS, DEFAULT_MAX_FRAME_SIDE, INPUT
 
 MODEL_FILE = Path(__file__).with_name("model.py")

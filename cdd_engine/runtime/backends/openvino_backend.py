@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..engine_dir import FEATURE_NAMES
+from ...engine_format import FEATURE_NAMES
 from ...errors import BackendUnavailable, EngineFormatError
 from ..postprocess import FastAnomalyMap
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from ...export.tensorrt import import_tensorrt
-from ..engine_dir import FEATURE_NAMES
+from ...engine_format import FEATURE_NAMES
 from ...errors import BackendUnavailable, EngineError, EngineFormatError
 from ..postprocess import FastAnomalyMap
 from .torch_backend import import_kernels

@@ -22,9 +22,9 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from .. import limits
-from ..version import __version__
-from ..errors import EngineFormatError
+from . import limits
+from .version import __version__
+from .errors import EngineFormatError
 
 FORMAT = "cdd-engine"
 FORMAT_VERSION = 1
