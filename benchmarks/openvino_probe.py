@@ -51,7 +51,7 @@ def _report(times: dict[str, list[float]], base: str, scale: dict[str, float] | 
 def _scored(core: Any, engine_dir: Path, batch: int = 1, winograd_min: int | None = None) -> Any:
     """The engine's network + in-graph anomaly map (what the runtimes compile), static batch."""
     from cdd_engine.runtime.backends.openvino_backend import append_anomaly_map
-    from cdd_engine.runtime.backends.openvino_winograd import apply_winograd
+    from cdd_engine.export.openvino_winograd import apply_winograd
 
     manifest = json.loads((engine_dir / "engine.json").read_text())
     net = core.read_model(str(engine_dir / "model.xml"))
@@ -169,7 +169,7 @@ def probe_wino_layers(a) -> dict[str, Any]:
     import openvino as ov
     import openvino.opset13 as ops
 
-    from cdd_engine.runtime.backends.openvino_winograd import winograd_conv3x3
+    from cdd_engine.export.openvino_winograd import winograd_conv3x3
 
     core = ov.Core()
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""Winograd F(2x2, 3x3) rewrite of OpenVINO 3x3 convolutions (backends/openvino_winograd.py):
+"""Winograd F(2x2, 3x3) rewrite of OpenVINO 3x3 convolutions (export/openvino_winograd.py):
 single convolutions of odd channel counts and non-square even sizes against float64 torch, with
 static and dynamic batch; the convolutions it must leave alone; a whole RD network's IR against
 torch; the export switch. Tolerance: DESIGN.md §3 fp32, 1e-5 relative to each output's max |value|.
@@ -14,7 +14,7 @@ import openvino.opset13 as ops  # noqa: E402
 
 from cdd_engine.export import convert_to_openvino, export_onnx  # noqa: E402
 from cdd_engine.export import openvino as ov_export  # noqa: E402
-from cdd_engine.runtime.backends import openvino_winograd as wg  # noqa: E402
+from cdd_engine.export import openvino_winograd as wg  # noqa: E402
 from cdd_engine.engine_format import FEATURE_NAMES  # noqa: E402
 
 from engine_helpers import one_torch_thread  # noqa: F401,E402 (autouse fixture)

@@ -7,7 +7,7 @@ that is a load-time step, not part of the file on disk.
 
 Winograd (``winograd=True``, the default): the 3x3 stride-1 convolutions with >= 256 channels are
 rewritten as Winograd F(2x2, 3x3) subgraphs of ordinary operations before the IR is saved
-(backends/openvino_winograd.py): 2.25x fewer multiplications where the CPU plugin has no
+(export/openvino_winograd.py): 2.25x fewer multiplications where the CPU plugin has no
 Winograd kernel of its own, as close to the float64 reference as the direct convolution. The
 file keeps the same interface, so the Python runtime and the C++ library both run it. WRN50 RD on
 the 2-core development machine (benchmarks/RESULTS.md): network alone 1.03-1.19x faster (ten
@@ -60,7 +60,7 @@ def convert_to_openvino(onnx_path: str | os.PathLike, out_dir: str | os.PathLike
     out.mkdir(parents=True, exist_ok=True)
     model = ov.convert_model(str(onnx_path))
     if winograd_default() if winograd is None else winograd:
-        from ..runtime.backends.openvino_winograd import apply_winograd
+        from .openvino_winograd import apply_winograd
 
         n = apply_winograd(model)
         log.info("OpenVINO IR: %d 3x3 convolutions rewritten as Winograd F(2x2, 3x3)", n)

@@ -15,7 +15,7 @@ with the cosine distances instead and the rest of the map runs in float32 in tor
 engine: in the graph it would run at the plugin's reduced default precision (see DISTANCE_OUTPUTS).
 
 The IR itself may hold Winograd F(2x2, 3x3) subgraphs in place of its wide 3x3 convolutions
-(written by the export, export/openvino.py; backends/openvino_winograd.py): nothing to do here,
+(written by the export, export/openvino.py, export/openvino_winograd.py): nothing to do here,
 the runtime compiles whatever model.xml holds.
 
 Compiled models are cached per batch size with static shapes (static shapes let the CPU
