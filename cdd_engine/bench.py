@@ -166,7 +166,7 @@ def staged_engine_call(engine, frames: np.ndarray, stages: dict[str, list[float]
     Whichever runtime ``Engine.score`` uses, these are the Python backend's stages; the native
     runtime runs the same model files.
     """
-    from .runtime.engine import _numpy
+    from .runtime.engine import to_numpy
     from .runtime.frames import to_frames
 
     n = frames.shape[0]
@@ -177,7 +177,7 @@ def staged_engine_call(engine, frames: np.ndarray, stages: dict[str, list[float]
         t1 = time.perf_counter()
         maps, scores = engine.backend.score_batch(x)
         t2 = time.perf_counter()
-        _numpy(maps).copy(), _numpy(scores).copy()  # what Engine.score does with the backend's outputs
+        to_numpy(maps).copy(), to_numpy(scores).copy()  # what Engine.score does with the backend's outputs
         t3 = time.perf_counter()
         for name, v in zip(ENGINE_STAGES, (t1 - t0, t2 - t1, t3 - t2)):
             stages.setdefault(name, []).append(v)

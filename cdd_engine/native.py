@@ -16,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-_HOW_TO_BUILD = ("reinstall with CMake >= 3.18, a C++17 compiler, pybind11 and openvino available "
+HOW_TO_BUILD = ("reinstall with CMake >= 3.18, a C++17 compiler, pybind11 and openvino available "
                  "(pip install cmake pybind11 openvino; pip install -e .), with CDD_REQUIRE_NATIVE=1 to see "
                  "why a build fails")
 
@@ -34,7 +34,7 @@ def load() -> ModuleType:
         import openvino  # noqa: F401
         from . import _native
     except ImportError as e:
-        raise NativeUnavailable(f"cdd_engine's native runtime is not built ({e}); {_HOW_TO_BUILD}") from e
+        raise NativeUnavailable(f"cdd_engine's native runtime is not built ({e}); {HOW_TO_BUILD}") from e
     return _native
 
 
@@ -51,7 +51,7 @@ def _installed(*parts: str) -> Path:
     path = PACKAGE_DIR.joinpath(*parts)
     if not path.exists():
         raise NativeUnavailable(f"{path} does not exist: the C++ package of cdd_engine is not installed; "
-                                f"{_HOW_TO_BUILD}")
+                                f"{HOW_TO_BUILD}")
     return path
 
 

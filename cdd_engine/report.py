@@ -91,7 +91,7 @@ def _overlays(run_dir: Path, config: dict, entries: list[dict[str, Any]], out_di
     from .anomaly_map import anomaly_map
     from .data import ImageDataset, Sample
     from .data.samples import UNKNOWN
-    from .visualize import _fmt, denormalize, shared_scale, write_overlay_set
+    from .visualize import denormalize, format_number, shared_scale, write_overlay_set
 
     names = [overlay_name(e) for e in entries]
     model = ckpt.load_checkpoint(run_dir, teacher_weights, device)
@@ -109,7 +109,7 @@ def _overlays(run_dir: Path, config: dict, entries: list[dict[str, Any]], out_di
     maps_np = np.concatenate(maps)
     vmin, vmax = shared_scale(list(maps_np), threshold)
     n = len(entries)
-    note = (f"Colour scale {_fmt(vmin, 3)} to {_fmt(vmax, 3)} (anomaly-map value), shared by the {n} "
+    note = (f"Colour scale {format_number(vmin, 3)} to {format_number(vmax, 3)} (anomaly-map value), shared by the {n} "
             f"highest-scoring of {n_train} training images drawn in this report.")
     truth = {None: None, True: ("injected defect", "injected"), False: ("clean (known)", "clean")}
     known = [truth[None if e["injected"] is None else bool(e["injected"])] or (None, None) for e in entries]

@@ -148,7 +148,8 @@ def _font(px: int) -> ImageFont.ImageFont:
         return ImageFont.load_default()
 
 
-def _fmt(v: float, digits: int = 4) -> str:
+def format_number(v: float, digits: int = 4) -> str:
+    """A score or threshold as the overlays and the report print it."""
     return f"{v:.{digits}g}"
 
 
@@ -184,7 +185,8 @@ def _badge(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, font) 
 def _score_line(draw, xy, score: float | None, threshold: float | None, truth: str | None, font, small) -> None:
     x, y = xy
     if score is not None:
-        text = f"score {_fmt(score)}   threshold " + ("none" if threshold is None else _fmt(threshold)) + "   "
+        shown = "none" if threshold is None else format_number(threshold)
+        text = f"score {format_number(score)}   threshold {shown}   "
         draw.text((x, y), text, font=font, fill=FOREGROUND)
         x += draw.textlength(text, font=font)
         v = verdict(score, threshold)
@@ -217,11 +219,11 @@ def _vertical_bar(canvas: Image.Image, x: int, y: int, w: int, h: int, vmin: flo
         yy = y_of(v)
         d.line((x + w, yy, x + w + 5, yy), fill=FOREGROUND, width=max(2, w // 12))
         if ty is None or abs(yy - ty) > 1.1 * asc:
-            d.text((x + w + 9, yy - asc / 2 - 1), _fmt(v, 3), font=font, fill=FOREGROUND)
+            d.text((x + w + 9, yy - asc / 2 - 1), format_number(v, 3), font=font, fill=FOREGROUND)
     if ty is not None:
         d.line((x - 4, ty, x + w + 4, ty), fill=(0, 0, 0), width=max(5, w // 5))
         d.line((x - 4, ty, x + w + 4, ty), fill=(255, 255, 255), width=max(2, w // 12))
-        d.text((x + w + 9, ty - asc / 2 - 1), f"threshold {_fmt(threshold, 3)}", font=font, fill=(255, 255, 255))
+        d.text((x + w + 9, ty - asc / 2 - 1), f"threshold {format_number(threshold, 3)}", font=font, fill=(255, 255, 255))
     if score is not None and np.isfinite(score):
         sy, a = y_of(min(max(score, vmin), vmax)), max(8, round(w * 0.7))
         d.polygon([(x - 3, sy), (x - 3 - a, sy - a * 0.7), (x - 3 - a, sy + a * 0.7)], fill=(255, 255, 255),
@@ -270,9 +272,9 @@ def _compose(left: Image.Image, heat: Image.Image, outlined: bool, *, vmin: floa
     font, big, small = _font(fs), _font(round(fs * 1.25)), _font(max(14, round(fs * 0.85)))
     pad = max(8, fs // 2)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    labels = [_fmt(v, 3) for v in _bar_ticks(vmin, vmax)]
+    labels = [format_number(v, 3) for v in _bar_ticks(vmin, vmax)]
     if threshold is not None:
-        labels.append(f"threshold {_fmt(threshold, 3)}")
+        labels.append(f"threshold {format_number(threshold, 3)}")
     bar_w = max(14, fs)
     label_w = max(probe.textlength(t, font=small) for t in labels)
     width = int(pad + dw + pad + dw + 2 * pad + bar_w + 9 + label_w + pad)
@@ -330,7 +332,7 @@ def contact_sheet(tiles: Sequence[dict[str, Any]], *, title: str, scale_note: st
     canvas.paste(Image.fromarray(np.repeat(_LUT[idx][None], bar_h, axis=0)), (pad, y))
     for v in _bar_ticks(vmin, vmax):
         xx = pad + (v - vmin) / (vmax - vmin) * (bw - 1)
-        t = _fmt(v, 3)
+        t = format_number(v, 3)
         tx = min(max(pad, xx - d.textlength(t, font=small) / 2), width - pad - d.textlength(t, font=small))
         d.text((tx, y + bar_h + 2), t, font=small, fill=FOREGROUND)
     if threshold is not None and vmin <= threshold <= vmax:
@@ -348,7 +350,7 @@ def contact_sheet(tiles: Sequence[dict[str, Any]], *, title: str, scale_note: st
         canvas.paste(im, (x0 + border + (TILE - im.width) // 2, y0 + border + (TILE - im.height) // 2))
         ty = y0 + TILE + 2 * border + 3
         d.text((x0, ty), _fit(d, t.get("short") or t["name"], font, cell_w), font=font, fill=FOREGROUND)
-        s = f"#{k + 1}  score {_fmt(t['score'])}  "
+        s = f"#{k + 1}  score {format_number(t['score'])}  "
         d.text((x0, ty + line(font)), s, font=font, fill=FOREGROUND)
         if v is not None:
             xv = x0 + d.textlength(s, font=font)
@@ -513,7 +515,7 @@ def save_score_overlays(out_dir: str | Path, paths: Sequence[str | os.PathLike],
     claim_outputs(out_dir, names + [CONTACT_SHEET], force)
     vmin, vmax = shared_scale(maps, threshold)
     n = len(names)
-    note = (f"Colour scale {_fmt(vmin, 3)} to {_fmt(vmax, 3)} (anomaly-map value), "
+    note = (f"Colour scale {format_number(vmin, 3)} to {format_number(vmax, 3)} (anomaly-map value), "
             + (f"shared by all {n} images of this score call." if n > 1 else "this image's own."))
     shown = relative_inputs(paths)
     items = ({"image": f, "map": m, "name": name, "score": float(sc)}
@@ -536,7 +538,7 @@ def save_overlays(out_dir: str | Path, dataset, maps: np.ndarray, scores: np.nda
     names = check_eval_overlays(out_dir, dataset.samples, force)
     shown = relative_inputs(paths)
     vmin, vmax = shared_scale(list(maps), threshold)
-    note = (f"Colour scale {_fmt(vmin, 3)} to {_fmt(vmax, 3)} (anomaly-map value), shared by all {len(paths)} "
+    note = (f"Colour scale {format_number(vmin, 3)} to {format_number(vmax, 3)} (anomaly-map value), shared by all {len(paths)} "
             f"images of this evaluation.")
 
     def items():

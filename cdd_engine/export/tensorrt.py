@@ -51,7 +51,8 @@ def import_tensorrt():
     return trt
 
 
-def _require_gpu() -> None:
+def require_gpu() -> None:
+    """BackendUnavailable unless torch sees an NVIDIA GPU (build checks it before the export)."""
     import torch
 
     if not torch.cuda.is_available():
@@ -87,7 +88,7 @@ def build_plan(onnx_path: str | os.PathLike, plan_path: str | os.PathLike, *, im
     if not min_batch <= opt_batch <= max_batch:
         raise ValueError(f"need min_batch <= opt_batch <= max_batch, got {min_batch}, {opt_batch}, {max_batch}")
     trt = import_tensorrt()
-    _require_gpu()
+    require_gpu()
     h, w = int(image_size[0]), int(image_size[1])
 
     logger = trt.Logger(trt.Logger.WARNING)

@@ -28,7 +28,7 @@ from .. import limits
 from ..anomaly_map import DEFAULT_SIGMA, EPS, TRUNCATE
 from ..models import RDModel
 from . import atomic_dir
-from .engine import Engine, _check_threshold
+from .engine import Engine, check_threshold
 from ..engine_format import BACKEND_FILES, FEATURE_NAMES, make_manifest, write_manifest
 from ..errors import BackendUnavailable, NonFiniteOutputError
 
@@ -87,7 +87,7 @@ def _load_source(checkpoint: Any, teacher_weights: str | None, threshold: float 
                              "own threshold in train_scores.json)")
         source = {"path": None, "method": getattr(model, "method", "unknown"), "backbone": model.backbone}
         mode, sig = map_mode or "add", DEFAULT_SIGMA if sigma is None else sigma
-        thr = {"value": _check_threshold(threshold), "source": "explicit", "statistics": {}}
+        thr = {"value": check_threshold(threshold), "source": "explicit", "statistics": {}}
     elif isinstance(checkpoint, (str, os.PathLike)):
         from ..checkpoint import load_checkpoint, read_config
 
@@ -103,7 +103,7 @@ def _load_source(checkpoint: Any, teacher_weights: str | None, threshold: float 
         if threshold is None:
             thr = _threshold_info(run_dir)
         else:
-            thr = {"value": _check_threshold(threshold), "source": "explicit", "statistics": {}}
+            thr = {"value": check_threshold(threshold), "source": "explicit", "statistics": {}}
     else:
         raise TypeError(f"checkpoint must be a run directory path or an RDModel, got {type(checkpoint).__name__}")
     am_section = {"mode": mode, "sigma": float(sig or 0.0), "truncate": TRUNCATE, "eps": EPS,
@@ -264,9 +264,9 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
     if precision not in PRECISIONS[name]:
         raise ValueError(f"backend {name!r} supports precision {PRECISIONS[name]}, got {precision!r}")
     if name == "tensorrt":  # fail before the minutes of export if TensorRT cannot run here
-        from ..export.tensorrt import _require_gpu, import_tensorrt
+        from ..export.tensorrt import import_tensorrt, require_gpu
         import_tensorrt()
-        _require_gpu()
+        require_gpu()
     if precision == "int8" and calibration_frames is None:
         raise ValueError("precision 'int8' needs calibration_frames (a few dozen normal uint8 frames)")
     _check_settings(checkpoint, max_batch, threshold, map_mode, sigma)

@@ -75,14 +75,16 @@ class ScoreResult:
         return int(self.scores.shape[0])
 
 
-def _check_threshold(value: Any) -> float:
+def check_threshold(value: Any) -> float:
+    """A threshold as a float; anything but a finite number is a ValueError."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
             or not math.isfinite(float(value)):
         raise ValueError(f"threshold must be a finite number, got {value!r}")
     return float(value)
 
 
-def _numpy(x: Any) -> np.ndarray:
+def to_numpy(x: Any) -> np.ndarray:
+    """A backend's output as a numpy array (a tensor on any device: float32 on the CPU)."""
     return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
@@ -143,7 +145,7 @@ class Engine:
                  verify_hashes: bool = True, runtime: str = "auto", num_streams: int | None = None) -> None:
         self.engine_dir = Path(engine_dir)
         self.manifest = read_manifest(self.engine_dir, verify_hashes=verify_hashes)
-        self._threshold = _check_threshold(self.manifest["threshold"]["value"] if threshold is None else threshold)
+        self._threshold = check_threshold(self.manifest["threshold"]["value"] if threshold is None else threshold)
         self.image_size: tuple[int, int] = tuple(self.manifest["image_size"])
         self.max_batch: int = int(self.manifest["max_batch"])
         inp = self.manifest["input"]
@@ -184,7 +186,7 @@ class Engine:
 
     @threshold.setter
     def threshold(self, value: float) -> None:
-        self._threshold = _check_threshold(value)
+        self._threshold = check_threshold(value)
 
     @property
     def backend_name(self) -> str:
@@ -317,10 +319,10 @@ class Engine:
         for start in range(0, n, self.max_batch):
             stop = min(n, start + self.max_batch)
             maps, s = self._backend_call("score_batch", self.prepare(frames, start, stop))
-            scores[start:stop] = _numpy(s)
+            scores[start:stop] = to_numpy(s)
             bad[start:stop] = _non_finite(maps, scores[start:stop])
             if model_maps is not None:
-                model_maps[start:stop] = _numpy(maps)
+                model_maps[start:stop] = to_numpy(maps)
             elif input_maps is not None:
                 maps_t = maps if isinstance(maps, torch.Tensor) else torch.from_numpy(np.asarray(maps))
                 for i in range(start, stop):

@@ -108,8 +108,8 @@ def choose_runtime(runtime: str, manifest: dict, device: Any, options: dict[str,
     if why_not is None:
         mod = native_module()
         if mod is None:
-            from ..native import _HOW_TO_BUILD
-            why_not = f"the native module cdd_engine._native is not built ({_HOW_TO_BUILD})"
+            from ..native import HOW_TO_BUILD
+            why_not = f"the native module cdd_engine._native is not built ({HOW_TO_BUILD})"
         elif backend == "openvino" and not mod.WITH_OPENVINO:
             why_not = "this build of libcdd_engine has no OpenVINO backend"
         elif backend == "tensorrt" and not mod.WITH_TENSORRT:
