@@ -42,7 +42,7 @@ NEVER = (RecursionError, MemoryError, UnicodeError, json.JSONDecodeError, KeyErr
 
 def accepted(reader: str, e: BaseException) -> bool:
     from cdd_engine.checkpoint import CheckpointError
-    from cdd_engine.runtime.errors import EngineError
+    from cdd_engine.runtime import EngineError
 
     if isinstance(e, NEVER) or not str(e).strip():
         return False
