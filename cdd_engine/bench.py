@@ -198,7 +198,6 @@ def _engine_for(backbone: str, backend: str, model: torch.nn.Module, engines_dir
     convolutions as Winograd, the export's default, or not); the rest go to ``Engine``.
     """
     import cdd_engine
-    from .export.openvino import WINOGRAD_ENV
     from .errors import EngineFormatError
 
     engine_options = dict(engine_options)
@@ -213,16 +212,8 @@ def _engine_for(backbone: str, backend: str, model: torch.nn.Module, engines_dir
         except EngineFormatError as e:
             log.info("rebuilding %s: %s", out, e)
     log.info("building the %s engine of %s (random weights) in %s", backend + suffix, backbone, out)
-    saved = os.environ.get(WINOGRAD_ENV)
-    os.environ[WINOGRAD_ENV] = "1" if winograd else "0"  # read by the OpenVINO export inside build()
-    try:
-        return cdd_engine.build(model, backend=backend, max_batch=max_batch, output_dir=out, threshold=1.0,
-                                verify=False, **engine_options)
-    finally:
-        if saved is None:
-            os.environ.pop(WINOGRAD_ENV, None)
-        else:
-            os.environ[WINOGRAD_ENV] = saved
+    return cdd_engine.build(model, backend=backend, max_batch=max_batch, output_dir=out, threshold=1.0,
+                            verify=False, winograd=winograd, **engine_options)
 
 
 def parse_variant(spec: str) -> tuple[str, str, dict[str, Any]]:

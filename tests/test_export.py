@@ -75,7 +75,7 @@ def test_verify_onnx_catches_a_different_model(model, onnx_path):
 def test_openvino_ir_matches_torch_with_dynamic_batch(model, ir32):
     import openvino as ov
 
-    xml, bin_ = ir32
+    xml, bin_ = ir32.xml, ir32.bin
     assert xml.is_file() and bin_.is_file()
     # fp32 weights stored as fp32: the .bin holds ~4 bytes per parameter
     n_params = sum(p.numel() for p in model.parameters())
@@ -91,8 +91,8 @@ def test_openvino_ir_matches_torch_with_dynamic_batch(model, ir32):
 
 
 def test_openvino_fp16_weights_are_half_the_size(onnx_path, ir32, tmp_path):
-    _, bin32 = ir32
-    _, bin16 = convert_to_openvino(onnx_path, tmp_path / "fp16", precision="fp16")
+    bin32 = ir32.bin
+    bin16 = convert_to_openvino(onnx_path, tmp_path / "fp16", precision="fp16").bin
     assert bin16.stat().st_size < 0.6 * bin32.stat().st_size
     with pytest.raises(ValueError, match="fp32' or 'fp16"):
         convert_to_openvino(onnx_path, tmp_path / "x", precision="int8")

@@ -13,7 +13,6 @@ ov = pytest.importorskip("openvino")
 import openvino.opset13 as ops  # noqa: E402
 
 from cdd_engine.export import convert_to_openvino, export_onnx  # noqa: E402
-from cdd_engine.export import openvino as ov_export  # noqa: E402
 from cdd_engine.export import openvino_winograd as wg  # noqa: E402
 from cdd_engine.engine_format import FEATURE_NAMES  # noqa: E402
 
@@ -90,7 +89,7 @@ def test_rd_network_with_winograd_matches_torch(rd_onnx):
         assert _rel(out[name], want) <= RTOL, name
 
 
-def test_export_applies_it_by_default_and_the_environment_turns_it_off(rd_onnx, tmp_path, monkeypatch):
+def test_export_applies_it_by_default_and_the_argument_turns_it_off(rd_onnx, tmp_path, monkeypatch):
     _, onnx_path = rd_onnx
     monkeypatch.setattr(wg, "MIN_CHANNELS", 1)  # the tiny model's convolutions are thinner than 256
 
@@ -98,10 +97,26 @@ def test_export_applies_it_by_default_and_the_environment_turns_it_off(rd_onnx, 
         ops_ = ov.Core().read_model(str(xml)).get_ops()
         return sum(op.get_friendly_name().endswith("/winograd") for op in ops_)
 
-    xml_on, _ = convert_to_openvino(onnx_path, tmp_path / "on")
-    assert rewritten(xml_on) > 0
-    monkeypatch.setenv(ov_export.WINOGRAD_ENV, "0")
-    xml_off, _ = convert_to_openvino(onnx_path, tmp_path / "off")
-    assert rewritten(xml_off) == 0
-    xml_forced, _ = convert_to_openvino(onnx_path, tmp_path / "forced", winograd=True)
-    assert rewritten(xml_forced) == rewritten(xml_on)
+    on = convert_to_openvino(onnx_path, tmp_path / "on")
+    assert on.winograd_convolutions > 0 and rewritten(on.xml) > 0
+    off = convert_to_openvino(onnx_path, tmp_path / "off", winograd=False)
+    assert off.winograd_convolutions == 0 and rewritten(off.xml) == 0
+
+
+def test_build_takes_it_as_an_argument_and_engine_json_records_it(tmp_path, monkeypatch):
+    import json
+
+    import cdd_engine
+
+    monkeypatch.setattr(wg, "MIN_CHANNELS", 1)  # the tiny model's convolutions are thinner than 256
+    model = tiny_model()
+    for winograd in (True, False):
+        out = tmp_path / str(winograd)
+        cdd_engine.build(model, backend="openvino", max_batch=2, output_dir=out, threshold=0.5, verify=False,
+                         winograd=winograd)
+        build = json.loads((out / "engine.json").read_text())["build"]
+        assert build["options"] == {"backend": "openvino", "precision": "fp32", "max_batch": 2, "threshold": 0.5,
+                                    "map_mode": None, "sigma": None, "verify": False, "winograd": winograd}
+        assert (build["winograd_convolutions"] > 0) == winograd
+    with pytest.raises(ValueError, match="winograd"):
+        cdd_engine.build(model, backend="openvino", output_dir=tmp_path / "x", threshold=0.5, winograd="no")

@@ -12,7 +12,7 @@ Winograd kernel of its own, as close to the float64 reference as the direct conv
 file keeps the same interface, so the Python runtime and the C++ library both run it. WRN50 RD on
 the 2-core development machine (benchmarks/RESULTS.md): network alone 1.03-1.19x faster (ten
 interleaved runs), engine 0.99-1.09x at batch 1 and 1.00-1.10x at batch 8; model.bin 434 -> 555 MB.
-``CDD_OPENVINO_WINOGRAD=0`` in the environment turns the default off (for A/B benchmarks).
+``build(..., winograd=False)`` turns it off (for A/B benchmarks); engine.json records the choice.
 
 Precision: ``fp32`` keeps float32 weights (``save_model`` would otherwise compress them to
 fp16 by default); ``fp16`` stores fp16 weights (the CPU plugin still computes in fp32 on
@@ -23,11 +23,18 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import BackendUnavailable
 
 log = logging.getLogger("cdd_engine.export")
-WINOGRAD_ENV = "CDD_OPENVINO_WINOGRAD"
+
+
+class OpenVINOFiles(NamedTuple):
+    """What :func:`convert_to_openvino` wrote, and how many convolutions it rewrote as Winograd."""
+    xml: Path
+    bin: Path
+    winograd_convolutions: int
 
 
 def _openvino():
@@ -38,19 +45,14 @@ def _openvino():
     return ov
 
 
-def winograd_default() -> bool:
-    """True unless the environment sets ``CDD_OPENVINO_WINOGRAD`` to 0/false/no/off."""
-    return os.environ.get(WINOGRAD_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
-
-
 def convert_to_openvino(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                         precision: str = "fp32", name: str = "model",
-                        winograd: bool | None = None) -> tuple[Path, Path]:
-    """Convert ``onnx_path`` to ``out_dir/name.xml`` + ``.bin``; returns both paths.
+                        winograd: bool = True) -> OpenVINOFiles:
+    """Convert ``onnx_path`` to ``out_dir/name.xml`` + ``.bin``.
 
     precision: "fp32" (float32 weights) or "fp16" (weights compressed to fp16).
     winograd: rewrite the eligible 3x3 convolutions as Winograd F(2x2, 3x3) (see the module
-        docstring); None -> :func:`winograd_default`.
+        docstring).
     """
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"OpenVINO export supports precision 'fp32' or 'fp16', got {precision!r} "
@@ -59,11 +61,12 @@ def convert_to_openvino(onnx_path: str | os.PathLike, out_dir: str | os.PathLike
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = ov.convert_model(str(onnx_path))
-    if winograd_default() if winograd is None else winograd:
+    n = 0
+    if winograd:
         from .openvino_winograd import apply_winograd
 
         n = apply_winograd(model)
         log.info("OpenVINO IR: %d 3x3 convolutions rewritten as Winograd F(2x2, 3x3)", n)
     xml = out / f"{name}.xml"
     ov.save_model(model, str(xml), compress_to_fp16=(precision == "fp16"))
-    return xml, xml.with_suffix(".bin")
+    return OpenVINOFiles(xml, xml.with_suffix(".bin"), n)

@@ -228,7 +228,7 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
           max_batch: int = 32, output_dir: str | os.PathLike | None = None, threshold: float | None = None, *,
           teacher_weights: str | None = None, map_mode: str | None = None, sigma: float | None = None,
           verify: bool = True, calibration_frames: Iterable[Any] | None = None, timing_cache: str | None = None,
-          overwrite: bool = False, **engine_options: Any) -> Engine:
+          overwrite: bool = False, winograd: bool = True, **engine_options: Any) -> Engine:
     """Build an engine directory from a checkpoint and load it.
 
     Args:
@@ -249,6 +249,8 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
         overwrite: replace ``output_dir`` even when it is a non-empty directory that is not an
             engine (or holds files its engine.json does not list). An engine directory is always
             replaced as a whole, and only once the new engine is complete and verified.
+        winograd: OpenVINO: rewrite the 3x3 convolutions with >= 256 channels as Winograd
+            F(2x2, 3x3) (export/openvino.py); other backends ignore it.
         engine_options: passed to :class:`Engine` (device, num_threads, ...).
 
     Returns:
@@ -267,6 +269,8 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
         from ..export.tensorrt import import_tensorrt, require_gpu
         import_tensorrt()
         require_gpu()
+    if not isinstance(winograd, bool):
+        raise ValueError(f"winograd must be True or False, got {winograd!r}")
     if precision == "int8" and calibration_frames is None:
         raise ValueError("precision 'int8' needs calibration_frames (a few dozen normal uint8 frames)")
     _check_settings(checkpoint, max_batch, threshold, map_mode, sigma)
@@ -291,9 +295,16 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
 
     model, source, am, thr = _load_source(checkpoint, teacher_weights, threshold, map_mode, sigma)
     _check_weights_finite(model)
+    # The arguments that decide what is built, recorded as given under engine.json's "build".
+    options: dict[str, Any] = {"backend": backend, "precision": precision, "max_batch": int(max_batch),
+                               "threshold": None if threshold is None else float(threshold),
+                               "map_mode": map_mode, "sigma": None if sigma is None else float(sigma),
+                               "verify": bool(verify)}
+    if name == "openvino":
+        options["winograd"] = winograd
     tmp = atomic_dir.new_temp_dir(out)
     try:
-        _write_engine(tmp, model, name, precision, max_batch, source, am, thr, reason, verify,
+        _write_engine(tmp, model, name, precision, max_batch, source, am, thr, reason, options,
                       calibration_frames, timing_cache, t0)
         _probe(tmp, engine_options)
         atomic_dir.swap_into_place(tmp, out)
@@ -305,11 +316,11 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
 
 
 def _write_engine(out: Path, model: RDModel, name: str, precision: str, max_batch: int, source: dict,
-                  am: dict, thr: dict, reason: str, verify: bool, calibration_frames: Iterable[Any] | None,
-                  timing_cache: str | None, t0: float) -> None:
+                  am: dict, thr: dict, reason: str, options: dict[str, Any],
+                  calibration_frames: Iterable[Any] | None, timing_cache: str | None, t0: float) -> None:
     """Export ``model`` for backend ``name`` into the empty directory ``out``, engine.json last."""
     feature_dtype = "float16" if precision == "fp16" and name in ("tensorrt", "torch") else "float32"
-    extra: dict[str, Any] = {"build": {"backend_choice": reason}}
+    extra: dict[str, Any] = {"build": {"backend_choice": reason, "options": options}}
     if name == "torch":
         extra["model"] = _save_torch(model, out)
     else:
@@ -322,7 +333,7 @@ def _write_engine(out: Path, model: RDModel, name: str, precision: str, max_batc
             raise NonFiniteOutputError(f"refusing to build: the exported graph's constants {bad[:4]} hold NaN/inf "
                                        f"(folded from the weights and BatchNorm statistics: a negative variance, "
                                        f"an overflow{' in fp16' if dtype == torch.float16 else ''}): bad weights")
-        if verify and dtype == torch.float32:
+        if options["verify"] and dtype == torch.float32:
             try:
                 extra["build"]["onnx_max_rel_error_vs_torch"] = verify_onnx(model, onnx_path)
             except ImportError as e:  # onnxruntime is optional at run time (a dev extra)
@@ -330,7 +341,8 @@ def _write_engine(out: Path, model: RDModel, name: str, precision: str, max_batc
                 extra["build"]["onnx_check"] = f"skipped: {e}"
         if name == "openvino":
             from ..export.openvino import convert_to_openvino
-            convert_to_openvino(onnx_path, out, precision=precision)
+            ir = convert_to_openvino(onnx_path, out, precision=precision, winograd=options["winograd"])
+            extra["build"]["winograd_convolutions"] = ir.winograd_convolutions
         else:
             from ..export.tensorrt import build_plan, quantize_qdq
             graph = onnx_path
