@@ -68,6 +68,8 @@ def add_build_parser(sub) -> None:
     p.add_argument("--timing-cache", default=None, metavar="FILE", help="TensorRT timing cache (read and updated)")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check of the exported graph "
                    "(the NaN/inf check of the weights and of a probe batch always runs)")
+    p.add_argument("--no-winograd", action="store_true", help="OpenVINO: keep the 3x3 convolutions direct "
+                   "(by default those with >= 256 channels become Winograd F(2x2, 3x3); engine.json records it)")
     p.add_argument("--force", action="store_true",
                    help="replace --out even if it is a non-empty folder that is not an engine")
     p.set_defaults(handler=run_build)
@@ -96,7 +98,7 @@ def run_build(a: argparse.Namespace) -> int:
         engine = cdd_engine.build(a.checkpoint, backend=a.backend, precision=a.precision, max_batch=a.max_batch,
                                   output_dir=a.out, threshold=a.threshold, teacher_weights=a.teacher_weights,
                                   verify=not a.no_verify, calibration_frames=calibration,
-                                  timing_cache=a.timing_cache, overwrite=a.force)
+                                  timing_cache=a.timing_cache, overwrite=a.force, winograd=not a.no_winograd)
     finally:
         build_log.setLevel(level)
     m = engine.manifest

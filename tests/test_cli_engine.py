@@ -54,6 +54,14 @@ def test_build_command(tmp_path, capsys):
     assert m["max_batch"] == 2 and m["backend"] == "torch"
 
 
+def test_build_command_records_no_winograd(tmp_path):
+    _, run = model_and_run_dir()
+    assert _main(["build", "--checkpoint", str(run), "--backend", "openvino", "--max-batch", "2", "--no-verify",
+                  "--no-winograd", "--out", str(tmp_path / "eng"), "--quiet"]) == 0
+    m = json.loads((tmp_path / "eng" / "engine.json").read_text())
+    assert m["build"]["options"]["winograd"] is False and m["build"]["winograd_convolutions"] == 0
+
+
 def test_score_command_json_and_overlays(images, tmp_path, capsys):
     folder, x = images
     model, _ = model_and_run_dir()
