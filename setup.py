@@ -37,9 +37,9 @@ EXTRAS = {
     "triton": GPU_REQUIRES,
     "gpu": GPU_REQUIRES,
     "dev": ["pytest>=8", "pytest-benchmark>=4", "scikit-learn>=1.3", "onnxruntime>=1.18",
-            # tritonserver (+ Python backend stubs) and its clients for tests/test_triton_serving.py;
-            # nvidia-pytriton 0.7.0 declares numpy<2 (the served model itself works under numpy 2)
-            "nvidia-pytriton==0.7.0", "tritonclient[http,grpc]==2.73.0"],
+            # the clients of tests/test_triton_serving.py; the server itself comes from
+            # requirements/tritonserver.txt (installed with --no-deps: see there)
+            "tritonclient[http,grpc]==2.73.0"],
 }
 
 

@@ -2,7 +2,7 @@
 ``tritonserver`` of the nvidia-pytriton wheel started on free 127.0.0.1 ports by a fixture.
 
 Server tests skip only when tritonserver cannot start on the machine (and fail instead in CI,
-which installs it through the dev extra). The tiny 64² engine keeps the file to a few minutes.
+which installs it from requirements/tritonserver.txt). The tiny 64² engine keeps the file to a few minutes.
 """
 from __future__ import annotations
 

@@ -22,8 +22,8 @@ def in_ci() -> bool:
 
 def start_server(repository, work_dir, models):
     """A started and ready LocalTritonServer, or pytest.skip when tritonserver cannot run on this
-    machine (not installed / exits before it is live). In CI (CI=true) those are failures: the dev
-    extra installs the server, so a skip there would hide a broken install."""
+    machine (not installed / exits before it is live). In CI (CI=true) those are failures: .ci/run
+    installs the server (requirements/tritonserver.txt), so a skip there would hide a broken install."""
     import pytest
 
     from cdd_engine.serving import LocalTritonServer, ServerUnavailable

@@ -49,7 +49,7 @@ def find_tritonserver() -> TritonInstall:
     """The server shipped by ``nvidia-pytriton`` (found without importing pytriton)."""
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        raise ServerUnavailable("nvidia-pytriton is not installed (pip install -e .[dev] installs it)")
+        raise ServerUnavailable("nvidia-pytriton is not installed (pip install --no-deps -r requirements/tritonserver.txt installs it)")
     pkg = Path(list(spec.submodule_search_locations)[0])
     root = pkg / "tritonserver"
     inst = TritonInstall(root=root, binary=root / "bin" / "tritonserver",
