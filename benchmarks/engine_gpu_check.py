@@ -4,7 +4,7 @@ What it checks, in about 3 minutes on one H200:
 
 1. parity: a torch engine on CUDA (Triton pre-processing + fused anomaly map) against the
    reference pipeline (CPU, float64 anomaly map) from uint8 frames of odd sizes: fp32 engine
-   maps/scores within 1e-5 relative, fp16 engine maps within 2e-3 (DESIGN.md §3);
+   maps/scores within 1e-5 relative, fp16 engine maps within 2e-3 (docs/anomaly_map.md);
 2. throughput, wide_resnet50_2 at 256² (random weights), batch 1/8/32, uint8 frames in ->
    scores and maps out: eager fp32 reference pipeline on the GPU vs the fp32 and fp16 engines,
    interleaved; CUDA-synchronised wall time;
@@ -12,7 +12,7 @@ What it checks, in about 3 minutes on one H200:
    the fused Triton kernel.
 
 Usage: python benchmarks/engine_gpu_check.py [--json OUT.json] [--quick]
-Prints a markdown report; TensorRT is not exercised (not installable there, DESIGN.md §6).
+Prints a markdown report; TensorRT is not exercised (not installable there, docs/where_it_runs.md).
 """
 from __future__ import annotations
 

@@ -80,7 +80,7 @@ SHAPES = {
 }
 ODD_SCALES = [(5, 5, 7), (24, 9, 13), (33, 19, 27)]
 ODD_IMAGE = (37, 53)
-RTOL_MAP = 1e-5  # DESIGN.md §3; inputs are exact in fp32/fp64, so fp16/bf16 inputs are held to it too
+RTOL_MAP = 1e-5  # docs/anomaly_map.md; inputs are exact in fp32/fp64, so fp16/bf16 inputs are held to it too
 
 
 def write_report() -> None:

@@ -1,4 +1,4 @@
-"""Reference anomaly map (DESIGN.md §3) in plain PyTorch.
+"""Reference anomaly map (docs/anomaly_map.md) in plain PyTorch.
 
 This module is the specification every fast path (Triton, C++, OpenVINO/TensorRT
 outputs) is tested against. It favours clarity over speed and runs in any floating

@@ -1,4 +1,4 @@
-"""Checkpoints: a run directory of safetensors + JSON (DESIGN.md §4). Never pickle.
+"""Checkpoints: a run directory of safetensors + JSON (docs/checkpoint_format.md). Never pickle.
 
 Layout of a run directory::
 

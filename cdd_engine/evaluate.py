@@ -1,7 +1,7 @@
 """Evaluation of an RD model on a labelled test set: image AUROC, pixel AUROC, AUPRO, F1-max.
 
 :func:`evaluate` scores a split's test images with the reference anomaly map
-(DESIGN.md §3); :func:`evaluate_run` does it for a run directory and re-applies the run's
+(docs/anomaly_map.md); :func:`evaluate_run` does it for a run directory and re-applies the run's
 noise manifest, so images that were injected into training are left out of the test set
 (unless the run used ``overlap``) without the caller having to know about them.
 """

@@ -1,4 +1,4 @@
-"""Fused anomaly map (DESIGN.md §3) in Triton: cosine distance, upsampling, blur, score.
+"""Fused anomaly map (docs/anomaly_map.md) in Triton: cosine distance, upsampling, blur, score.
 
 Matches :func:`cdd_engine.anomaly_map.anomaly_map` (the reference) to fp32 rounding.
 

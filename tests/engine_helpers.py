@@ -25,7 +25,7 @@ BACKBONE = "resnet18"
 IMAGE_SIZE = 64
 THRESHOLD = 0.75
 MAX_BATCH = 4
-RTOL = 1e-5  # DESIGN.md §3: fp32 paths vs the float64 reference
+RTOL = 1e-5  # docs/anomaly_map.md: fp32 paths vs the float64 reference
 
 _ROOT = Path(tempfile.mkdtemp(prefix="cdd_engine_tests_"))
 atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
@@ -120,7 +120,7 @@ def reference(model: RDModel, frame_list, pixel_format: str = "RGB", mode: str =
 
 
 def rel_err(got, want) -> float:
-    """max |got - want| / max |want| (the relative measure of DESIGN.md §3's tolerances)."""
+    """max |got - want| / max |want| (the relative measure of the tolerances of docs/anomaly_map.md)."""
     got = np.asarray(got, dtype=np.float64)
     want = np.asarray(want, dtype=np.float64)
     return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))

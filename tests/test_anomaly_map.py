@@ -1,4 +1,4 @@
-"""The reference anomaly map (DESIGN.md §3) against independent oracles: a per-pixel numpy
+"""The reference anomaly map (docs/anomaly_map.md) against independent oracles: a per-pixel numpy
 cosine distance, bilinear upsampling with align_corners=True written out by hand, and
 scipy.ndimage.gaussian_filter(mode="reflect", sigma=4, truncate=4). float64, odd sizes,
 both modes, tolerance 1e-10; the float32 path within 1e-5 relative of float64."""

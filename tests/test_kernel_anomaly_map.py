@@ -3,7 +3,7 @@
 Inputs are fresh random features (never zeros) over odd shapes. The reference is evaluated in
 float64 on the very values the kernel reads (fp16/bf16 inputs upcast exactly), so every input
 dtype must match to fp32 accumulation accuracy: 1e-5 relative per pixel on maps and scores
-(DESIGN.md §3 allows 2e-3 for fp16 features; that budget is for producing the features in
+(docs/anomaly_map.md allows 2e-3 for fp16 features; that budget is for producing the features in
 fp16, which these inputs already are).
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The lead's RD models: feature shapes of every teacher (exactly DESIGN.md §2 for
+"""The lead's RD models: feature shapes of every teacher (exactly docs/method.md for
 wide_resnet50_2 at 256²), a frozen teacher, torchvision-layout weights loading with
 strict=True, and clear WeightsErrors."""
 from __future__ import annotations

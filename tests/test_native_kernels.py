@@ -2,7 +2,7 @@
 
 Fused anomaly map vs ``cdd_engine.anomaly_map`` in float64 and pre-processing vs
 ``cdd_engine.preprocess`` semantics in float64, on fresh random inputs and odd shapes
-(DESIGN.md section 3: fp32 paths within 1e-5 relative). Also: numpy arrays are read in place
+(docs/anomaly_map.md: fp32 paths within 1e-5 relative). Also: numpy arrays are read in place
 when their strides allow it, and refused with a clear error when they do not.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The installed C++ package: a separate CMake project does ``find_package(cdd_engine)`` with
 ``-Dcdd_engine_DIR=$(python -c 'import cdd_engine; print(cdd_engine.get_cmake_dir())')``, links
 ``cdd_engine::cdd_engine``, builds the example program (csrc/examples) and scores the demo
-frames: the scores equal the Python reference (DESIGN.md section 3 tolerance).
+frames: the scores equal the Python reference (docs/anomaly_map.md tolerance).
 
 Needs the package installed with its native part (``pip install -e .`` with CMake and
 OpenVINO available) and cmake + a C++ compiler on PATH.

@@ -1,7 +1,7 @@
 """Winograd F(2x2, 3x3) rewrite of OpenVINO 3x3 convolutions (export/openvino_winograd.py):
 single convolutions of odd channel counts and non-square even sizes against float64 torch, with
 static and dynamic batch; the convolutions it must leave alone; a whole RD network's IR against
-torch; the export switch. Tolerance: DESIGN.md §3 fp32, 1e-5 relative to each output's max |value|.
+torch; the export switch. Tolerance: docs/anomaly_map.md fp32, 1e-5 relative to each output's max |value|.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fast anomaly maps against the float64 reference (DESIGN.md §3): the torch separable path
+"""Fast anomaly maps against the float64 reference (docs/anomaly_map.md): the torch separable path
 (runtime/postprocess.py) and the OpenVINO graph appended to the network (backends/openvino_backend.py).
 
 Fresh random features (never zeros), odd shapes, both modes; tolerance 1e-5 relative

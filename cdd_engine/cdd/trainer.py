@@ -11,7 +11,7 @@ domain k, the aggregate of the other domains' students' features (:mod:`.aggrega
 
 Inference uses the teacher + global student only (exactly RD's cost).
 
-Our choices, all in :class:`CDDOptions` (DESIGN.md §1: named options, justified by the
+Our choices, all in :class:`CDDOptions` (docs/method.md: named options, justified by the
 ablations in ``benchmarks/cdd_accuracy.py``):
 
 - ``schedule="sequential"`` (default): the domain students are trained to the end first,

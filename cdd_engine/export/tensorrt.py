@@ -1,7 +1,7 @@
 """TensorRT plan builder (TensorRT 10 Python API) and the INT8 Q/DQ graph it can build from.
 
 NOT RUN HERE: the development and CI machines have no TensorRT and no NVIDIA GPU, and
-TensorRT cannot be installed on them (DESIGN.md §6). :func:`build_plan` is written against
+TensorRT cannot be installed on them (docs/where_it_runs.md). :func:`build_plan` is written against
 NVIDIA's documented TensorRT 10 API and runs where ``import tensorrt`` works and a GPU is
 present; elsewhere it raises :class:`BackendUnavailable` saying what is missing (tested).
 :func:`quantize_qdq` uses onnxruntime only and does run here.

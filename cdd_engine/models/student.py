@@ -1,7 +1,7 @@
 """RD student: one-class bottleneck embedding (OCBE) + mirrored decoder, built from the
 teacher's three stage widths (c1, c2, c3) at strides 4, 8 and 16.
 
-For wide_resnet50_2 (256, 512, 1024) at 256x256 this gives exactly DESIGN.md §2:
+For wide_resnet50_2 (256, 512, 1024) at 256x256 this gives exactly docs/method.md:
 layer1 -> two 3x3 s2 convs -> 1024@16², layer2 -> one 3x3 s2 conv -> 1024@16², concat
 with layer3 -> 3072@16², three bottlenecks (first stride 2) -> 2048@8², then decoder stages
 of [3, 4, 6] bottlenecks with 2x2 transposed convs -> 1024@16², 512@32², 256@64².

@@ -183,7 +183,7 @@ def threshold_from_scores(scores: np.ndarray, rule: str = "median_mad", k: float
 
 
 def training_scores(model, features: TeacherFeatures, config: TrainConfig) -> np.ndarray:
-    """Anomaly score (max of the blurred map, DESIGN §3) of every training image, in order."""
+    """Anomaly score (max of the blurred map, docs/anomaly_map.md) of every training image, in order."""
     model.eval()
     out = np.empty(len(features), dtype=np.float64)
     with torch.no_grad():

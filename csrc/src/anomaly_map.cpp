@@ -1,4 +1,4 @@
-// Fused anomaly map (DESIGN.md section 3) on the CPU.
+// Fused anomaly map (docs/anomaly_map.md) on the CPU.
 //
 // Stage 1 (memory-bound, the only pass over the features): per-pixel cosine distance d_s,
 // channel-outer / pixel-inner so every feature element is read once, contiguously, with

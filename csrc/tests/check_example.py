@@ -1,5 +1,5 @@
 """Run the example program on the demo frames and compare its JSON lines with the Python
-reference scores (DESIGN.md section 3: 1e-5 relative).
+reference scores (docs/anomaly_map.md: 1e-5 relative).
 
     python check_example.py CDD_INSPECT ENGINE_DIR FRAMES_DIR [--batch N]
 

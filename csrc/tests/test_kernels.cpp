@@ -1,6 +1,6 @@
 // CPU kernels against independent double-precision references: the antialiased resize +
 // normalisation, and the fused anomaly map against the unfused textbook pipeline, on random
-// inputs and odd shapes (DESIGN.md section 3: fp32 paths within 1e-5 relative).
+// inputs and odd shapes (docs/anomaly_map.md: fp32 paths within 1e-5 relative).
 #include <algorithm>
 #include <array>
 #include <cmath>

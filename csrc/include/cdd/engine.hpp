@@ -9,7 +9,7 @@
 //
 // The pipeline per image: uint8 frame -> antialiased bilinear resize to the model size ->
 // normalise (docs/engine_format.md) -> network (OpenVINO on CPU, TensorRT on NVIDIA GPUs)
-// -> fused anomaly map of DESIGN.md section 3 -> score = max of the map.
+// -> fused anomaly map of docs/anomaly_map.md -> score = max of the map.
 #pragma once
 
 #include <cstddef>

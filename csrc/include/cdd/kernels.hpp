@@ -4,7 +4,7 @@
 // - preprocess(): uint8 frame (row stride, RGB8/BGR8/Mono8) -> antialiased bilinear resize
 //   (PyTorch interpolate(mode="bilinear", align_corners=False, antialias=True)) ->
 //   (x / 255 - mean) / std, written as planar float32 (3, out_h, out_w).
-// - AnomalyMap: the fused anomaly map of DESIGN.md section 3. Each feature element is read
+// - AnomalyMap: the fused anomaly map of docs/anomaly_map.md. Each feature element is read
 //   once; for mode "add" the upsampling and the blur are folded into small precomputed
 //   matrices, map = sum_s A_s d_s B_s^T with A_s = G_H U_s^H (H x h_s), B_s = G_W U_s^W
 //   (W x w_s), so no upsampled per-scale map is ever written.

@@ -243,7 +243,7 @@ void check_precision(const Manifest& m, const ov::Model& model, const std::strin
 
 /// The network with the cosine-distance stage appended: per scale s a new output
 /// cdd_distance_<s> = 1 - <T,S> / (max(|T|, eps) max(|S|, eps)) over channels, (B, h_s, w_s)
-/// fp32, replacing the six feature outputs (DESIGN.md section 3, step 1).
+/// fp32, replacing the six feature outputs (docs/anomaly_map.md, step 1).
 std::shared_ptr<ov::Model> with_distances(const std::shared_ptr<ov::Model>& model, const Manifest& m) {
     using namespace ov::op;
     auto feature = [&](const std::string& name) -> ov::Output<ov::Node> {

@@ -1,7 +1,7 @@
 // TensorRT backend (CDD_WITH_TENSORRT): model.plan on an NVIDIA GPU.
 //
 // NOT RUN ON THE DEVELOPMENT MACHINES: they have no GPU and TensorRT cannot be installed there
-// (DESIGN.md section 6). The file is compile-checked against NVIDIA's public TensorRT headers
+// (docs/where_it_runs.md). The file is compile-checked against NVIDIA's public TensorRT headers
 // (CDD_TENSORRT_COMPILE_ONLY) and written against the documented TensorRT 10/11 runtime API:
 //
 // - the plan is deserialised once (IRuntime::deserializeCudaEngine) and shared;
