@@ -155,13 +155,13 @@ def read_config(run_dir: str | Path) -> dict:
         raise CheckpointError(f"{run_dir} is not a cdd-engine checkpoint: it has no {CONFIG_FILE}")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON ({e})") from e
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: JSON and huge integers
+        raise CheckpointError(f"{path} is not valid JSON ({type(e).__name__}: {str(e)[:200]})") from e
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         got = config.get("format") if isinstance(config, dict) else type(config).__name__
         raise CheckpointError(f"{path} is not a cdd-engine checkpoint config (format {got!r}, expected {FORMAT!r})")
     version = config.get("format_version")
-    if version != FORMAT_VERSION:
+    if isinstance(version, bool) or version != FORMAT_VERSION:  # true == 1 in Python
         newer = isinstance(version, int) and version > FORMAT_VERSION
         raise CheckpointError(f"{path} has checkpoint format version {version!r}; this cdd-engine "
                               f"{__version__} reads version {FORMAT_VERSION}"

@@ -32,14 +32,7 @@ BUDGET_S = 600.0  # hard bound on the campaign's wall time (normally 1-3 minutes
 
 # Findings still open on the current code, by case id -> why. Each is a real defect; the
 # oracle is not loosened for them. Remove an entry when its fix lands (strict xfail says so).
-KNOWN: dict[str, str] = {
-    "ov/manifest/text:bom2":
-        "native: raw error UnicodeDecodeError: 'utf-8' codec can't decode byte 0xef in position 103: invali",
-    "run/config:format_version=true":
-        "build: ACCEPTED (same scores); should refuse: refuse",
-    "run/config:text:deep100000":
-        "build: raw error RecursionError: maximum recursion depth exceeded while decoding a JSON array from",
-}
+KNOWN: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")

@@ -130,6 +130,13 @@ private:
             v.type = Value::Type::Number;
             v.number = number(v.integer);
         } else {
+            // a byte outside printable ASCII is named by its hex value: the message must stay
+            // valid UTF-8 text (Python decodes it), whatever the file holds
+            const unsigned char u = static_cast<unsigned char>(c);
+            if (u < 0x20 || u > 0x7E) {
+                static const char* kHex = "0123456789abcdef";
+                fail(std::string("unexpected byte 0x") + kHex[u >> 4] + kHex[u & 15]);
+            }
             fail(std::string("unexpected character '") + c + "'");
         }
         return v;
