@@ -295,12 +295,9 @@ class Engine:
                     log.warning("engine %s: non-finite output on the native runtime; scoring the call again on "
                                 "the Python runtime to flag the frames", self.engine_dir)
                 else:
-                    bad = ~np.isfinite(scores)
-                    if isinstance(maps, np.ndarray):
-                        bad |= _non_finite(maps, scores)
-                    elif maps is not None:
-                        bad |= np.array([not np.isfinite(m).all() for m in maps], dtype=bool)
-                    return self._result(scores, maps, bad, threshold, on_non_finite)
+                    # no second pass over the maps: the C++ engine raises for any non-finite score,
+                    # and its map max propagates NaN, so a finite score means a finite map
+                    return self._result(scores, maps, ~np.isfinite(scores), threshold, on_non_finite)
         try:
             with torch.no_grad():
                 scores, maps, bad = self._score_python(frames, return_maps, map_size)
