@@ -21,10 +21,13 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+# the blur and boundary rules are defined once, in cdd_engine.operators (re-exported here)
+from .operators import DEFAULT_SIGMA, TRUNCATE, gaussian_taps, reflect_band, reflect_index
+
 EPS = 1e-8
-DEFAULT_SIGMA = 4.0
-TRUNCATE = 4.0  # scipy.ndimage.gaussian_filter's default; sigma 4 -> radius 16, 33 taps
 MODES = ("add", "mul")
+__all__ = ["EPS", "MODES", "DEFAULT_SIGMA", "TRUNCATE", "anomaly_map", "cosine_distance", "gaussian_blur",
+           "gaussian_taps", "reflect_index"]
 
 
 def cosine_distance(teacher: torch.Tensor, student: torch.Tensor, eps: float = EPS) -> torch.Tensor:
@@ -35,34 +38,14 @@ def cosine_distance(teacher: torch.Tensor, student: torch.Tensor, eps: float = E
     return 1.0 - dot / (nt * ns)
 
 
-def gaussian_taps(sigma: float = DEFAULT_SIGMA, truncate: float = TRUNCATE,
-                  dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """Normalised 1-D Gaussian weights of length 2r+1, r = int(truncate*sigma + 0.5) (scipy's rule)."""
-    if not sigma > 0:
-        raise ValueError(f"sigma must be > 0, got {sigma}")
-    radius = int(truncate * float(sigma) + 0.5)
-    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    w = torch.exp(-0.5 * (x / float(sigma)) ** 2)
-    return (w / w.sum()).to(dtype)
-
-
-def reflect_index(idx: torch.Tensor, n: int) -> torch.Tensor:
-    """Map any integer index onto [0, n) the way scipy's mode="reflect" does (edge repeated, period 2n)."""
-    period = 2 * n
-    idx = torch.remainder(idx, period)
-    return torch.where(idx >= n, period - 1 - idx, idx)
-
-
 def gaussian_blur(maps: torch.Tensor, sigma: float = DEFAULT_SIGMA, truncate: float = TRUNCATE) -> torch.Tensor:
     """Separable Gaussian blur of (B, H, W) maps with scipy's reflect boundary, any map size."""
     taps = gaussian_taps(sigma, truncate, dtype=maps.dtype).to(maps.device)
     radius = (taps.numel() - 1) // 2
-    offsets = torch.arange(-radius, radius + 1, device=maps.device)
     out = maps
     for dim in (1, 2):  # rows then columns; the filter is separable
         n = out.shape[dim]
-        pos = torch.arange(n, device=maps.device)
-        idx = reflect_index(pos[:, None] + offsets[None, :], n)  # (n, taps)
+        idx = reflect_band(n, radius).to(maps.device)  # (n, taps): source of tap t of output i
         gathered = out.index_select(dim, idx.reshape(-1))
         shape = list(out.shape)
         shape[dim:dim + 1] = [n, taps.numel()]

@@ -14,8 +14,8 @@ Gaussian blur with scipy's reflect boundary are both linear and separable, so fo
     map_b = sum_s A_s d_s[b] B_s^T,   A_s = G_H U_s (H x h_s),   B_s = G_W V_s (W x w_s),
 
 with d_s the cosine-distance map built from the pass-1 sums on the fly. The small operator
-matrices are made once per (size, scales, sigma) in float64 on the host and cached on the device
-in fp32. Each program computes one BM x BN tile of the map as two chained fp32 matmuls
+matrices come from ``cdd_engine.operators`` (float64, made once per (size, scales, sigma) on the
+host) and are cached on the device in fp32. Each program computes one BM x BN tile of the map as two chained fp32 matmuls
 (``tl.dot`` with ``input_precision="ieee"``: no TF32), restricted to the band of A_s / B_s rows
 that is non-zero for that tile; no upsampled per-scale map ever goes to memory. It writes the
 tile and the tile maximum; ``_row_max_kernel`` reduces the tile maxima to the image score.
@@ -36,7 +36,8 @@ import torch
 import triton
 import triton.language as tl
 
-from cdd_engine.anomaly_map import DEFAULT_SIGMA, EPS as _REF_EPS, MODES, gaussian_taps, reflect_index
+from cdd_engine.anomaly_map import EPS as _REF_EPS, MODES
+from cdd_engine.operators import DEFAULT_SIGMA, band_windows, bilinear_matrix, blur_matrix
 
 from ._common import cdiv, check_device, interpreting, next_pow2, pow2_factor, sm_count
 
@@ -230,47 +231,8 @@ def _row_max_kernel(x_ptr, out_ptr, n, BLOCK: tl.constexpr):
 
 
 # --------------------------------------------------------------------------------------------
-# Host-side operators (float64, cached)
+# Host-side operators: the tables of cdd_engine.operators (float64), packed and cached
 # --------------------------------------------------------------------------------------------
-def upsample_matrix(out_n: int, in_n: int) -> torch.Tensor:
-    """(out_n, in_n) float64 matrix of 1-D linear interpolation with ``align_corners=True``.
-
-    Same index/weight rule as PyTorch's upsample_bilinear2d: src = i*(in-1)/(out-1),
-    i0 = floor(src), i1 = min(i0 + 1, in - 1), weights 1 - (src - i0) and src - i0.
-    """
-    u = torch.zeros(out_n, in_n, dtype=torch.float64)
-    scale = (in_n - 1) / (out_n - 1) if out_n > 1 else 0.0
-    src = torch.arange(out_n, dtype=torch.float64) * scale
-    i0 = src.floor().long().clamp(0, in_n - 1)
-    i1 = (i0 + 1).clamp(max=in_n - 1)
-    lam = (src - i0).clamp(0.0, 1.0)
-    rows = torch.arange(out_n)
-    u.index_put_((rows, i0), 1.0 - lam, accumulate=True)
-    u.index_put_((rows, i1), lam, accumulate=True)
-    return u
-
-
-def blur_matrix(n: int, sigma: float) -> torch.Tensor:
-    """(n, n) float64 matrix of the 1-D Gaussian blur with scipy's reflect boundary."""
-    taps = gaussian_taps(sigma)
-    r = (taps.numel() - 1) // 2
-    idx = reflect_index(torch.arange(n)[:, None] + torch.arange(-r, r + 1)[None, :], n)
-    g = torch.zeros(n, n, dtype=torch.float64)
-    g.scatter_add_(1, idx, taps.expand(n, -1).contiguous())
-    return g
-
-
-def _band_windows(m: torch.Tensor, tile: int) -> list[int]:
-    """For row tiles of ``m`` (out, in): flat [lo0, hi0, lo1, hi1, ...] of its non-zero columns."""
-    out = []
-    nz = m != 0
-    for r0 in range(0, m.shape[0], tile):
-        cols = torch.nonzero(nz[r0:r0 + tile].any(dim=0)).flatten()
-        lo, hi = (int(cols[0]), int(cols[-1]) + 1) if cols.numel() else (0, 0)
-        out += [lo, hi]
-    return out
-
-
 class _OperatorSet:
     """Packed operators of one sandwich launch (CPU tensors; moved to devices on demand)."""
 
@@ -280,9 +242,9 @@ class _OperatorSet:
         a_off = bt_off = 0
         for a, b in mats:  # a: (H, h), b: (W, w)
             rwin_off = len(win)
-            win += _band_windows(a, block_m)
+            win += band_windows(a, block_m)
             cwin_off = len(win)
-            win += _band_windows(b, block_n)
+            win += band_windows(b, block_n)
             self.static.append((a.shape[1], b.shape[1], a_off, bt_off, rwin_off, cwin_off))
             a_parts.append(a.reshape(-1))
             bt_parts.append(b.t().contiguous().reshape(-1))
@@ -317,7 +279,7 @@ def _operators(out_hw: tuple[int, int], scale_hws: tuple[tuple[int, int], ...], 
                mode: str, block_m: int, block_n: int) -> tuple[_OperatorSet, _OperatorSet | None]:
     """(first launch operators, blur operators for mode "mul" or None)."""
     H, W = out_hw
-    ups = [(upsample_matrix(H, h), upsample_matrix(W, w)) for h, w in scale_hws]
+    ups = [(bilinear_matrix(H, h), bilinear_matrix(W, w)) for h, w in scale_hws]
     if not sigma:
         return _OperatorSet(ups, block_m, block_n), None
     gh, gw = blur_matrix(H, sigma), blur_matrix(W, sigma)

@@ -108,7 +108,7 @@ def _preprocess_spec(out: str) -> KernelSpec:
         num_warps=_pp.PRE_NUM_WARPS, grid="(ceil(w / BLOCK_N), ceil(h / BLOCK_M), N)",
         notes=("uint8 HWC frames (byte row stride src_sh, pixel stride src_sw = 3 or 1) -> NCHW "
                f"{out}; ch0..ch2 = source channel of R,G,B (RGB 0,1,2; BGR 2,1,0; MONO 0,0,0); "
-               "tables from kernels/preprocess.py antialias_taps"),
+               "tables from cdd_engine/operators.py antialias_taps"),
         defines={"BLOCK_M": _pp.PRE_BLOCK_M, "BLOCK_N": _pp.PRE_BLOCK_N, "ROW_CHUNK": _pp.PRE_ROW_CHUNK})
 
 

@@ -11,7 +11,7 @@ column ``x0[j]`` and KX tap weights (and likewise per output row), with the rule
 antialiased interpolation: scale = in/out, support = scale (downsampling) or 1 (upsampling),
 center = scale*(j + 0.5), taps from int(center - support + 0.5) to int(center + support + 0.5),
 triangle weights max(0, 1 - |(k - center + 0.5) / max(scale, 1)|), normalised to sum 1.
-Tables are computed in float64 and cached per (in size, out size).
+The weights are ``cdd_engine.operators.antialias_taps`` (float64), cached per (in size, out size).
 
 Two implementations, both one program per BM x BN output tile, chunk by chunk over the input
 rows of the tile's row band, each chunk folded into the tile with an fp32 ``tl.dot``
@@ -37,6 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
+from cdd_engine.operators import antialias_taps
 from cdd_engine.preprocess import IMAGENET_MEAN, IMAGENET_STD, PIXEL_FORMATS
 
 from ._common import cdiv, check_device, interpreting
@@ -202,36 +203,6 @@ def _preprocess_mma_kernel(src_ptr, out_ptr, rlo_ptr, wyb_ptr, clo_ptr, wxb_ptr,
         acc2 += tl.dot(wyc, h2, input_precision="ieee")
     _store_rgb(out_ptr, n, rows, cols, rmask, cmask, out_sn, out_sc, out_sh, out_sw, acc0, acc1, acc2,
                affine_ptr, INV_SCALE)
-
-
-def antialias_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """First input index (out,) int32 and tap weights (out, K) float64 of the 1-D resize.
-
-    Antialiased linear ("triangle") filter of PyTorch's ``antialias=True`` bilinear
-    interpolation with ``align_corners=False``; weights of each output sum to 1, unused taps 0.
-    """
-    if in_size <= 0 or out_size <= 0:
-        raise ValueError(f"sizes must be positive, got in {in_size}, out {out_size}")
-    scale = in_size / out_size
-    support = scale if scale >= 1.0 else 1.0  # triangle half-width 1, widened when downsampling
-    invscale = 1.0 / scale if scale >= 1.0 else 1.0
-    starts, weights = [], []
-    for i in range(out_size):
-        center = scale * (i + 0.5)
-        lo = max(int(center - support + 0.5), 0)  # int() truncates toward zero, as in C++
-        hi = min(int(center + support + 0.5), in_size)
-        k = np.arange(lo, hi, dtype=np.float64)
-        wts = np.maximum(0.0, 1.0 - np.abs((k - center + 0.5) * invscale))
-        total = wts.sum()
-        if total != 0.0:
-            wts = wts / total
-        starts.append(lo)
-        weights.append(wts)
-    taps = max(len(v) for v in weights)
-    table = np.zeros((out_size, taps), dtype=np.float64)
-    for i, v in enumerate(weights):
-        table[i, :len(v)] = v
-    return np.asarray(starts, dtype=np.int32), table
 
 
 @functools.lru_cache(maxsize=64)

@@ -22,6 +22,7 @@ except ImportError:
 
 K = interpreted("anomaly_map")  # sets TRITON_INTERPRET=1 before the kernels are decorated
 
+from cdd_engine import operators  # noqa: E402
 from cdd_engine.anomaly_map import anomaly_map  # noqa: E402
 
 RTOL = 1e-5
@@ -128,11 +129,11 @@ def test_operators_against_independent_oracles():
     for n, sigma in ((7, 4.0), (40, 4.0), (33, 1.5)):
         x = rng.standard_normal((n, 3))
         want = scipy_ndimage.gaussian_filter1d(x, sigma, axis=0, mode="reflect", truncate=4.0)
-        np.testing.assert_allclose(K.blur_matrix(n, sigma).numpy() @ x, want, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(operators.blur_matrix(n, sigma).numpy() @ x, want, rtol=0, atol=1e-12)
     for out_n, in_n in ((23, 5), (7, 7), (5, 1), (64, 16)):
         x = torch.randn(1, 1, in_n, 2, dtype=torch.float64)
         want = F.interpolate(x, size=(out_n, 2), mode="bilinear", align_corners=True)[0, 0]
-        torch.testing.assert_close(K.upsample_matrix(out_n, in_n) @ x[0, 0], want, rtol=0, atol=1e-12)
+        torch.testing.assert_close(operators.bilinear_matrix(out_n, in_n) @ x[0, 0], want, rtol=0, atol=1e-12)
 
 
 def test_bad_input():

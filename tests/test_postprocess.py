@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter1d
 
 from cdd_engine.anomaly_map import anomaly_map, cosine_distance
-from cdd_engine.runtime.postprocess import FastAnomalyMap, bilinear_matrix, blur_matrix, cosine_distance_fast
+from cdd_engine.operators import bilinear_matrix, blur_matrix
+from cdd_engine.runtime.postprocess import FastAnomalyMap, cosine_distance_fast
 
 from engine_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 from engine_helpers import RTOL, rel_err

@@ -9,8 +9,9 @@ where U_s, V_s are the interpolation matrices and G_H, G_W the blur matrices (re
 boundary folded in). For mode ``add`` the whole map is ``sum_s A_s d_s B_s^T``: two small
 matmuls per scale instead of writing three full-size maps and blurring them with 33 taps.
 For ``mul`` the product of upsampled maps is not linear in d, so it upsamples with U_s, V_s,
-multiplies, then blurs with G_H, G_W (still matmuls). The matrices are built once per
-(feature shapes, output size) in float64 and cached in the compute dtype.
+multiplies, then blurs with G_H, G_W (still matmuls). The matrices come from
+:mod:`cdd_engine.operators` (float64), built once per (feature shapes, output size) and cached
+in the compute dtype.
 """
 from __future__ import annotations
 
@@ -19,38 +20,10 @@ from typing import Sequence
 import torch
 
 from .. import limits
-from ..anomaly_map import DEFAULT_SIGMA, EPS, MODES, TRUNCATE, gaussian_taps
+from ..anomaly_map import EPS, MODES
+from ..operators import DEFAULT_SIGMA, TRUNCATE, bilinear_matrix, blur_matrix
 
-
-def bilinear_matrix(n_out: int, n_in: int) -> torch.Tensor:
-    """(n_out, n_in) float64 matrix of 1-D bilinear interpolation with ``align_corners=True``."""
-    m = torch.zeros(n_out, n_in, dtype=torch.float64)
-    if n_in == 1 or n_out == 1:
-        m[:, 0] = 1.0  # torch maps every output to source 0 in both degenerate cases
-        return m
-    src = torch.arange(n_out, dtype=torch.float64) * ((n_in - 1) / (n_out - 1))
-    i0 = src.floor().long().clamp(max=n_in - 1)
-    frac = src - i0
-    i1 = (i0 + 1).clamp(max=n_in - 1)
-    rows = torch.arange(n_out)
-    m.index_put_((rows, i0), 1.0 - frac, accumulate=True)
-    m.index_put_((rows, i1), frac, accumulate=True)
-    return m
-
-
-def blur_matrix(n: int, sigma: float = DEFAULT_SIGMA, truncate: float = TRUNCATE) -> torch.Tensor:
-    """(n, n) float64 matrix of the 1-D Gaussian blur with scipy's ``mode="reflect"`` boundary."""
-    taps = gaussian_taps(sigma, truncate, dtype=torch.float64)
-    radius = (taps.numel() - 1) // 2
-    offsets = torch.arange(-radius, radius + 1)
-    idx = torch.arange(n)[:, None] + offsets[None, :]
-    period = 2 * n
-    idx = torch.remainder(idx, period)
-    idx = torch.where(idx >= n, period - 1 - idx, idx)  # ... c b a | a b c ...
-    m = torch.zeros(n, n, dtype=torch.float64)
-    rows = torch.arange(n)[:, None].expand_as(idx)
-    m.index_put_((rows.reshape(-1), idx.reshape(-1)), taps.repeat(n), accumulate=True)
-    return m
+__all__ = ["FastAnomalyMap", "bilinear_matrix", "blur_matrix", "cosine_distance_fast"]
 
 
 # Channels per step of the cosine distance: temporaries of about 1 Mi elements (4 MB) stay in
