@@ -27,59 +27,19 @@ namespace cdd {
 namespace kernels {
 
 using detail::blur_upsample_matrix;
+using detail::half_to_float;
+using detail::reflect_index;
 
-/// (n_out x n_in) bilinear align_corners=True interpolation as (source index, weight of the next one).
-static void align_corners_coords(int n_out, int n_in, std::vector<int>& i0, std::vector<float>& frac,
-                          std::vector<double>* frac_d = nullptr) {
-    i0.resize(n_out);
-    frac.resize(n_out);
-    if (frac_d) frac_d->resize(n_out);
-    const double scale = n_out > 1 ? static_cast<double>(n_in - 1) / (n_out - 1) : 0.0;
-    for (int i = 0; i < n_out; ++i) {
-        const double src = scale * i;
-        int k = std::min(static_cast<int>(src), n_in - 1);
-        double f = src - k;
-        if (k == n_in - 1) f = 0.0;  // last source sample: no right neighbour
-        i0[i] = k;
-        frac[i] = static_cast<float>(f);
-        if (frac_d) (*frac_d)[i] = f;
-    }
+namespace {
+
+/// Mul mode's per-axis upsampling: align_corners source samples and float weights (the shared rule).
+void align_corners_f(int n_out, int n_in, std::vector<int>& i0, std::vector<float>& frac) {
+    std::vector<double> fd;
+    detail::align_corners_coords(n_out, n_in, i0, fd);
+    frac.assign(fd.begin(), fd.end());
 }
 
-
-
-float half_to_float(std::uint16_t h) noexcept {
-    const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
-    std::uint32_t exp = (h >> 10) & 0x1Fu;
-    std::uint32_t mant = h & 0x3FFu;
-    std::uint32_t bits;
-    if (exp == 0) {
-        if (mant == 0) {
-            bits = sign;
-        } else {  // subnormal half: normalise
-            int e = -1;
-            do {
-                ++e;
-                mant <<= 1;
-            } while ((mant & 0x400u) == 0);
-            bits = sign | static_cast<std::uint32_t>(127 - 15 - e) << 23 | (mant & 0x3FFu) << 13;
-        }
-    } else if (exp == 0x1F) {
-        bits = sign | 0x7F800000u | mant << 13;  // inf / nan
-    } else {
-        bits = sign | (exp + 127 - 15) << 23 | mant << 13;
-    }
-    float f;
-    std::memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-int reflect_index(long long i, int n) noexcept {
-    const long long period = 2LL * n;
-    long long r = i % period;
-    if (r < 0) r += period;
-    return static_cast<int>(r >= n ? period - 1 - r : r);
-}
+}  // namespace
 
 int blur_radius(double sigma, double truncate) {
     if (!(sigma > 0.0) || !std::isfinite(sigma))
@@ -111,24 +71,17 @@ std::vector<double> gaussian_taps(double sigma, double truncate) {
 
 namespace {
 
-/// Stores a dense double matrix as float plus each row's [lo, hi) range of non-zeros.
+/// Stores a dense double matrix as float plus each row's [lo, hi) range of non-zeros (of the
+/// float values: a weight that rounds to 0 is outside the band).
 void banded(const std::vector<double>& m, int rows, int cols, std::vector<float>& out, std::vector<int>& lo,
             std::vector<int>& hi) {
-    out.resize(m.size());
+    out.assign(m.begin(), m.end());
+    const std::vector<int> win = detail::band_windows(out.data(), rows, cols, 1);
     lo.resize(rows);
     hi.resize(rows);
     for (int i = 0; i < rows; ++i) {
-        int b = cols, e = 0;
-        for (int k = 0; k < cols; ++k) {
-            const float v = static_cast<float>(m[static_cast<std::size_t>(i) * cols + k]);
-            out[static_cast<std::size_t>(i) * cols + k] = v;
-            if (v != 0.f) {
-                b = std::min(b, k);
-                e = k + 1;
-            }
-        }
-        lo[i] = b < e ? b : 0;
-        hi[i] = b < e ? e : 0;
+        lo[i] = win[2 * i];
+        hi[i] = win[2 * i + 1];
     }
 }
 
@@ -237,8 +190,8 @@ AnomalyMap::AnomalyMap(int out_height, int out_width, std::vector<std::pair<int,
                     Bt[static_cast<std::size_t>(j) * out_w_ + x] = B[static_cast<std::size_t>(x) * sc.w + j];
             banded(Bt, sc.w, out_w_, sc.Bt, sc.b_lo, sc.b_hi);
         } else {
-            align_corners_coords(out_h_, sc.h, sc.up_i0, sc.up_fy);
-            align_corners_coords(out_w_, sc.w, sc.up_j0, sc.up_fx);
+            align_corners_f(out_h_, sc.h, sc.up_i0, sc.up_fy);
+            align_corners_f(out_w_, sc.w, sc.up_j0, sc.up_fx);
         }
         dist_offset_.push_back(off);
         off += static_cast<std::size_t>(sc.h) * sc.w;
@@ -501,9 +454,8 @@ namespace detail {
 
 std::vector<double> blur_upsample_matrix(int n_out, int n_in, const std::vector<double>& taps) {
     std::vector<int> i0;
-    std::vector<float> ff;
     std::vector<double> fd;
-    kernels::align_corners_coords(n_out, n_in, i0, ff, &fd);
+    align_corners_coords(n_out, n_in, i0, fd);
     std::vector<double> U(static_cast<std::size_t>(n_out) * n_in, 0.0);
     for (int i = 0; i < n_out; ++i) {
         U[static_cast<std::size_t>(i) * n_in + i0[i]] += 1.0 - fd[i];
@@ -514,7 +466,7 @@ std::vector<double> blur_upsample_matrix(int n_out, int n_in, const std::vector<
     std::vector<double> GU(U.size(), 0.0);
     for (int i = 0; i < n_out; ++i)
         for (int t = -r; t <= r; ++t) {
-            const int src = kernels::reflect_index(static_cast<long long>(i) + t, n_out);
+            const int src = reflect_index(static_cast<long long>(i) + t, n_out);
             const double w = taps[t + r];
             for (int k = 0; k < n_in; ++k)
                 GU[static_cast<std::size_t>(i) * n_in + k] += w * U[static_cast<std::size_t>(src) * n_in + k];
@@ -527,7 +479,7 @@ std::vector<double> blur_matrix(int n, const std::vector<double>& taps) {
     const int r = static_cast<int>(taps.size() / 2);
     for (int i = 0; i < n; ++i)
         for (int t = -r; t <= r; ++t)
-            g[static_cast<std::size_t>(i) * n + kernels::reflect_index(static_cast<long long>(i) + t, n)] += taps[t + r];
+            g[static_cast<std::size_t>(i) * n + reflect_index(static_cast<long long>(i) + t, n)] += taps[t + r];
     return g;
 }
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cdd/cdd.hpp"
+#include "naive_map.hpp"
 
 namespace {
 
@@ -115,7 +116,7 @@ int main(int argc, char** argv) {
     std::vector<double> ref(static_cast<std::size_t>(H) * W);
     const double naive = median(time_runs(std::max(1, iters / 2), [&] {
         std::vector<cdd::kernels::FeaturePair> one = levels;
-        cdd::kernels::anomaly_map_naive(one.data(), one.size(), H, W, cdd::kernels::MapSettings(), ref.data());
+        cdd::testing::anomaly_map_naive(one.data(), one.size(), H, W, cdd::kernels::MapSettings(), ref.data());
     }));  // one image
     std::printf("{\"what\": \"postprocess\", \"batch\": %d, \"map\": \"%dx%d\", \"threads\": %d, "
                 "\"fused_ms_per_image\": %.3f, \"naive_ms_per_image\": %.3f, \"speedup\": %.1f}\n",

@@ -11,9 +11,13 @@
 #include "cdd/kernels.hpp"
 #include "cdd/limits.hpp"
 #include "check.hpp"
+#include "naive_map.hpp"
 
 using namespace cdd;
 using namespace cdd::kernels;
+using cdd::detail::half_to_float;
+using cdd::detail::reflect_index;
+using cdd::testing::anomaly_map_naive;
 
 namespace {
 

@@ -8,8 +8,9 @@
 //   once; for mode "add" the upsampling and the blur are folded into small precomputed
 //   matrices, map = sum_s A_s d_s B_s^T with A_s = G_H U_s^H (H x h_s), B_s = G_W U_s^W
 //   (W x w_s), so no upsampled per-scale map is ever written.
-// - anomaly_map_naive(): the unfused textbook pipeline (per-scale upsampled maps, then a
-//   33-tap blur), kept as an independent C++ reference for tests and benchmarks.
+// - gaussian_taps() / blur_radius(): the blur's taps and radius rule (docs/anomaly_map.md).
+// Test-only helpers (the unfused naive map, reflect_index, half_to_float) are not part of the
+// library: they live in csrc/tests/naive_map.hpp and the private src/operators.hpp.
 #pragma once
 
 #include <cstddef>
@@ -118,12 +119,6 @@ private:
     std::vector<float> taps_;               // normalised Gaussian taps, 2r+1
 };
 
-/// Unfused reference in double precision: per-scale cosine distance, bilinear
-/// (align_corners) upsampling to full size, sum/product, 33-tap reflect blur, max.
-/// One image; writes out_h x out_w to `map` (not null) and returns the score.
-double anomaly_map_naive(const FeaturePair* levels, std::size_t num_scales, int out_h, int out_w,
-                         const MapSettings& settings, double* map);
-
 /// Blur radius r = floor(truncate * sigma + 0.5), computed in double; throws cdd::Error
 /// (InvalidArgument) unless sigma is finite and > 0, truncate finite and >= 0 and
 /// r <= limits::kMaxBlurRadius.
@@ -132,12 +127,6 @@ int blur_radius(double sigma, double truncate);
 /// Normalised Gaussian taps of scipy.ndimage.gaussian_filter: 2r+1 weights,
 /// r = blur_radius(sigma, truncate) (same checks).
 std::vector<double> gaussian_taps(double sigma, double truncate);
-
-/// Index i in (-inf, inf) folded onto [0, n) as scipy's mode="reflect" (edge repeated).
-int reflect_index(long long i, int n) noexcept;
-
-/// IEEE half -> float.
-float half_to_float(std::uint16_t h) noexcept;
 
 }  // namespace kernels
 }  // namespace cdd

@@ -1,5 +1,9 @@
 // Launchers of the AOT-compiled Triton kernels (see gpu_kernels.hpp). Compiled by nvcc in
 // CDD_WITH_CUDA builds. Cannot run without an NVIDIA GPU; its test skips there.
+//
+// The operator tables (upsample/blur matrices, their band windows, the resize windows) come
+// from ../operators.hpp, the same functions the CPU kernels use; csrc/tests/test_cuda_kernels.cpp
+// checks the launched kernels against the committed golden vectors of tests/golden/.
 #include "gpu_kernels.hpp"
 
 #include <algorithm>
@@ -43,25 +47,6 @@ DeviceBuffer upload_now(const std::vector<T>& host) {
         check(driver().memcpy_htod_async(d.get(), host.data(), host.size() * sizeof(T), nullptr), "cuMemcpyHtoD");
     check(driver().stream_synchronize(nullptr), "cuStreamSynchronize");
     return d;
-}
-
-/// [lo0, hi0, lo1, hi1, ...]: per tile of `tile` rows of the (rows x cols) matrix m, the
-/// range of its non-zero columns (kernels/anomaly_map.py _band_windows).
-std::vector<int> band_windows(const std::vector<double>& m, int rows, int cols, int tile) {
-    std::vector<int> out;
-    for (int r0 = 0; r0 < rows; r0 += tile) {
-        int lo = cols, hi = 0;
-        for (int r = r0; r < std::min(rows, r0 + tile); ++r)
-            for (int c = 0; c < cols; ++c)
-                if (m[static_cast<std::size_t>(r) * cols + c] != 0.0) {
-                    lo = std::min(lo, c);
-                    hi = std::max(hi, c + 1);
-                }
-        if (lo >= hi) lo = hi = 0;
-        out.push_back(lo);
-        out.push_back(hi);
-    }
-    return out;
 }
 
 }  // namespace
@@ -132,10 +117,10 @@ GpuAnomalyMap::Ops GpuAnomalyMap::upload(const std::vector<std::pair<std::vector
         const std::vector<double>& A = mats[s].first;   // (H x h)
         const std::vector<double>& B = mats[s].second;  // (W x w)
         const int rwin_off = static_cast<int>(win.size());
-        const auto rw = band_windows(A, H_, h, bm);
+        const auto rw = detail::band_windows(A.data(), H_, h, bm);
         win.insert(win.end(), rw.begin(), rw.end());
         const int cwin_off = static_cast<int>(win.size());
-        const auto cw = band_windows(B, W_, w, bn);
+        const auto cw = detail::band_windows(B.data(), W_, w, bn);
         win.insert(win.end(), cw.begin(), cw.end());
         ops.static_rows.push_back({h, w, to_i32(static_cast<long long>(a.size()), "operator size"),
                                    to_i32(static_cast<long long>(bt.size()), "operator size"), rwin_off, cwin_off});
