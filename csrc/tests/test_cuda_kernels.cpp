@@ -1,5 +1,6 @@
 // GPU pre/post-processing (the Triton AOT kernels launched from C++ through the CUDA driver
-// API) against the CPU kernels, which the other tests check against the Python reference.
+// API) against the CPU kernels, and against the Python reference's committed golden vectors
+// (tests/golden/anomaly_map_operators.json, the same file test_golden.cpp checks on the CPU).
 // Needs an NVIDIA GPU: exits 77 (ctest: skipped) without one. Also times the fused GPU
 // anomaly map on wide_resnet50_2's feature shapes and checks it replays from a CUDA graph.
 #include <algorithm>
@@ -15,6 +16,9 @@
 #include "../src/cuda/gpu_kernels.hpp"
 #include "cdd/kernels.hpp"
 #include "check.hpp"
+#ifdef CDD_GOLDEN_FILE
+#include "golden.hpp"
+#endif
 
 using namespace cdd;
 using namespace cdd::kernels;
@@ -163,6 +167,57 @@ TEST_CASE("GPU anomaly map equals the CPU kernel: add/mul, blur/none, fp32/fp16,
     check_map({{{{6, 6, 6}}, {{6, 3, 3}}}, 33, 30, 1, MapMode::Mul, 0.0, DType::Float32});
     check_map({{{{12, 13, 7}}, {{20, 7, 4}}}, 29, 61, 4, MapMode::Add, 0.0, DType::Float32});
 }
+
+#ifdef CDD_GOLDEN_FILE
+// The launchers against the Python reference's golden vectors (tests/golden/): the operator
+// tables they upload, their band windows, split plan and workspace layout, end to end.
+// Needs an NVIDIA GPU and AOT kernels; not run on machines without them (the test exits 77).
+TEST_CASE("golden: GPU anomaly map and pre-processing equal the Python reference") {
+    const golden::Maps g = golden::maps();
+    std::vector<cuda::DeviceBuffer> bufs;
+    std::vector<cuda::FeatureGeometry> geo;
+    std::vector<cuda::DeviceFeature> dev;
+    for (std::size_t s = 0; s < g.scales.size(); ++s) {
+        bufs.push_back(to_device(g.teacher[s]));
+        bufs.push_back(to_device(g.student[s]));
+        geo.push_back({g.scales[s][0], g.scales[s][1], g.scales[s][2], DType::Float32});
+        dev.push_back({bufs[bufs.size() - 2].get(), bufs.back().get()});
+    }
+    const std::size_t full = static_cast<std::size_t>(g.H) * g.W;
+    for (const golden::MapCase& k : g.cases) {
+        cuda::Stream st;
+        cuda::GpuAnomalyMap gpu(*g_ks, g.H, g.W, geo, k.settings, g.batch, g_sms);
+        cuda::DeviceBuffer maps(g.batch * full * sizeof(float)), scores(g.batch * sizeof(float));
+        gpu.run(dev.data(), g.batch, maps.get(), scores.get(), st.get());
+        const double em = golden::rel_to_max(to_host(maps.get(), g.batch * full, st.get()), k.maps);
+        const double es = golden::rel_to_max(to_host(scores.get(), g.batch, st.get()), k.scores);
+        CHECK_MSG(em <= 1e-5, k.name + ": GPU map error " + std::to_string(em));
+        CHECK_MSG(es <= 1e-5, k.name + ": GPU score error " + std::to_string(es));
+    }
+    const auto& pp = golden::at(golden::root(), "preprocess");
+    const std::vector<double> mean = golden::numbers(golden::at(pp, "mean")), sd = golden::numbers(golden::at(pp, "std"));
+    Normalization norm;
+    for (int c = 0; c < 3; ++c) {
+        norm.mean[c] = static_cast<float>(mean.at(c));
+        norm.std[c] = static_cast<float>(sd.at(c));
+    }
+    for (const auto& f : golden::at(pp, "frames").array) {
+        const std::string fmt = golden::at(f, "format").string;
+        const PixelFormat pf = fmt == "RGB8" ? PixelFormat::RGB8 : fmt == "BGR8" ? PixelFormat::BGR8 : PixelFormat::Mono8;
+        const int h = static_cast<int>(golden::number(f, "height")), w = static_cast<int>(golden::number(f, "width"));
+        const std::vector<double> out = golden::numbers(golden::at(f, "out")), px = golden::numbers(golden::at(f, "pixels"));
+        const std::vector<std::uint8_t> bytes(px.begin(), px.end());
+        const int oh = static_cast<int>(out.at(0)), ow = static_cast<int>(out.at(1));
+        cuda::Stream st;
+        cuda::GpuPreprocess pre(*g_ks, oh, ow, norm);
+        cuda::DeviceBuffer staging, dst(3 * static_cast<std::size_t>(oh) * ow * sizeof(float));
+        pre.run(ImageView::packed(bytes.data(), w, h, pf), staging, dst.get(), st.get());
+        const double e = golden::rel_to_max(to_host(dst.get(), 3 * static_cast<std::size_t>(oh) * ow, st.get()),
+                                            golden::numbers(golden::at(f, "expected")));
+        CHECK_MSG(e <= 1e-5, fmt + " pre-processing on the GPU: error " + std::to_string(e));
+    }
+}
+#endif
 
 TEST_CASE("GPU anomaly map replays from a CUDA graph; timing on wide_resnet50_2 shapes") {
     const int B = 8, H = 256, W = 256;
