@@ -19,13 +19,9 @@ silently different model.
 """
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import math
-import os
 import random
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import limits
+from . import hashed_dir, limits
 from .anomaly_map import MODES, TRUNCATE
 from .models import RDModel, Student, WeightsError, build_teacher
 from .models.teachers import RANDOM
@@ -62,35 +58,21 @@ class CheckpointError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- file helpers
+# Hashing, atomic writes, checked reads and the version upgrade path are cdd_engine/hashed_dir.py,
+# shared with the engine format. Checkpoint records are "sha256:<hex>" strings.
 def _sha256(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+    return hashed_dir.digest_id(hashed_dir.sha256_bytes(data))
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it over (an interruption never
-    leaves a half-written file under the final name)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:  # not tempfile.mkstemp: its files are 0600; these get 0666 less the umask, like any file
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:
-            continue
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+# Upgrade path of config.json: register ``@MIGRATIONS.register(N)`` functions that turn a
+# version-N config into version N+1 when FORMAT_VERSION grows; read_config applies them.
+MIGRATIONS = hashed_dir.Migrations(FORMAT, FORMAT_VERSION, error=CheckpointError)
 
 
 def write_json(path: str | Path, obj: Any) -> str:
     """Atomically write ``obj`` as indented JSON; returns its sha256 id."""
     data = (json.dumps(obj, indent=2, allow_nan=False) + "\n").encode("utf-8")
-    _atomic_write(Path(path), data)
+    hashed_dir.atomic_write(path, data)
     return _sha256(data)
 
 
@@ -99,22 +81,29 @@ def write_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: 
     """Atomically write a safetensors file; returns its sha256 id."""
     from safetensors.torch import save
     data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, metadata=metadata)
-    _atomic_write(Path(path), data)
+    hashed_dir.atomic_write(path, data)
     return _sha256(data)
 
 
+def _files(run_dir: Path, config: dict) -> dict:
+    files = config.get("files", {})
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{run_dir / CONFIG_FILE}: 'files' must be an object {{name: 'sha256:<hex>'}}, "
+                              f"got {type(files).__name__}")
+    return files
+
+
 def _read_bytes(run_dir: Path, name: str, config: dict) -> bytes:
-    path = run_dir / name
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {run_dir} is missing {name}")
-    data = path.read_bytes()
-    want = config.get("files", {}).get(name)
-    if want is None:
-        raise CheckpointError(f"checkpoint {run_dir}: config.json records no hash for {name}")
-    if _sha256(data) != want:
-        raise CheckpointError(f"checkpoint {run_dir}: {name} is corrupt or was changed after it was "
-                              f"written (its sha256 differs from the one in config.json)")
-    return data
+    """A listed file's bytes, checked against config.json's record before they are parsed."""
+    return hashed_dir.read_listed(run_dir, _files(run_dir, config), name, manifest=CONFIG_FILE, error=CheckpointError)
+
+
+def verify_checkpoint(run_dir: str | Path, config: dict | None = None) -> dict:
+    """Check every file config.json lists (present, regular, recorded sha256); returns the config."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir) if config is None else config
+    hashed_dir.verify_files(run_dir, _files(run_dir, config), manifest=CONFIG_FILE, error=CheckpointError)
+    return config
 
 
 def read_tensors(run_dir: str | Path, name: str, config: dict) -> dict[str, torch.Tensor]:
@@ -160,12 +149,9 @@ def read_config(run_dir: str | Path) -> dict:
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         got = config.get("format") if isinstance(config, dict) else type(config).__name__
         raise CheckpointError(f"{path} is not a cdd-engine checkpoint config (format {got!r}, expected {FORMAT!r})")
-    version = config.get("format_version")
-    if isinstance(version, bool) or version != FORMAT_VERSION:  # true == 1 in Python
-        newer = isinstance(version, int) and version > FORMAT_VERSION
-        raise CheckpointError(f"{path} has checkpoint format version {version!r}; this cdd-engine "
-                              f"{__version__} reads version {FORMAT_VERSION}"
-                              + (" (it was written by a newer cdd-engine: upgrade)" if newer else ""))
+    # an older version is upgraded by the registered migrations; a newer one is refused
+    config = MIGRATIONS.upgrade(config, what=str(path),
+                                newer_hint=f"it was written by a newer cdd-engine than this {__version__}: upgrade")
     missing = [k for k in REQUIRED_KEYS if k not in config]
     if missing:
         raise CheckpointError(f"{path} lacks {', '.join(missing)}")
