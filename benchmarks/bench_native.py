@@ -37,6 +37,7 @@ from cdd_engine.anomaly_map import anomaly_map  # noqa: E402
 from cdd_engine.models.rd import build_rd_model  # noqa: E402
 from cdd_engine.native import load as load_native  # noqa: E402
 from cdd_engine.preprocess import resize_normalize  # noqa: E402
+from results_csv import ResultsWriter  # noqa: E402  (benchmarks/ is this script's directory)
 
 BACKBONE, SIZE, SEED = "wide_resnet50_2", 256, 0
 BEGIN, END = "<!-- bench_native:begin -->", "<!-- bench_native:end -->"
@@ -185,11 +186,22 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1))
         write_markdown()
-        print(f"wrote {out.relative_to(ROOT)} and the native section of benchmarks/RESULTS.md")
+        csv_path = write_csv(result)
+        print(f"wrote {out.relative_to(ROOT)}, {csv_path.relative_to(ROOT)} and the native section of "
+              f"benchmarks/RESULTS.md")
     return 0
 
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
+CONFIG_KEYS = ("threads", "batch", "iters", "model", "torch", "openvino", "note")
+
+
+def write_csv(result: dict, path: Path | None = None) -> Path:
+    """The run's measurements as long-format rows of benchmarks/results/native.csv (results_csv.py)."""
+    w = ResultsWriter("native", path)
+    config = {k: result[k] for k in CONFIG_KEYS if k in result}
+    w.add_dict({k: v for k, v in result.items() if k not in CONFIG_KEYS and k != "machine"}, **config)
+    return w.write()
 
 
 def write_markdown() -> None:

@@ -33,6 +33,7 @@ from cdd_engine.data import make_demo_dataset  # noqa: E402
 from cdd_engine.data.demo import DEMO_CATEGORIES  # noqa: E402
 from cdd_engine.training import train  # noqa: E402
 from cdd_engine.version import __version__  # noqa: E402
+from results_csv import RESULTS_DIR, ResultsWriter  # noqa: E402  (benchmarks/ is this script's directory)
 
 FIELDS = ("category", "seed", "image_auroc", "pixel_auroc", "aupro", "f1_max", "n_train", "n_test",
           "epochs", "image_size", "train_s", "feature_cache_s", "eval_s", "wall_s")
@@ -92,6 +93,19 @@ def markdown(rows: list[dict], args, total_s: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+CONFIG_FIELDS = ("category", "seed", "n_train", "n_test", "epochs", "image_size")
+
+
+def write_long_csv(rows: list[dict], args, path: str) -> Path:
+    """One long-format row per measured number of each run (benchmarks/results_csv.py)."""
+    w = ResultsWriter("demo_accuracy", path)
+    for r in rows:
+        config = {k: r[k] for k in CONFIG_FIELDS if k in r}
+        config.update(backbone=args.backbone, batch_size=args.batch_size, package=__version__)
+        w.add_dict({k: v for k, v in r.items() if k not in CONFIG_FIELDS}, **config)
+    return w.write()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="bench_demo_accuracy", help="output folder (data, runs, CSV, markdown)")
@@ -107,9 +121,13 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--progress", action="store_true", help="show progress bars")
     p.add_argument("--quick", action="store_true", help="64², 2 epochs, tiny sets: checks the script runs")
+    p.add_argument("--results-csv", default=str(RESULTS_DIR / "demo_accuracy.csv"),
+                   help="long-format rows appended here (results_csv.py); '' for none (--quick: none by default)")
     args = p.parse_args(argv)
     if args.quick:
         args.image_size, args.epochs, args.n_train, args.n_test_good, args.n_test_defect = 64, 2, 12, 6, 6
+        if args.results_csv == p.get_default("results_csv"):
+            args.results_csv = ""  # a smoke run is no measurement
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out).absolute()
@@ -131,6 +149,8 @@ def main(argv=None) -> int:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
         w.writerows(rows)
+    if args.results_csv:
+        print(f"appended to {write_long_csv(rows, args, args.results_csv)}")
     md = markdown(rows, args, total)
     (out / "demo_accuracy.md").write_text(md, encoding="utf-8")
     print(md)

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from cdd_engine.bench import eager_pipeline, time_interleaved  # noqa: E402
+from results_csv import RESULTS_DIR, ResultsWriter  # noqa: E402  (benchmarks/ is this script's directory)
 
 CFG = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}
 
@@ -246,6 +247,8 @@ def main(argv=None) -> int:
     ap.add_argument("--min-channels", default="256,512", help="wino-net: Winograd thresholds to time")
     ap.add_argument("--variants", default=None, help="options: a comma-separated subset of " + ",".join(OPTION_VARIANTS))
     ap.add_argument("--json", default=None, help="write every call's time here")
+    ap.add_argument("--results-csv", default=str(RESULTS_DIR / "openvino_probe.csv"),
+                    help="long-format rows of the numbers (not the per-call lists) appended here; '' for none")
     a = ap.parse_args(argv)
     if a.probe != "wino-layers" and not a.engine_dir:
         ap.error(f"{a.probe} needs --engine-dir")
@@ -254,6 +257,12 @@ def main(argv=None) -> int:
     out = PROBES[a.probe](a)
     out["loadavg"] = [list(load0), list(os.getloadavg())]
     print(f"load average {[round(v, 2) for v in load0]} -> {[round(v, 2) for v in os.getloadavg()]}")
+    if a.results_csv:
+        w = ResultsWriter("openvino_probe", a.results_csv)
+        n = w.add_dict({k: v for k, v in out.items() if k != "loadavg"}, probe=a.probe, backbone=a.backbone,
+                       size=a.size, rounds=a.rounds)
+        w.add("load1_start", load0[0], "", probe=a.probe)
+        print(f"appended {n + 1} rows to {w.write()}")
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")

@@ -35,8 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cdd_engine  # noqa: E402
 from cdd_engine.serving import LocalTritonServer, export_triton  # noqa: E402
+from results_csv import RESULTS_DIR, ResultsWriter  # noqa: E402  (benchmarks/ is this script's directory)
 
 MODEL = "bench"
+RESULTS_CSV = RESULTS_DIR / "serving.csv"
 
 
 def _frames(n: int, size: int, seed: int) -> np.ndarray:
@@ -113,6 +115,8 @@ def main(argv=None) -> int:
     ap.add_argument("--instances", type=int, default=1)
     ap.add_argument("--max-queue-delay-us", type=int, default=2000)
     ap.add_argument("--out", default="serving", help="writes OUT.json and OUT.csv")
+    ap.add_argument("--results-csv", default=str(RESULTS_CSV),
+                    help="long-format rows appended here (results_csv.py); '' for none")
     a = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="cdd_serving_bench_"))
     if a.engine is None:
@@ -168,6 +172,15 @@ def main(argv=None) -> int:
         for r in rows:
             w.writerow([r["phase"], r["clients"], r["requests"], r["frames"], r["seconds"], r["frames_per_s"],
                         r["p50_ms"], r["p99_ms"], r["vs_in_process"], round(r["loadavg"][0], 2)])
+    if a.results_csv:
+        lw = ResultsWriter("serving", a.results_csv)
+        for r in rows:
+            cfg = {"phase": r["phase"], "clients": r["clients"], "batch": a.batch, "protocol": a.protocol,
+                   "instances": a.instances, "max_queue_delay_us": a.max_queue_delay_us, "engine": repr(engine)}
+            for metric in ("frames_per_s", "p50_ms", "p99_ms", "vs_in_process"):
+                lw.add(metric, r[metric], "x" if metric == "vs_in_process" else None, **cfg)
+            lw.add("load1", r["loadavg"][0], "", **cfg)
+        print(f"appended {len(lw.rows)} rows to {lw.write()}")
     shutil.rmtree(work, ignore_errors=True)
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.csv')}; server: {result['server_stats']}")
     return 0

@@ -22,6 +22,8 @@ import time
 
 import torch
 
+from results_csv import RESULTS_DIR, ResultsWriter  # benchmarks/ is this script's directory
+
 BUSY = ("import torch, time\ntorch.set_num_threads(2)\na = torch.randn(512, 512)\n"
         "t = time.time()\nwhile time.time() - t < 3600:\n    a = (a @ a).tanh()\n")
 
@@ -51,6 +53,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--results-csv", default=str(RESULTS_DIR / "thread_rule.csv"),
+                   help="long-format rows appended here (results_csv.py); '' for none")
     a = p.parse_args()
     from cdd_engine.threads import auto_threads, usable_cores
     cores = usable_cores()
@@ -71,6 +75,15 @@ def main() -> int:
                 if job:
                     job.terminate()
                     job.wait()
+    if a.results_csv:
+        w = ResultsWriter("thread_rule", a.results_csv)
+        for x in rows:
+            cfg = {"round": x["round"], "other_2_thread_job": x["other_2_thread_job"], "threads": x["threads"],
+                   "steps": a.steps, "cores": cores}
+            w.add("s_per_step", x["s_per_step"], "s", **cfg)
+            w.add("load1", x["load1"], "", **cfg)
+            w.add("auto_threads", x["auto_threads"], "threads", **cfg)
+        print(f"appended {len(w.rows)} rows to {w.write()}")
     print(f"\ncores {cores}; median s/step (rounds {a.rounds}, steps {a.steps}):")
     for busy in (False, True):
         for threads in sorted({1, cores}):
