@@ -136,13 +136,49 @@ def test_triton_interpreter(case):
     _close(scores.numpy(), want_scores, FP32, "triton score")
 
 
-@pytest.mark.parametrize("frame", GOLDEN["preprocess"]["frames"], ids=lambda f: f["format"])
+def _frame(frame) -> tuple[np.ndarray, np.ndarray]:
+    """(1, h, w, c) uint8 pixels and the expected (1, 3, H, W) float64 input of one golden frame."""
+    c = 1 if frame["format"] == "Mono8" else 3
+    pixels = np.asarray(frame["pixels"], dtype=np.uint8).reshape(1, frame["height"], frame["width"], c)
+    return pixels, np.asarray(frame["expected"]).reshape(1, 3, *frame["out"])
+
+
+FRAMES = [pytest.param(f, id=f["format"]) for f in GOLDEN["preprocess"]["frames"]]
+
+
+@pytest.mark.parametrize("frame", FRAMES)
 def test_preprocess_reference(frame):
     """cdd_engine.preprocess.resize_normalize (float32 torch) against the float64 resize tables."""
     pp = GOLDEN["preprocess"]
-    c = 1 if frame["format"] == "Mono8" else 3
-    pixels = np.asarray(frame["pixels"], dtype=np.uint8).reshape(frame["height"], frame["width"], c)
-    out = resize_normalize(pixels[None], tuple(frame["out"]), pp["mean"], pp["std"], FORMATS[frame["format"]])
-    want = np.asarray(frame["expected"]).reshape(1, 3, *frame["out"])
+    pixels, want = _frame(frame)
+    out = resize_normalize(pixels, tuple(frame["out"]), pp["mean"], pp["std"], FORMATS[frame["format"]])
     _close(out.numpy(), want, FP32, f"{frame['format']} pre-processing")
     assert math.isclose(float(np.abs(want).max()), float(np.abs(out.numpy()).max()), rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("frame", FRAMES)
+def test_preprocess_native(frame):
+    """The C++ pre-processing through cdd_engine._native (skipped where the module is not built)."""
+    from native_helpers import native_or_skip
+    native = native_or_skip()
+    pp = GOLDEN["preprocess"]
+    pixels, want = _frame(frame)
+    out = native.preprocess(pixels, FORMATS[frame["format"]], tuple(frame["out"]), pp["mean"], pp["std"])
+    _close(out, want, FP32, f"native {frame['format']} pre-processing")
+
+
+@pytest.mark.parametrize("frame", FRAMES)
+def test_preprocess_triton_interpreter(frame):
+    """The fused Triton pre-processing ("taps" and "mma" kernels) in Triton's CPU interpreter."""
+    pytest.importorskip("triton")
+    try:
+        from cdd_engine.kernels.testing import interpreted
+    except ImportError:
+        from kernels.testing import interpreted
+    P = interpreted("preprocess")
+    pp = GOLDEN["preprocess"]
+    pixels, want = _frame(frame)
+    for impl in P.IMPLS:
+        out = P.fused_preprocess(torch.from_numpy(pixels), tuple(frame["out"]), pp["mean"], pp["std"],
+                                 pixel_format=FORMATS[frame["format"]], impl=impl)
+        _close(out.numpy(), want, FP32, f"triton {impl} {frame['format']} pre-processing")

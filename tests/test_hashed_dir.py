@@ -138,3 +138,27 @@ def test_checkpoint_reads_through_its_migration_registry(tmp_path, monkeypatch):
     (tmp_path / checkpoint.CONFIG_FILE).write_text(json.dumps(cfg))
     got = checkpoint.read_config(tmp_path)
     assert got["migrated"] is True and got["format_version"] == checkpoint.FORMAT_VERSION + 1
+
+
+def test_engine_format_messages_survive_a_switch(tmp_path):
+    """engine_format.read_manifest's file checks, done by this helper with EngineFormatError, give the
+    messages the engine tests look for (tests/test_engine_errors.py, test_engine_fail_closed.py)."""
+    from cdd_engine.errors import EngineFormatError
+    for name in ("model.safetensors", "model.xml", "model.bin"):
+        (tmp_path / name).write_bytes(os.urandom(1000))
+    files = {n: engine_format.file_record(tmp_path / n) for n in ("model.safetensors", "model.xml", "model.bin")}
+
+    def check(match):
+        with pytest.raises(EngineFormatError, match=match):
+            hashed_dir.verify_files(tmp_path, files, manifest=engine_format.MANIFEST, error=EngineFormatError)
+
+    (tmp_path / "model.safetensors").write_bytes(os.urandom(1000))
+    check("model.safetensors: SHA-256 .* does not match")
+    (tmp_path / "model.safetensors").unlink()
+    check("model.safetensors: file listed in engine.json is missing")
+    files.pop("model.safetensors")
+    (tmp_path / "model.bin").write_bytes(os.urandom(999))
+    check("model.bin: size 999 bytes")
+    (tmp_path / "model.bin").unlink()
+    (tmp_path / "model.bin").mkdir()
+    check("model.bin: file listed in engine.json is not a regular file")
