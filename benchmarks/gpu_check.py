@@ -48,6 +48,9 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--sections", default="a,b,c,d,e,t", help="comma-separated subset of a,b,c,d,e,t")
     ap.add_argument("--apply-tuned", action="store_true",
                     help="run the tuning sweep first and use its fastest configurations in a-d")
+    ap.add_argument("--results-csv", default="",
+                    help="also append the report's numbers as long-format rows here (results_csv.py), e.g. "
+                         "benchmarks/results/gpu_check.csv")
     return ap.parse_args()
 
 
@@ -622,6 +625,12 @@ def main() -> int:
     e = REPORT["sections"].get("e", {})
     REPORT["passed"] = bool(a.get("passed")) and not REPORT["errors"] and e.get("passed", True)
     write_report()
+    if ARGS.results_csv:
+        from results_csv import ResultsWriter  # benchmarks/ is this script's directory
+        w = ResultsWriter("gpu_check", ARGS.results_csv)
+        n = w.add_dict(REPORT["sections"], quick=ARGS.quick, sections=ARGS.sections, apply_tuned=ARGS.apply_tuned,
+                       device=str(REPORT["meta"].get("device", DEV)))
+        print(f"appended {n} rows to {w.write()}")
     print(f"\n== summary: {'PASS' if REPORT['passed'] else 'FAIL'}  errors in sections: "
           f"{sorted(REPORT['errors']) or 'none'}  skipped: {REPORT['skipped'] or 'none'}  "
           f"({time.time() - T0:.0f} s)  report: {ARGS.out}")

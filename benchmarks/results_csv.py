@@ -101,19 +101,30 @@ def config_text(config: Mapping[str, Any]) -> str:
     return json.dumps(dict(config), sort_keys=True, separators=(",", ":"), default=str)
 
 
-def rows_from_dict(result: Mapping[str, Any], prefix: str = "", unit: str = "") -> list[tuple[str, float, str]]:
-    """(metric, value, unit) for every finite number in a nested result dict; nested keys are
-    joined with '.' (``{"latency": {"p50_ms": 3}}`` -> ``latency.p50_ms``) and a key without a
-    unit of its own takes its parent's (``{"images_per_s": {"native": 40}}`` -> img/s). Booleans,
-    strings and lists are not measurements and are skipped."""
+def rows_from_dict(result: Mapping[str, Any], prefix: str = "", unit: str = "", context: Mapping[str, Any] | None = None,
+                   ) -> list[tuple[str, float, str, dict[str, Any]]]:
+    """(metric, value, unit, extra config) for every finite number in a nested result dict.
+
+    Nested keys are joined with '.' (``{"latency": {"p50_ms": 3}}`` -> ``latency.p50_ms``) and a
+    key without a unit of its own takes its parent's (``{"images_per_s": {"native": 40}}`` ->
+    img/s). A list of dicts is a table: in each item the strings and booleans describe the row
+    (they join its config: ``{"case": "odd b1", "mode": "add", "passed": true}``) and the numbers
+    are its metrics. Other lists (raw timings), strings and booleans are not measurements.
+    """
     out = []
+    ctx = dict(context or {})
     for k, v in result.items():
         name = f"{prefix}{k}"
         own = unit_of(str(k)) or unit
         if isinstance(v, Mapping):
-            out += rows_from_dict(v, name + ".", own)
+            out += rows_from_dict(v, name + ".", own, ctx)
+        elif isinstance(v, list) and v and all(isinstance(x, Mapping) for x in v):
+            for item in v:
+                labels = {kk: vv for kk, vv in item.items() if isinstance(vv, (str, bool))}
+                out += rows_from_dict({kk: vv for kk, vv in item.items() if kk not in labels}, name + ".", own,
+                                      {**ctx, **labels})
         elif isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
-            out.append((name, float(v), own))
+            out.append((name, float(v), own, ctx))
     return out
 
 
@@ -145,8 +156,8 @@ class ResultsWriter:
     def add_dict(self, result: Mapping[str, Any], prefix: str = "", **config: Any) -> int:
         """Every finite number of a nested result dict (:func:`rows_from_dict`); returns how many."""
         rows = rows_from_dict(result, prefix)
-        for metric, value, unit in rows:
-            self.add(metric, value, unit, **config)
+        for metric, value, unit, extra in rows:
+            self.add(metric, value, unit, **{**config, **extra})
         return len(rows)
 
     def write(self) -> Path:

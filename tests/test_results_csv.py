@@ -43,9 +43,22 @@ def test_nested_results_take_units_from_their_names():
     got = rc.rows_from_dict({"images_per_s": {"native": 40.5, "eager": 20}, "postprocess_ms_per_image": {"c++": 1.5},
                              "native_vs_eager": 2.0, "score_max_rel_diff_vs_eager": 1e-6, "ok": True,
                              "note": "text", "all": [1, 2], "nan": float("nan")})
-    assert got == [("images_per_s.native", 40.5, "img/s"), ("images_per_s.eager", 20.0, "img/s"),
-                   ("postprocess_ms_per_image.c++", 1.5, "ms"), ("native_vs_eager", 2.0, "x"),
-                   ("score_max_rel_diff_vs_eager", 1e-6, "1")]
+    assert got == [("images_per_s.native", 40.5, "img/s", {}), ("images_per_s.eager", 20.0, "img/s", {}),
+                   ("postprocess_ms_per_image.c++", 1.5, "ms", {}), ("native_vs_eager", 2.0, "x", {}),
+                   ("score_max_rel_diff_vs_eager", 1e-6, "1", {})]
+
+
+def test_tables_become_rows_with_their_labels_as_config(tmp_path):
+    """A list of row dicts (gpu_check's sections): strings/booleans label each row's numbers."""
+    report = {"a": {"passed": True, "anomaly_map": [
+        {"case": "odd b1", "mode": "add", "map_rel_err": 1.5e-7, "passed": True},
+        {"case": "odd b1", "mode": "mul", "map_rel_err": 3.4e-7, "passed": True}]}, "timings_ms": [1.0, 2.0]}
+    w = _writer(tmp_path / "g.csv", "gpu_check")
+    assert w.add_dict(report, quick=True) == 2
+    rows = rc.read_rows(w.write())
+    assert [(r["metric"], r["value"], r["unit"]) for r in rows] == [("a.anomaly_map.map_rel_err", 1.5e-7, "1"),
+                                                                    ("a.anomaly_map.map_rel_err", 3.4e-7, "1")]
+    assert rows[1]["config"] == {"case": "odd b1", "mode": "mul", "passed": True, "quick": True}
 
 
 def test_bad_input_is_refused(tmp_path):
