@@ -119,7 +119,7 @@ def choose_runtime(runtime: str, manifest: dict, device: Any, options: dict[str,
         elif backend == "tensorrt" and not mod.WITH_TENSORRT:
             why_not = "this build of libcdd_engine has no TensorRT backend (configure with CDD_WITH_TENSORRT=ON)"
         elif backend == "aoti":
-            why_not = _aoti_why_not(mod, manifest)
+            why_not = _aoti_why_not(mod, manifest, device)
     if why_not is None:
         return "native", "auto: libcdd_engine is built and runs this engine" if runtime == "auto" else "asked for"
     if runtime == "native":
@@ -129,7 +129,7 @@ def choose_runtime(runtime: str, manifest: dict, device: Any, options: dict[str,
     return "python", f"auto: {why_not}"
 
 
-def _aoti_why_not(mod: Any, manifest: dict) -> str | None:
+def _aoti_why_not(mod: Any, manifest: dict, device: Any) -> str | None:
     """Why the module cannot run this aoti engine in this process, or None. The module's AOTI code
     links the libtorch it was built against, and this process has already loaded a torch: the two
     must be the same build (the shared libraries have the same names, so the one loaded first is
@@ -141,7 +141,8 @@ def _aoti_why_not(mod: Any, manifest: dict) -> str | None:
     if built != torch.__version__:
         return (f"libcdd_engine's AOTInductor backend was built against torch {built}, this process runs torch "
                 f"{torch.__version__}: rebuild the native module against this torch")
-    if manifest.get("aoti", {}).get("device") == "cuda" and not mod.WITH_CUDA:
+    on_cuda = _is_cuda(device) if device is not None else manifest.get("aoti", {}).get("device") == "cuda"
+    if on_cuda and not mod.WITH_CUDA:
         return ("a CUDA aoti engine needs libcdd_engine built with CDD_WITH_CUDA=ON as well as CDD_WITH_AOTI "
                 "(GPU pre/post-processing around the package)")
     return None
