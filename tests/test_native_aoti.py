@@ -325,3 +325,25 @@ def test_library_without_aoti_refuses_aoti_engines_clearly(micro_engine):
     with pytest.raises(BackendUnavailable, match="AOTInductor"):
         cdd_engine.load(micro_engine["engine"], runtime="native")
     assert cdd_engine.load(micro_engine["engine"]).runtime == "python"
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
+def test_cuda_path_compiles_with_nvcc():
+    """The CUDA path of the AOTI backend (AotiCudaWorker: GPU pre-processing, the package on the
+    worker's stream, the fused GPU map) cannot run here (no GPU); it is compiled with
+    CDD_WITH_CUDA + CDD_WITH_AOTI and linked into the library, without warnings."""
+    if not LOADER_H.is_file():
+        _skip_or_fail(f"this torch ({torch.__version__}) ships no AOTInductor package loader header")
+    build = ROOT / "build" / "aoti-cuda-test"
+    gen = ["-G", "Ninja"] if shutil.which("ninja") and not (build / "CMakeCache.txt").exists() else []
+    cfg = subprocess.run(["cmake", "-S", str(ROOT / "csrc"), "-B", str(build), *gen, "-DCMAKE_BUILD_TYPE=Release",
+                          "-DCDD_WITH_OPENVINO=OFF", "-DCDD_WITH_CUDA=ON", "-DCDD_AOT=OFF", "-DCDD_WITH_AOTI=ON",
+                          f"-DCDD_TORCH_ROOT={TORCH_DIR}", "-DCDD_BUILD_TESTS=OFF", "-DCDD_BUILD_EXAMPLES=OFF",
+                          f"-DPython3_EXECUTABLE={sys.executable}"], capture_output=True, text=True)
+    assert cfg.returncode == 0, cfg.stdout[-3000:] + cfg.stderr[-3000:]
+    out = subprocess.run(["cmake", "--build", str(build), "--parallel", "2", "--target", "cdd_engine"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-5000:] + out.stderr[-3000:]
+    assert "warning" not in (out.stdout + out.stderr).lower(), out.stdout[-5000:]
+    syms = subprocess.run(["nm", "-C", str(build / "libcdd_engine.so")], capture_output=True, text=True).stdout
+    assert "AotiCudaWorker" in syms  # the CUDA worker is compiled in, not preprocessed away
