@@ -347,3 +347,80 @@ def test_cuda_path_compiles_with_nvcc():
     assert "warning" not in (out.stdout + out.stderr).lower(), out.stdout[-5000:]
     syms = subprocess.run(["nm", "-C", str(build / "libcdd_engine.so")], capture_output=True, text=True).stdout
     assert "AotiCudaWorker" in syms  # the CUDA worker is compiled in, not preprocessed away
+
+
+def _set(path: tuple, value):
+    def f(m: dict) -> None:
+        d = m
+        for k in path[:-1]:
+            d = d[k]
+        d[path[-1]] = value
+    return f
+
+
+def _drop(path: tuple):
+    def f(m: dict) -> None:
+        d = m
+        for k in path[:-1]:
+            d = d[k]
+        d.pop(path[-1])
+    return f
+
+
+# engine.json mutations of an aoti engine -> does a reader accept it (True) or refuse it (False)
+AOTI_MANIFESTS = {
+    "as_built": (lambda m: None, True),
+    "device_gpu": (_set(("aoti", "device"), "gpu"), False),
+    "device_upper": (_set(("aoti", "device"), "CPU"), False),
+    "device_cuda": (_set(("aoti", "device"), "cuda"), True),  # readable; refused at load on the CPU
+    "torch_version_empty": (_set(("aoti", "torch_version"), ""), False),
+    "torch_version_number": (_set(("aoti", "torch_version"), 2.13), False),
+    "torch_version_65": (_set(("aoti", "torch_version"), "2" * 65), False),
+    "torch_version_other": (_set(("aoti", "torch_version"), "2.0.0+cu118"), True),  # refused at load
+    "min_batch_2": (_set(("aoti", "min_batch"), 2), False),
+    "min_batch_1.0": (_set(("aoti", "min_batch"), 1.0), False),
+    "min_batch_true": (_set(("aoti", "min_batch"), True), False),
+    "max_batch_other": (_set(("aoti", "max_batch"), 3), False),
+    "channels_last_1": (_set(("aoti", "channels_last"), 1), False),
+    "batchnorm_folded_missing": (_drop(("aoti", "batchnorm_folded")), False),
+    "section_missing": (_drop(("aoti",)), False),
+    "section_list": (_set(("aoti",), []), False),
+    "bf16_on_cpu": (_set(("precision",), "bf16"), True),
+    "fp16_on_cpu": (_set(("precision",), "fp16"), False),
+    "tf32_on_cpu": (_set(("precision",), "tf32"), False),
+    "int8": (_set(("precision",), "int8"), False),
+    "feature_float16": (lambda m: [f.update(dtype="float16") for f in m["features"]], False),
+    "format_version_1": (_set(("format_version",), 1), False),
+    "format_version_3": (_set(("format_version",), 3), False),
+    "pt2_not_listed": (lambda m: m["files"].pop("model.pt2"), False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(AOTI_MANIFESTS))
+def test_cpp_and_python_readers_agree_on_aoti_manifests(name, micro_engine, tmp_path):
+    """csrc/src/manifest.cpp and cdd_engine/engine_format.py accept and refuse the same aoti
+    manifests (docs/cpp_api.md promise 5). The installed module (built without AOTI, as pip builds
+    it) reads the manifest before it says that it cannot run the package, so no AOTI build is
+    needed: a refusal is a ValueError naming engine.json, an acceptance reaches the backend."""
+    from cdd_engine.engine_format import validate_manifest
+    from cdd_engine.errors import EngineFormatError
+    from native_helpers import native_or_skip
+    mod = native_or_skip()
+    mutate, want = AOTI_MANIFESTS[name]
+    d = Path(_variant(micro_engine["engine"], tmp_path / "e", manifest=mutate))
+    m = json.loads((d / "engine.json").read_text())
+    try:
+        validate_manifest(m)
+        python_accepts = True
+    except EngineFormatError:
+        python_accepts = False
+    try:
+        mod.Engine(str(d), num_threads=1)
+        cpp_accepts = True
+    except ValueError as e:  # EngineFormat: the reader refused, or (AOTI build) the load-time checks
+        cpp_accepts = "engine.json" not in str(e)
+    except RuntimeError as e:  # Unsupported: read fine, no AOTI backend in this build
+        assert "CDD_WITH_AOTI" in str(e), str(e)
+        cpp_accepts = True
+    assert python_accepts == want, (name, "python")
+    assert cpp_accepts == want, (name, "c++")
