@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from aoti_fixtures import tiny_aoti_engine  # noqa: F401  (fixture: built once per session, shared with test_aoti.py)
 from native_helpers import require_native
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,7 +150,7 @@ print(json.dumps(res))
         assert r[f"s{s}_score_is_map_max"], r
 
 
-def test_engine_runtime_native_equals_the_python_aoti_runtime(aoti_build):
+def test_engine_runtime_native_equals_the_python_aoti_runtime(aoti_build, tiny_aoti_engine):
     """``Engine(dir, runtime="native")`` routes the tiny efficientnet_lite0 aoti engine (BatchNorm
     folded, channels-last, built by cdd_engine.build) to libcdd_engine; its scores and maps equal
     the Python aoti runtime's on fresh frames of odd sizes (1e-5)."""
@@ -157,14 +158,13 @@ def test_engine_runtime_native_equals_the_python_aoti_runtime(aoti_build):
 import json, sys
 import numpy as np
 import cdd_engine
-from aoti_fixtures import tiny_aoti_engine_dir
-d = tiny_aoti_engine_dir()
+d = sys.argv[1]
 native = cdd_engine.load(d, runtime="native", num_threads=2)
 python = cdd_engine.load(d, runtime="python", num_threads=2)
 res = {"native": native.runtime, "python": python.runtime, "aoti": native.manifest["aoti"]}
 worst_s = worst_m = 0.0
 scores = []
-for img, fmt in fresh_frames(int(sys.argv[1])):
+for img, fmt in fresh_frames(int(sys.argv[2])):
     a = native.score([img], pixel_format=fmt)
     b = python.score([img], pixel_format=fmt)
     sa, sb = np.asarray(a.scores, np.float64), np.asarray(b.scores, np.float64)
@@ -174,7 +174,7 @@ for img, fmt in fresh_frames(int(sys.argv[1])):
     scores.append(float(sb[0]))
 res.update(score_err=worst_s, map_err=worst_m, spread=float(np.ptp(scores) / np.mean(scores)))
 print(json.dumps(res))
-''', "7")
+''', str(tiny_aoti_engine), "7")
     assert r["native"].startswith("native C++"), r
     assert r["python"] == "python", r
     assert r["aoti"]["batchnorm_folded"] is True and r["aoti"]["device"] == "cpu", r
