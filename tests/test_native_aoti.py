@@ -212,9 +212,27 @@ def _with_garbage_so(pt2: bytes) -> bytes:
     return buf.getvalue()
 
 
+def _with_flipped_so_bytes(pt2: bytes) -> bytes:
+    """64 bytes in the middle of the stored .so inverted, the zip's CRC left as it was: libtorch's
+    extraction does not check CRCs, so only the library's own check stands between these bytes and
+    dlopen."""
+    import io
+    import zipfile
+    with zipfile.ZipFile(io.BytesIO(pt2)) as z:
+        info = next(i for i in z.infolist() if i.filename.endswith(".so"))
+        assert info.compress_type == zipfile.ZIP_STORED
+    b = bytearray(pt2)
+    # local header: 30 bytes + name + extra, then the member's bytes
+    name_n, extra_n = int.from_bytes(b[info.header_offset + 26:info.header_offset + 28], "little"), \
+        int.from_bytes(b[info.header_offset + 28:info.header_offset + 30], "little")
+    mid = info.header_offset + 30 + name_n + extra_n + info.file_size // 2
+    b[mid:mid + 64] = bytes(x ^ 0xFF for x in b[mid:mid + 64])
+    return bytes(b)
+
+
 def test_mismatched_and_corrupt_packages_are_clear_errors(aoti_build, micro_engine, tmp_path):
     """Another torch version, another device, a corrupt / truncated / empty package, a package whose
-    compiled model is garbage: each is a cdd::Error (ValueError from the module, EngineFormatError
+    compiled model is garbage or has damaged bytes under an intact zip CRC: each is a cdd::Error (ValueError from the module, EngineFormatError
     from cdd_engine.load) whose message names the cause, never a crash."""
     import numpy as np
     src = micro_engine["engine"]
@@ -226,10 +244,11 @@ def test_mismatched_and_corrupt_packages_are_clear_errors(aoti_build, micro_engi
         "device": (_variant(src, tmp_path / "dev", lambda m: m["aoti"].update(device="cuda")),
                    'compiled for device "cuda"'),
         "garbage": (_variant(src, tmp_path / "garbage", pt2=rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()),
-                    "cannot be loaded as an AOTInductor package"),
-        "truncated": (_variant(src, tmp_path / "trunc", pt2=pt2[: len(pt2) // 2]), "cannot be loaded"),
-        "empty": (_variant(src, tmp_path / "empty", pt2=b""), "cannot be loaded"),
+                    "not a readable AOTInductor package"),
+        "truncated": (_variant(src, tmp_path / "trunc", pt2=pt2[: len(pt2) // 2]), "not a readable"),
+        "empty": (_variant(src, tmp_path / "empty", pt2=b""), "not a readable"),
         "garbage_so": (_variant(src, tmp_path / "so", pt2=_with_garbage_so(pt2)), "cannot be loaded"),
+        "flipped_so_bytes": (_variant(src, tmp_path / "flip", pt2=_with_flipped_so_bytes(pt2)), "CRC mismatch"),
         "no_section": (_variant(src, tmp_path / "nosec", lambda m: m.pop("aoti")), 'needs an "aoti" object'),
         "fp16_on_cpu": (_variant(src, tmp_path / "fp16", lambda m: m.update(precision="fp16")), "runs on CUDA only"),
         "version_1": (_variant(src, tmp_path / "v1", lambda m: m.update(format_version=1)), "format version 1"),
@@ -269,7 +288,7 @@ print(json.dumps(out))
     for name, (_, want) in variants.items():
         assert r[name].startswith("ValueError: "), (name, r[name])
         assert want in r[name], (name, r[name])
-    for name in ("torch_version", "device", "garbage", "truncated", "empty", "garbage_so"):
+    for name in ("torch_version", "device", "garbage", "truncated", "empty", "garbage_so", "flipped_so_bytes"):
         assert "rebuild" in r[name], (name, r[name])
     assert r["load_torch_version"].startswith("EngineFormatError"), r["load_torch_version"]
     assert r["load_garbage_so"].startswith("EngineFormatError"), r["load_garbage_so"]

@@ -28,15 +28,18 @@
 //   host <-> device copies on the same stream.
 //
 // Every exception the loader or libtorch throws (c10::Error, std::exception) becomes a
-// cdd::Error naming the file: a corrupt model.pt2 is an error, never a crash.
+// cdd::Error naming the file: a corrupt model.pt2 is an error, never a crash. The package's zip
+// CRCs are checked first (libtorch's extraction does not check them).
 #include <ATen/ops/from_blob.h>
 #include <c10/util/Exception.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 
 #include <dlfcn.h>
+#include <sys/types.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -140,6 +143,169 @@ void check_cpu_isa(const Manifest& m, const std::string& isa) {
     (void)isa;
 #endif
 }
+
+// ---------------------------------------------------------------- the package's zip CRCs
+// libtorch's loader extracts the package with CRC checks compiled out (its miniz is built with
+// MINIZ_DISABLE_ZIP_READER_CRC32_CHECKS: a package with 64 flipped bytes inside its .so loaded and
+// ran here), then dlopens the .so: damaged bytes could crash the process there. So every member
+// is checked against its CRC-32 first, as the Python backend does with zipfile.testzip(). torch
+// writes members uncompressed (stored); a compressed member is bounds-checked only. Cost: a
+// 256 MiB package was checked (and refused by the loader) in 0.42 s here, once per load.
+
+/// CRC-32 (zip's polynomial 0xEDB88320) of n bytes, continuing `crc`; slicing-by-4.
+std::uint32_t crc32_update(std::uint32_t crc, const unsigned char* p, std::size_t n) {
+    static const auto tables = [] {
+        std::vector<std::uint32_t> t(4 * 256);
+        for (std::uint32_t i = 0; i < 256; ++i) {
+            std::uint32_t c = i;
+            for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+            t[i] = c;
+        }
+        for (std::uint32_t i = 0; i < 256; ++i)
+            for (int s = 1; s < 4; ++s) t[s * 256 + i] = (t[(s - 1) * 256 + i] >> 8) ^ t[t[(s - 1) * 256 + i] & 0xFF];
+        return t;
+    }();
+    const std::uint32_t* t = tables.data();
+    crc = ~crc;
+    while (n >= 4) {
+        crc ^= static_cast<std::uint32_t>(p[0]) | static_cast<std::uint32_t>(p[1]) << 8 |
+               static_cast<std::uint32_t>(p[2]) << 16 | static_cast<std::uint32_t>(p[3]) << 24;
+        crc = t[3 * 256 + (crc & 0xFF)] ^ t[2 * 256 + ((crc >> 8) & 0xFF)] ^ t[256 + ((crc >> 16) & 0xFF)] ^
+              t[crc >> 24];
+        p += 4;
+        n -= 4;
+    }
+    while (n--) crc = t[(crc ^ *p++) & 0xFF] ^ (crc >> 8);
+    return ~crc;
+}
+
+class ZipFile {
+public:
+    explicit ZipFile(const std::string& path) : path_(path), f_(std::fopen(path.c_str(), "rb")) {
+        if (f_ == nullptr) fail("cannot open it");
+        if (::fseeko(f_, 0, SEEK_END) != 0) fail("cannot seek");
+        size_ = static_cast<std::uint64_t>(::ftello(f_));
+    }
+    ~ZipFile() {
+        if (f_ != nullptr) std::fclose(f_);
+    }
+    ZipFile(const ZipFile&) = delete;
+    ZipFile& operator=(const ZipFile&) = delete;
+
+    [[noreturn]] void fail(const std::string& why) const {
+        throw Error(ErrorCode::EngineFormat,
+                    path_ + ": not a readable AOTInductor package (" + why + "); rebuild the engine");
+    }
+
+    /// n bytes at `off`, refused when they lie outside the file.
+    std::vector<unsigned char> read(std::uint64_t off, std::uint64_t n) const {
+        if (off > size_ || n > size_ - off) fail("a record points outside the file");
+        std::vector<unsigned char> b(static_cast<std::size_t>(n));
+        if (::fseeko(f_, static_cast<off_t>(off), SEEK_SET) != 0 || (n > 0 && std::fread(b.data(), 1, b.size(), f_) != b.size()))
+            fail("read error");
+        return b;
+    }
+
+    /// CRC-32 of n bytes at `off`, read in 1 MiB pieces.
+    std::uint32_t crc(std::uint64_t off, std::uint64_t n) const {
+        if (off > size_ || n > size_ - off) fail("a member extends past the end of the file");
+        if (::fseeko(f_, static_cast<off_t>(off), SEEK_SET) != 0) fail("cannot seek");
+        std::vector<unsigned char> buf(1 << 20);
+        std::uint32_t c = 0;
+        while (n > 0) {
+            const std::size_t k = static_cast<std::size_t>(std::min<std::uint64_t>(n, buf.size()));
+            if (std::fread(buf.data(), 1, k, f_) != k) fail("read error");
+            c = crc32_update(c, buf.data(), k);
+            n -= k;
+        }
+        return c;
+    }
+
+    /// Checks every member; returns how many were CRC-checked (stored ones).
+    std::size_t check() const {
+        // end of central directory: the last 22 bytes + at most a 64 KiB comment
+        const std::uint64_t tail_n = std::min<std::uint64_t>(size_, 22 + 0xFFFF);
+        if (tail_n < 22) fail("too short for a zip archive");
+        const std::vector<unsigned char> tail = read(size_ - tail_n, tail_n);
+        std::size_t eocd = std::string::npos;
+        for (std::size_t i = tail.size() - 22 + 1; i-- > 0;)
+            if (u32(tail, i) == 0x06054b50u && i + 22 + u16(tail, i + 20) == tail.size()) {
+                eocd = i;
+                break;
+            }
+        if (eocd == std::string::npos) fail("no end-of-central-directory record");
+        std::uint64_t entries = u16(tail, eocd + 10), cd_size = u32(tail, eocd + 12), cd_off = u32(tail, eocd + 16);
+        const std::uint64_t eocd_abs = size_ - tail_n + eocd;
+        if (eocd_abs >= 20) {  // zip64 locator just before it: the 64-bit record holds the real numbers
+            const std::vector<unsigned char> loc = read(eocd_abs - 20, 20);
+            if (u32(loc, 0) == 0x07064b50u) {
+                const std::vector<unsigned char> z = read(u64(loc, 8), 56);
+                if (u32(z, 0) != 0x06064b50u) fail("bad zip64 end-of-central-directory record");
+                entries = u64(z, 32);
+                cd_size = u64(z, 40);
+                cd_off = u64(z, 48);
+            }
+        }
+        constexpr std::uint64_t kMaxCentralDirectory = 64u << 20;  // ~500k members: far beyond any package
+        if (cd_size > kMaxCentralDirectory) fail("central directory too large");
+        const std::vector<unsigned char> cd = read(cd_off, cd_size);
+        std::size_t pos = 0, checked = 0;
+        for (std::uint64_t e = 0; e < entries; ++e) {
+            if (pos + 46 > cd.size() || u32(cd, pos) != 0x02014b50u) fail("corrupt central directory");
+            const unsigned method = u16(cd, pos + 10);
+            const std::uint32_t want_crc = u32(cd, pos + 16);
+            std::uint64_t csize = u32(cd, pos + 20), usize = u32(cd, pos + 24), local = u32(cd, pos + 42);
+            const std::size_t name_n = u16(cd, pos + 28), extra_n = u16(cd, pos + 30), comment_n = u16(cd, pos + 32);
+            if (pos + 46 + name_n + extra_n + comment_n > cd.size()) fail("corrupt central directory");
+            const std::string name(cd.begin() + pos + 46, cd.begin() + pos + 46 + name_n);
+            // zip64 extra field (tag 1): the 64-bit values of the fields saturated above, in order
+            for (std::size_t x = pos + 46 + name_n, end = x + extra_n; x + 4 <= end;) {
+                const unsigned tag = u16(cd, x), n = u16(cd, x + 2);
+                if (x + 4 + n > end) fail("corrupt extra field of " + name);
+                if (tag == 1) {
+                    std::size_t v = x + 4;
+                    for (std::uint64_t* f : {&usize, &csize, &local})
+                        if (*f == 0xFFFFFFFFu) {
+                            if (v + 8 > x + 4 + n) fail("corrupt zip64 field of " + name);
+                            *f = u64(cd, v);
+                            v += 8;
+                        }
+                }
+                x += 4 + n;
+            }
+            const std::vector<unsigned char> lh = read(local, 30);
+            if (u32(lh, 0) != 0x04034b50u) fail("bad local header of " + name);
+            const std::uint64_t data = local + 30 + u16(lh, 26) + u16(lh, 28);
+            if (method == 0) {
+                if (csize != usize) fail("stored member " + name + " has two sizes");
+                if (crc(data, csize) != want_crc)
+                    throw Error(ErrorCode::EngineFormat, path_ + ": member " + name +
+                                                             " of the AOTInductor package is corrupt (CRC mismatch); "
+                                                             "rebuild the engine");
+                ++checked;
+            } else if (data > size_ || csize > size_ - data) {
+                fail("member " + name + " extends past the end of the file");
+            }
+            pos += 46 + name_n + extra_n + comment_n;
+        }
+        if (entries == 0) fail("no members");
+        return checked;
+    }
+
+private:
+    static unsigned u16(const std::vector<unsigned char>& b, std::size_t i) {
+        return static_cast<unsigned>(b[i]) | static_cast<unsigned>(b[i + 1]) << 8;
+    }
+    static std::uint32_t u32(const std::vector<unsigned char>& b, std::size_t i) {
+        return static_cast<std::uint32_t>(u16(b, i)) | static_cast<std::uint32_t>(u16(b, i + 2)) << 16;
+    }
+    static std::uint64_t u64(const std::vector<unsigned char>& b, std::size_t i) {
+        return static_cast<std::uint64_t>(u32(b, i)) | static_cast<std::uint64_t>(u32(b, i + 4)) << 32;
+    }
+    std::string path_;
+    std::FILE* f_ = nullptr;
+    std::uint64_t size_ = 0;
+};
 
 int cuda_ordinal(const std::string& device) {
     const auto colon = device.find(':');
@@ -438,6 +604,7 @@ std::vector<std::unique_ptr<Worker>> make_aoti_workers(const Manifest& m, const 
                     "(GPU pre/post-processing around the package); this build has only the CPU path");
 #endif
     }
+    ZipFile(file).check();  // before libtorch extracts and dlopens anything from it
     try {
         // the package's own record of its device (and CPU instruction set): a relabelled
         // engine.json is refused before the generated code is loaded
