@@ -443,3 +443,45 @@ def test_cpp_and_python_readers_agree_on_aoti_manifests(name, micro_engine, tmp_
         cpp_accepts = True
     assert python_accepts == want, (name, "python")
     assert cpp_accepts == want, (name, "c++")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.split(":", 1)[-1].split())
+
+
+def test_package_for_a_missing_instruction_set_is_refused(aoti_build, micro_engine, tmp_path):
+    """A CPU package whose AOTI_CPU_ISA names an instruction set this CPU lacks would die of SIGILL
+    in its kernels: the library refuses it (Unsupported -> RuntimeError) naming the set."""
+    import io
+    import zipfile
+    flags = _cpu_flags()
+    token = "AMX_TILE" if "amx_tile" not in flags else "AVX512" if "avx512f" not in flags else None
+    if token is None:
+        pytest.skip("this CPU has every instruction set Inductor names")
+    pt2 = (Path(micro_engine["engine"]) / "model.pt2").read_bytes()
+    buf = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(pt2)) as zin, zipfile.ZipFile(buf, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename.endswith("_metadata.json"):
+                meta = json.loads(data)
+                meta["AOTI_CPU_ISA"] = f"{meta.get('AOTI_CPU_ISA', '')} {token}".strip()
+                data = json.dumps(meta).encode()
+            zout.writestr(info, data)
+    d = _variant(micro_engine["engine"], tmp_path / "isa", pt2=buf.getvalue())
+    r = run_py(aoti_build, '''
+import json, sys
+from cdd_engine.native import load
+try:
+    load().Engine(sys.argv[1], num_threads=1)
+    print(json.dumps({"error": None}))
+except Exception as e:
+    print(json.dumps({"error": type(e).__name__ + ": " + str(e)}))
+''', d)
+    assert r["error"] and r["error"].startswith("RuntimeError"), r
+    assert f"was compiled for {token}" in r["error"] and "rebuild" in r["error"], r

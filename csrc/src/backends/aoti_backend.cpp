@@ -35,6 +35,9 @@
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 
 #include <dlfcn.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 #include <sys/types.h>
 
 #include <algorithm>
@@ -117,10 +120,16 @@ private:
 };
 
 /// Refuses a CPU package compiled for an instruction set this CPU lacks (AOTI_CPU_ISA lists
-/// what Inductor compiled for, e.g. "AVX512 AVX512_VNNI"); running it would raise SIGILL.
+/// what Inductor compiled for: "AVX2", "AVX512", "AVX512 AVX512_VNNI", "... AMX_TILE"); running
+/// it would raise SIGILL. Necessary, not sufficient: Inductor also passes -march=native, so a
+/// package belongs on the machine class it was built on (docs/cpp_api.md).
 void check_cpu_isa(const Manifest& m, const std::string& isa) {
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
+    auto amx_tile = [] {  // CPUID.(EAX=7, ECX=0):EDX bit 24
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        return __get_cpuid_count(7, 0, &a, &b, &c, &d) != 0 && (d >> 24 & 1u) != 0;
+    };
     std::istringstream in(isa);
     std::string tok;
     while (in >> tok) {
@@ -132,6 +141,8 @@ void check_cpu_isa(const Manifest& m, const std::string& isa) {
                  __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
         else if (tok == "AVX512_VNNI")
             ok = __builtin_cpu_supports("avx512vnni");
+        else if (tok == "AMX_TILE")
+            ok = amx_tile();
         if (!ok)
             throw Error(ErrorCode::Unsupported,
                         m.path("model.pt2") + " was compiled for " + tok + " (AOTI_CPU_ISA \"" + isa +
