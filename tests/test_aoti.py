@@ -429,6 +429,12 @@ def test_cuda_package_scores_like_the_reference(tmp_path, tiny_aoti_model):  # p
 BF16_RTOL = 2e-3  # docs/engine_format.md: reduced-precision engines' maps against the fp32 reference
 
 
+def test_parity_tolerances_are_the_documented_ones():
+    from cdd_engine.export.aoti import PARITY_RTOL
+
+    assert PARITY_RTOL == {"fp32": RTOL, "tf32": 1e-3, "fp16": BF16_RTOL, "bf16": BF16_RTOL}
+
+
 def test_bf16_package_on_the_cpu(tiny_aoti_model):
     """bf16 compiles on the CPU too (~50 s for this model on 2 cores; measured map error 5.6e-4)."""
     from aoti_fixtures import tiny_aoti_engine_dir
