@@ -416,6 +416,24 @@ def test_captured_scorer_with_the_aoti_backend_matches_engine_score(tiny_aoti_en
     assert engine.backend.score_uint8(fr, "RGB") is None  # the CUDA-graph path is CUDA only
 
 
+def test_the_function_a_cuda_graph_captures_on_the_cpu(tiny_aoti_engine, tiny_aoti_model):
+    """_score_frames (Triton pre-processing -> package -> fused Triton map; the kernels under
+    TRITON_INTERPRET=1 here), run through the chunking and padding of the CUDA-graph pipeline
+    without capture: within 1e-5 of the reference, so on a GPU only the capture itself is new."""
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton kernels on the CPU need TRITON_INTERPRET=1 (tests/conftest.py sets it)")
+    engine = cdd_engine.load(tiny_aoti_engine, runtime="python", use_triton=True)
+    backend = engine.backend
+    assert backend.kernels is not None and backend.scorer is None  # no CUDA: nothing is captured
+    scorer = cg.CapturedScorer(backend._score_frames, cg.Device(torch.device("cpu")), max_batch=MAX_BATCH,
+                               context=backend._precision_mode)
+    seed = fresh_seed()
+    fr = frames(MAX_BATCH + 1, 33, 47, seed=seed)
+    scores, maps = scorer.score(fr, "RGB", max_batch=MAX_BATCH)
+    want_maps, want_scores = reference(tiny_aoti_model, list(fr))
+    assert rel_err(maps, want_maps) < RTOL and rel_err(scores, want_scores) < RTOL, seed
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the GPU check script runs this path)")
 def test_cuda_package_scores_like_the_reference(tmp_path, tiny_aoti_model):  # pragma: no cover - GPU only
     engine = cdd_engine.build(tiny_run_dir(), backend="aoti", precision="fp32", device="cuda",
