@@ -353,8 +353,8 @@ def _write_engine(out: Path, model: RDModel, name: str, precision: str, max_batc
         extra["aoti"] = {"device": options["device"], "torch_version": torch.__version__, "min_batch": 1,
                          "max_batch": int(max_batch), "channels_last": info["channels_last"],
                          "batchnorm_folded": info["batchnorm_folded"]}
-        extra["build"].update({k: info[k] for k in ("folded_batchnorms", "fold_max_rel_error", "export_seconds",
-                                                    "compile_seconds") if k in info})
+        extra["build"].update({k: info[k] for k in ("folded_batchnorms", "fold_max_rel_error", "inductor_configs",
+                                                    "export_seconds", "compile_seconds") if k in info})
     else:
         from ..export.onnx import export_onnx, non_finite_initializers, verify_onnx
 

@@ -133,7 +133,8 @@ class Engine:
         threshold: overrides the threshold stored in engine.json (also settable later:
             ``engine.threshold = t``).
         device: "cpu" or "cuda[:i]" for the torch backend; the tensorrt backend needs CUDA,
-            openvino runs on the CPU.
+            openvino runs on the CPU; an aoti engine runs on the device kind it was compiled for
+            (default: that one; another is an EngineFormatError saying to rebuild).
         num_threads: inference threads (OpenVINO ``INFERENCE_NUM_THREADS``; torch intra-op threads).
         use_triton: torch/tensorrt/aoti backends: use the Triton kernels (default: on CUDA when present).
         cuda_graphs: aoti backend on CUDA: score uint8 frame batches through CUDA graphs captured

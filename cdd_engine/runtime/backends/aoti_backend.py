@@ -19,6 +19,7 @@ and restoring the process-wide flags.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import zipfile
@@ -76,7 +77,8 @@ class AOTIBackend:
     Args:
         device: "cpu" or "cuda[:i]"; default the device the package was compiled for (a package
             runs only there).
-        use_triton: CUDA: Triton pre-processing and anomaly map (default on when the kernels import).
+        use_triton: Triton pre-processing and anomaly map (default: on CUDA when the kernels import;
+            True on the CPU runs them under TRITON_INTERPRET=1, for tests).
         num_threads: CPU: torch/OpenMP threads of this process.
         cuda_graphs: CUDA: capture the uint8 path per batch bucket (default True).
     """
@@ -105,28 +107,26 @@ class AOTIBackend:
         self.model = load_package(self.path, self.device)
         # the package's contract: contiguous NCHW float32 (it converts to channels-last inside)
         self.input_memory_format = torch.contiguous_format
-        self.kernels = None
-        self.fused_preprocess: Callable[[torch.Tensor, str], torch.Tensor] | None = None
+        from .torch_backend import _kernels_or_none, import_kernels
+
+        if use_triton is None:
+            use_triton = self.device.type == "cuda" and _kernels_or_none() is not None
+        # on the CPU only when forced (the kernels then run under TRITON_INTERPRET=1): for tests of
+        # the exact function a CUDA graph captures (_score_frames)
+        self.kernels = import_kernels() if use_triton else None
+        self.fused_preprocess: Callable[[torch.Tensor, str], torch.Tensor] | None = (
+            self._triton_preprocess if self.kernels is not None else None)
         self.scorer = None
-        if self.device.type == "cuda":
-            from .torch_backend import _kernels_or_none, import_kernels
+        if self.device.type == "cuda" and self.kernels is not None and cuda_graphs is not False:
+            from ..cuda_graphs import CapturedScorer, Device
 
-            if use_triton is None:
-                use_triton = _kernels_or_none() is not None
-            self.kernels = import_kernels() if use_triton else None
-            if self.kernels is not None:
-                self.fused_preprocess = self._triton_preprocess
-                if cuda_graphs is not False:
-                    from ..cuda_graphs import CapturedScorer, Device
-
-                    self.scorer = CapturedScorer(self._score_frames, Device(self.device), self.max_batch,
-                                                 context=self._precision_mode)
-        elif use_triton:
-            raise ValueError("use_triton=True needs a CUDA device for the aoti backend (its CPU path is the "
-                             "package's own kernels plus FastAnomalyMap)")
+            self.scorer = CapturedScorer(self._score_frames, Device(self.device), self.max_batch,
+                                         context=self._precision_mode)
 
     def _precision_mode(self) -> Any:
         """CUDA: TF32 off for fp32 (the 1e-5 contract), on for tf32; set and restored per call."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
         return tf32_mode(self.precision == "tf32")
 
     def _triton_preprocess(self, frames: torch.Tensor, pixel_format: str) -> torch.Tensor:
@@ -141,12 +141,8 @@ class AOTIBackend:
         if tuple(x.shape[1:]) != (3, *self.image_size):
             raise ValueError(f"input must be (B, 3, {self.image_size[0]}, {self.image_size[1]}), got {tuple(x.shape)}")
         x = x.to(self.device, torch.float32).contiguous()
-        if self.device.type == "cuda":
-            with self._precision_mode():
-                outs = self.model(x)
-        else:
-            outs = self.model(x)
-        outs = list(outs)
+        with self._precision_mode():
+            outs = list(self.model(x))
         if len(outs) != len(self._feature_names):
             raise EngineFormatError(f"{self.path}: the package returned {len(outs)} outputs, the engine needs six "
                                     f"(teacher_0..2, student_0..2)")
