@@ -157,8 +157,11 @@ def _native_device(manifest: dict, device: Any) -> str:
     if backend == "aoti":
         if device is None:
             return "cuda" if manifest["aoti"]["device"] == "cuda" else "CPU"
+        kind = _device_type(device)
+        if kind not in ("cpu", "cuda"):
+            raise ValueError(f"an aoti engine runs on 'cpu' or 'cuda[:i]', got device={device!r}")
         d = torch.device(device)
-        return "CPU" if d.type == "cpu" else str(d)
+        return "CPU" if kind == "cpu" else str(d)
     return "cuda" if device is None else str(torch.device(device))
 
 
