@@ -212,6 +212,23 @@ def _with_garbage_so(pt2: bytes) -> bytes:
     return buf.getvalue()
 
 
+def _with_foreign_so(pt2: bytes) -> bytes:
+    """The package re-zipped (valid CRCs) with its .so's ELF machine field set to another
+    architecture's (aarch64 on x86-64, x86-64 elsewhere): as if built on another machine."""
+    import io
+    import platform
+    import zipfile
+    other = (62).to_bytes(2, "little") if platform.machine() == "aarch64" else (183).to_bytes(2, "little")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(pt2)) as zin, zipfile.ZipFile(buf, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename.endswith(".so"):
+                data = data[:18] + other + data[20:]
+            zout.writestr(info, data)
+    return buf.getvalue()
+
+
 def _with_flipped_so_bytes(pt2: bytes) -> bytes:
     """64 bytes in the middle of the stored .so inverted, the zip's CRC left as it was: libtorch's
     extraction does not check CRCs, so only the library's own check stands between these bytes and
@@ -247,8 +264,10 @@ def test_mismatched_and_corrupt_packages_are_clear_errors(aoti_build, micro_engi
                     "not a readable AOTInductor package"),
         "truncated": (_variant(src, tmp_path / "trunc", pt2=pt2[: len(pt2) // 2]), "not a readable"),
         "empty": (_variant(src, tmp_path / "empty", pt2=b""), "not a readable"),
-        "garbage_so": (_variant(src, tmp_path / "so", pt2=_with_garbage_so(pt2)), "cannot be loaded"),
+        "garbage_so": (_variant(src, tmp_path / "so", pt2=_with_garbage_so(pt2)), "is not a 64-bit little-endian shared object"),
         "flipped_so_bytes": (_variant(src, tmp_path / "flip", pt2=_with_flipped_so_bytes(pt2)), "CRC mismatch"),
+        "foreign_so": (_variant(src, tmp_path / "foreign", pt2=_with_foreign_so(pt2)),
+                       "compiled for another machine architecture"),
         "no_section": (_variant(src, tmp_path / "nosec", lambda m: m.pop("aoti")), 'needs an "aoti" object'),
         "fp16_on_cpu": (_variant(src, tmp_path / "fp16", lambda m: m.update(precision="fp16")), "runs on CUDA only"),
         "version_1": (_variant(src, tmp_path / "v1", lambda m: m.update(format_version=1)), "format version 1"),
@@ -288,7 +307,8 @@ print(json.dumps(out))
     for name, (_, want) in variants.items():
         assert r[name].startswith("ValueError: "), (name, r[name])
         assert want in r[name], (name, r[name])
-    for name in ("torch_version", "device", "garbage", "truncated", "empty", "garbage_so", "flipped_so_bytes"):
+    for name in ("torch_version", "device", "garbage", "truncated", "empty", "garbage_so", "flipped_so_bytes",
+                 "foreign_so"):
         assert "rebuild" in r[name], (name, r[name])
     assert r["load_torch_version"].startswith("EngineFormatError"), r["load_torch_version"]
     assert r["load_garbage_so"].startswith("EngineFormatError"), r["load_garbage_so"]

@@ -289,6 +289,7 @@ public:
             const std::uint64_t data = local + 30 + u16(lh, 26) + u16(lh, 28);
             if (method == 0) {
                 if (csize != usize) fail("stored member " + name + " has two sizes");
+                if (name.size() > 3 && name.compare(name.size() - 3, 3, ".so") == 0) check_elf(name, data, csize);
                 if (crc(data, csize) != want_crc)
                     throw Error(ErrorCode::EngineFormat, path_ + ": member " + name +
                                                              " of the AOTInductor package is corrupt (CRC mismatch); "
@@ -304,6 +305,29 @@ public:
     }
 
 private:
+    /// A stored .so must be a 64-bit little-endian ELF for this machine: checked here because
+    /// libtorch leaves its extraction directory behind when dlopen then fails.
+    void check_elf(const std::string& name, std::uint64_t data, std::uint64_t n) const {
+#if defined(__x86_64__)
+        constexpr unsigned kMachine = 62;  // EM_X86_64
+#elif defined(__aarch64__)
+        constexpr unsigned kMachine = 183;  // EM_AARCH64
+#else
+        constexpr unsigned kMachine = 0;  // not checked
+#endif
+        const std::vector<unsigned char> h = read(data, std::min<std::uint64_t>(n, 20));
+        const bool elf = h.size() == 20 && h[0] == 0x7F && h[1] == 'E' && h[2] == 'L' && h[3] == 'F' && h[4] == 2 &&
+                         h[5] == 1;
+        if (!elf)
+            throw Error(ErrorCode::EngineFormat, path_ + ": member " + name +
+                                                     " is not a 64-bit little-endian shared object; corrupt package, "
+                                                     "rebuild the engine");
+        if (kMachine != 0 && u16(h, 18) != kMachine)
+            throw Error(ErrorCode::EngineFormat, path_ + ": member " + name + " was compiled for another machine "
+                                                     "architecture (ELF machine " + std::to_string(u16(h, 18)) +
+                                                     "); rebuild the engine on this machine");
+    }
+
     static unsigned u16(const std::vector<unsigned char>& b, std::size_t i) {
         return static_cast<unsigned>(b[i]) | static_cast<unsigned>(b[i + 1]) << 8;
     }
