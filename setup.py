@@ -77,7 +77,8 @@ class CMakeBuild(build_ext):
     """Configures csrc/ with CMake and installs into the package directory:
     ``_native*.so``, ``lib/libcdd_engine.so``, ``include/cdd/``, ``share/cmake/cdd_engine/``
     (rpaths are $ORIGIN-relative). Environment: CDD_REQUIRE_NATIVE=1 turns a failed native
-    build into an install error; CDD_CMAKE_ARGS adds configure arguments (e.g.
+    build into an install error; CDD_WITH_AOTI=1 adds the AOTInductor backend, linked against the
+    target environment's torch (csrc/README.md); CDD_CMAKE_ARGS adds configure arguments (e.g.
     ``-DCDD_WITH_TENSORRT=ON``); CMAKE_BUILD_PARALLEL_LEVEL sets the build jobs."""
 
     def run(self) -> None:
@@ -126,6 +127,16 @@ class CMakeBuild(build_ext):
         purelib = _python_query("import sysconfig; print(sysconfig.get_paths()['purelib'])")
         if purelib:
             args.append(f"-DCDD_EXTRA_RPATH={Path(purelib) / 'openvino' / 'libs'}")
+        if os.environ.get("CDD_WITH_AOTI", "") == "1":
+            # the AOTInductor backend links the target environment's torch (found outside pip's
+            # isolated build environment, which has none: torch is never a build requirement, so
+            # a build can never pull a CUDA torch); rebuild after changing torch
+            torch_dir = _python_query("import torch, os; print(os.path.dirname(torch.__file__))")
+            if not torch_dir:
+                return self._fail(ext, "CDD_WITH_AOTI=1 but no torch is installed in the target environment")
+            args += ["-DCDD_WITH_AOTI=ON", f"-DCDD_TORCH_ROOT={torch_dir}"]
+        else:  # explicit: a reused build directory would keep an earlier ON
+            args.append("-DCDD_WITH_AOTI=OFF")
         args += os.environ.get("CDD_CMAKE_ARGS", "").split()
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 2)
         try:

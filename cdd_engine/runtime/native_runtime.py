@@ -1,6 +1,7 @@
 """The native runtime of :class:`~cdd_engine.runtime.engine.Engine`: libcdd_engine (C++) through
-the pybind11 module ``cdd_engine._native``, used for OpenVINO engines on the CPU and TensorRT engines
-on CUDA devices when the module is built.
+the pybind11 module ``cdd_engine._native``, used for OpenVINO engines on the CPU, TensorRT engines
+on CUDA devices and aoti engines (AOTInductor packages, on the device they were compiled for) when
+the module is built with that backend.
 
 - :func:`choose_runtime` resolves ``runtime="auto" | "native" | "python"`` for an engine directory;
 - :class:`NativeRunner` loads the C++ engine and scores uint8 frames with it;
@@ -87,8 +88,9 @@ def choose_runtime(runtime: str, manifest: dict, device: Any, options: dict[str,
     """-> ("native" | "python", reason). ``options`` are the Engine's backend options (None = not given).
 
     "auto" picks native when the module is built and can run this engine here: an OpenVINO
-    engine on the CPU, or a TensorRT engine on a CUDA device with a module built with TensorRT,
-    and no Python-only option was asked for. "native" raises BackendUnavailable when it cannot.
+    engine on the CPU, a TensorRT engine on a CUDA device with a module built with TensorRT, or
+    an aoti engine with a module built with CDD_WITH_AOTI against this process's torch (and
+    CDD_WITH_CUDA for a CUDA package), and no Python-only option was asked for. "native" raises BackendUnavailable when it cannot.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
@@ -105,6 +107,8 @@ def choose_runtime(runtime: str, manifest: dict, device: Any, options: dict[str,
         why_not = f"the OpenVINO backend runs on the CPU, got device={device!r}"
     elif backend == "tensorrt" and device is not None and not _is_cuda(device):
         why_not = f"a TensorRT engine runs on CUDA devices, got device={device!r}"
+    # aoti: a device other than the package's is refused by the C++ reader itself (EngineFormatError,
+    # as on the Python runtime), not routed elsewhere
     if why_not is None:
         mod = native_module()
         if mod is None:
@@ -114,6 +118,8 @@ def choose_runtime(runtime: str, manifest: dict, device: Any, options: dict[str,
             why_not = "this build of libcdd_engine has no OpenVINO backend"
         elif backend == "tensorrt" and not mod.WITH_TENSORRT:
             why_not = "this build of libcdd_engine has no TensorRT backend (configure with CDD_WITH_TENSORRT=ON)"
+        elif backend == "aoti":
+            why_not = _aoti_why_not(mod, manifest, device)
     if why_not is None:
         return "native", "auto: libcdd_engine is built and runs this engine" if runtime == "auto" else "asked for"
     if runtime == "native":
@@ -123,13 +129,50 @@ def choose_runtime(runtime: str, manifest: dict, device: Any, options: dict[str,
     return "python", f"auto: {why_not}"
 
 
+def _aoti_why_not(mod: Any, manifest: dict, device: Any) -> str | None:
+    """Why the module cannot run this aoti engine in this process, or None. The module's AOTI code
+    links the libtorch it was built against, and this process has already loaded a torch: the two
+    must be the same build (the shared libraries have the same names, so the one loaded first is
+    the one both use)."""
+    if not getattr(mod, "WITH_AOTI", False):
+        return ("this build of libcdd_engine was built without AOTInductor support (CDD_WITH_AOTI): "
+                "reconfigure csrc/ with -DCDD_WITH_AOTI=ON (csrc/README.md)")
+    built = str(getattr(mod, "AOTI_TORCH_VERSION", ""))
+    if built != torch.__version__:
+        return (f"libcdd_engine's AOTInductor backend was built against torch {built}, this process runs torch "
+                f"{torch.__version__}: rebuild the native module against this torch")
+    on_cuda = _is_cuda(device) if device is not None else manifest.get("aoti", {}).get("device") == "cuda"
+    if on_cuda and not mod.WITH_CUDA:
+        return ("a CUDA aoti engine needs libcdd_engine built with CDD_WITH_CUDA=ON as well as CDD_WITH_AOTI "
+                "(GPU pre/post-processing around the package)")
+    return None
+
+
+def _native_device(manifest: dict, device: Any) -> str:
+    """The C++ engine's device string: "CPU" for OpenVINO; "cuda[:i]" for TensorRT; for aoti the
+    package's device kind ("CPU" or "cuda[:i]") unless the caller named one."""
+    backend = manifest["backend"]
+    if backend == "openvino":
+        return "CPU"
+    if backend == "aoti":
+        if device is None:
+            return "cuda" if manifest["aoti"]["device"] == "cuda" else "CPU"
+        kind = _device_type(device)
+        if kind not in ("cpu", "cuda"):
+            raise ValueError(f"an aoti engine runs on 'cpu' or 'cuda[:i]', got device={device!r}")
+        d = torch.device(device)
+        return "CPU" if kind == "cpu" else str(d)
+    return "cuda" if device is None else str(torch.device(device))
+
+
 class NativeRunner:
     """The C++ engine on one engine directory (thread-safe; the GIL is released while it scores).
 
     Args:
         engine_dir: an engine directory already read and hash-checked by the caller.
         manifest: its engine.json.
-        device: None / "cpu" for OpenVINO (C++ device "CPU"); None / "cuda[:i]" for TensorRT.
+        device: None / "cpu" for OpenVINO (C++ device "CPU"); None / "cuda[:i]" for TensorRT; for aoti
+            None (the package's device) or the device it was compiled for (another is refused).
         num_threads: CPU threads; None or 0 = all cores.
         num_streams: inference requests that run at once (None: from ``openvino_mode``).
         openvino_mode: "latency" -> 1 stream, "throughput" -> 2, "auto" (default) -> 1 for single
@@ -163,7 +206,7 @@ class NativeRunner:
         if streams is None:
             streams = AUTO_SINGLE_STREAMS if self._adaptive or not openvino else STREAMS_FOR_MODE[mode]
         self._engine_dir = str(engine_dir)
-        self._device = "CPU" if openvino else ("cuda" if device is None else str(torch.device(device)))
+        self._device = _native_device(manifest, device)
         # verify_hashes=False: the Python Engine already verified every file's SHA-256 while reading
         # engine.json (one hashing pass, Python's error messages); the C++ reader still checks the
         # format, the sizes and the model's shapes.

@@ -272,6 +272,10 @@ PYBIND11_MODULE(_native, m) {
     m.attr("WITH_OPENVINO") = cdd::built_with_openvino();
     m.attr("WITH_TENSORRT") = cdd::built_with_tensorrt();
     m.attr("WITH_CUDA") = cdd::built_with_cuda();
+    m.attr("WITH_AOTI") = cdd::built_with_aoti();
+    // the torch version an aoti engine must have been built with ("" without AOTI); the Python
+    // side also refuses this module's aoti path in a process running another torch
+    m.attr("AOTI_TORCH_VERSION") = std::string(cdd::aoti_torch_version());
 
     py::class_<cdd::Engine>(m, "Engine", R"doc(
 Engine(engine_dir, num_threads=0, num_streams=1, device="CPU", threshold=None, sensitivity=None,

@@ -12,8 +12,8 @@
 namespace cdd {
 namespace detail {
 
-/// One slot of the engine's pool: an OpenVINO InferRequest or a TensorRT execution
-/// context + stream, with its own buffers. Used by one thread at a time.
+/// One slot of the engine's pool: an OpenVINO InferRequest, a TensorRT execution context +
+/// stream, or an AOTInductor model instance (+ stream on CUDA), with its own buffers. Used by one thread at a time.
 class Worker {
 public:
     virtual ~Worker() = default;
@@ -32,6 +32,13 @@ std::vector<std::unique_ptr<Worker>> make_openvino_workers(const Manifest& m, co
 /// worker. Only in builds with CDD_WITH_TENSORRT.
 std::vector<std::unique_ptr<Worker>> make_tensorrt_workers(const Manifest& m, const EngineOptions& options,
                                                            EngineInfo& info);
+
+/// AOTInductor: model.pt2 loaded by libtorch's package loader (CPU; CUDA with CDD_WITH_CUDA);
+/// one loader whose container holds num_streams model instances, one worker per stream.
+/// Refuses a package whose aoti.device or aoti.torch_version does not match. Only in builds
+/// with CDD_WITH_AOTI; otherwise throws Unsupported.
+std::vector<std::unique_ptr<Worker>> make_aoti_workers(const Manifest& m, const EngineOptions& options,
+                                                       EngineInfo& info);
 
 /// The anomaly-map kernel matching the manifest (model resolution, feature scales, settings).
 kernels::AnomalyMap make_anomaly_map(const Manifest& m);

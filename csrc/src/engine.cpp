@@ -36,6 +36,18 @@ bool built_with_tensorrt() noexcept {
 #endif
 }
 
+bool built_with_aoti() noexcept {
+#ifdef CDD_WITH_AOTI
+    return true;
+#else
+    return false;
+#endif
+}
+
+#ifndef CDD_WITH_AOTI
+const char* aoti_torch_version() noexcept { return ""; }
+#endif
+
 bool built_with_cuda() noexcept {
 #ifdef CDD_WITH_CUDA
     return true;
@@ -65,6 +77,15 @@ std::vector<std::unique_ptr<Worker>> make_tensorrt_workers(const Manifest&, cons
     throw Error(ErrorCode::Unsupported,
                 "device \"cuda\" needs the TensorRT backend, which this build of libcdd_engine does not have "
                 "(configure with -DCDD_WITH_TENSORRT=ON on a machine with TensorRT and CUDA)");
+}
+#endif
+
+#ifndef CDD_WITH_AOTI
+std::vector<std::unique_ptr<Worker>> make_aoti_workers(const Manifest& m, const EngineOptions&, EngineInfo&) {
+    throw Error(ErrorCode::Unsupported,
+                m.dir + " is an aoti engine (an AOTInductor package, model.pt2), but this libcdd_engine was built "
+                        "without AOTInductor support (CDD_WITH_AOTI): reconfigure with -DCDD_WITH_AOTI=ON against the "
+                        "installed torch (csrc/README.md), or build the engine with backend=\"openvino\"");
 }
 #endif
 
@@ -168,8 +189,11 @@ Engine::Engine(const std::string& engine_dir, const EngineOptions& options) : im
     for (std::size_t s = 0; s < m.teachers.size(); ++s) info.features.push_back(m.teachers[s]);
     for (std::size_t s = 0; s < m.students.size(); ++s) info.features.push_back(m.students[s]);
     info.device = options.device;
-    im.workers = detail::is_cuda_device(options.device) ? detail::make_tensorrt_workers(m, options, info)
-                                                        : detail::make_openvino_workers(m, options, info);
+    if (m.backend == "aoti")  // the package itself decides the device kind (its "aoti" section)
+        im.workers = detail::make_aoti_workers(m, options, info);
+    else
+        im.workers = detail::is_cuda_device(options.device) ? detail::make_tensorrt_workers(m, options, info)
+                                                            : detail::make_openvino_workers(m, options, info);
     for (auto& w : im.workers) im.idle.push_back(w.get());
 }
 

@@ -163,6 +163,36 @@ bool plain_relative(const std::string& name) {
     return true;
 }
 
+/// The "aoti" section (backend aoti): the same rules as the Python reader. Whether the package
+/// matches this library's libtorch and the requested device is checked when it is loaded
+/// (backends/aoti_backend.cpp), so a directory can be read anywhere.
+void read_aoti_section(Manifest& m, const json::Value& root) {
+    const json::Value* a = root.find("aoti");
+    if (a == nullptr || !a->is_object())
+        bad(m, "an aoti engine needs an \"aoti\" object {device, torch_version, min_batch, max_batch, "
+               "channels_last, batchnorm_folded}");
+    AotiSection& s = m.aoti;
+    s.device = need_string(m, *a, "device", "aoti.");
+    if (s.device != "cpu" && s.device != "cuda")
+        bad(m, "\"aoti.device\" must be cpu or cuda, got \"" + s.device + "\"");
+    s.torch_version = need_string(m, *a, "torch_version", "aoti.");
+    if (s.torch_version.empty() || s.torch_version.size() > 64)
+        bad(m, "\"aoti.torch_version\" must be a non-empty string of at most 64 characters (torch.__version__ "
+               "at build)");
+    s.min_batch = as_int(m, need(m, *a, "min_batch", json::Value::Type::Number, "aoti."), "\"aoti.min_batch\"", 1, 1);
+    s.max_batch = as_int(m, need(m, *a, "max_batch", json::Value::Type::Number, "aoti."), "\"aoti.max_batch\"",
+                         m.max_batch, m.max_batch);
+    s.channels_last = need(m, *a, "channels_last", json::Value::Type::Bool, "aoti.").boolean;
+    s.batchnorm_folded = need(m, *a, "batchnorm_folded", json::Value::Type::Bool, "aoti.").boolean;
+    if ((m.precision == "fp16" || m.precision == "tf32") && s.device != "cuda")
+        bad(m, "precision " + m.precision + " runs on CUDA only, but \"aoti.device\" is \"" + s.device + "\"");
+    for (const FeatureInfo* f : {&m.teachers[0], &m.teachers[1], &m.teachers[2], &m.students[0], &m.students[1],
+                                 &m.students[2]})
+        if (f->dtype != "float32")
+            bad(m, "an aoti package outputs float32 features (reduced precisions cast inside the graph), feature " +
+                       f->name + " says \"" + f->dtype + "\"");
+}
+
 }  // namespace
 
 Manifest read_manifest(const std::string& engine_dir) {
@@ -188,19 +218,39 @@ Manifest read_manifest(const std::string& engine_dir) {
     {
         const json::Value& fv = need(m, root, "format_version", json::Value::Type::Number, "");
         if (!fv.integer || !std::isfinite(fv.number))
-            bad(m, "\"format_version\" must be an integer (" + std::to_string(kFormatVersion) + "), got " +
-                       json_num(fv.number));
-        if (fv.number != kFormatVersion)
+            bad(m, "\"format_version\" must be an integer (" + std::to_string(kMinFormatVersion) + " to " +
+                       std::to_string(kFormatVersion) + "), got " + json_num(fv.number));
+        if (fv.number < kMinFormatVersion || fv.number > kFormatVersion)
             bad(m, "format_version " + json_num(fv.number) + " is not supported by this library (it reads " +
-                       std::to_string(kFormatVersion) + "); rebuild the engine with the matching cdd_engine version");
-        m.format_version = kFormatVersion;
+                       std::to_string(kMinFormatVersion) + " to " + std::to_string(kFormatVersion) +
+                       "); rebuild the engine with the matching cdd_engine version");
+        m.format_version = static_cast<int>(fv.number);
     }
     m.backend = need_string(m, root, "backend", "");
-    if (m.backend != "openvino" && m.backend != "tensorrt" && m.backend != "torch")
-        bad(m, "\"backend\" must be openvino, tensorrt or torch, got \"" + m.backend + "\"");
     m.precision = need_string(m, root, "precision", "");
-    if (m.precision != "fp32" && m.precision != "fp16" && m.precision != "int8")
-        bad(m, "\"precision\" must be fp32, fp16 or int8, got \"" + m.precision + "\"");
+    if (m.format_version == 1) {  // what version 1 allowed: a version-1 file naming anything newer is refused
+        if (m.backend != "openvino" && m.backend != "tensorrt" && m.backend != "torch")
+            bad(m, "\"backend\" must be openvino, tensorrt or torch (format version 1), got \"" + m.backend + "\"");
+        if (m.precision != "fp32" && m.precision != "fp16" && m.precision != "int8")
+            bad(m, "\"precision\" must be fp32, fp16 or int8 (format version 1), got \"" + m.precision + "\"");
+    } else {
+        // precisions per backend (docs/engine_format.md, version 2)
+        static const std::map<std::string, std::vector<std::string>> kPrecisions = {
+            {"openvino", {"fp32", "fp16", "int8"}},
+            {"tensorrt", {"fp32", "fp16", "int8"}},
+            {"torch", {"fp32", "fp16", "tf32"}},
+            {"aoti", {"fp32", "fp16", "bf16", "tf32"}}};
+        const auto it = kPrecisions.find(m.backend);
+        if (it == kPrecisions.end())
+            bad(m, "\"backend\" must be openvino, tensorrt, torch or aoti, got \"" + m.backend + "\"");
+        bool ok = false;
+        std::string allowed;
+        for (const std::string& p : it->second) {
+            ok = ok || p == m.precision;
+            allowed += (allowed.empty() ? "" : ", ") + p;
+        }
+        if (!ok) bad(m, "backend " + m.backend + " takes precision " + allowed + ", got \"" + m.precision + "\"");
+    }
     m.max_batch = as_int(m, need(m, root, "max_batch", json::Value::Type::Number, ""), "\"max_batch\"", 1, kMaxBatch);
     const auto size = int_list(m, need(m, root, "image_size", json::Value::Type::Array, ""), 2, "\"image_size\"",
                                {{kMinImageSide, kMaxImageSide}, {kMinImageSide, kMaxImageSide}});
@@ -301,9 +351,11 @@ Manifest read_manifest(const std::string& engine_dir) {
     static const std::map<std::string, std::vector<std::string>> kBackendFiles = {
         {"openvino", {"model.onnx", "model.xml", "model.bin"}},
         {"tensorrt", {"model.onnx", "model.plan"}},
-        {"torch", {"model.safetensors"}}};
+        {"torch", {"model.safetensors"}},
+        {"aoti", {"model.pt2"}}};
     for (const std::string& f : kBackendFiles.at(m.backend))
         if (!m.lists(f)) bad(m, "backend " + m.backend + " needs " + f + " listed in \"files\"");
+    if (m.backend == "aoti") read_aoti_section(m, root);
     return m;
 }
 

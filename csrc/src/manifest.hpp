@@ -1,4 +1,4 @@
-// engine.json (docs/engine_format.md, format version 1): parsed, validated, hashes checked.
+// engine.json (docs/engine_format.md, format versions 1 and 2): parsed, validated, hashes checked.
 #pragma once
 
 #include <cstdint>
@@ -12,7 +12,9 @@
 namespace cdd {
 namespace detail {
 
-constexpr int kFormatVersion = 1;  // the engine.json format this library reads
+// the engine.json formats this library reads: 1 (openvino, tensorrt, torch; fp32/fp16/int8) and
+// 2 (adds backend "aoti" with its "aoti" section, precisions bf16/tf32, the "int8" section)
+constexpr int kMinFormatVersion = 1, kFormatVersion = 2;
 
 // Field ranges of engine.json, the same in the Python reader (docs/engine_format.md).
 constexpr std::uint64_t kMaxManifestBytes = 16u << 20;  // engine.json itself: 16 MiB
@@ -24,6 +26,14 @@ constexpr double kMaxSigma = 64.0, kMaxTruncate = 16.0;
 struct FileEntry {
     std::string sha256;
     std::uint64_t bytes = 0;
+};
+
+/// The "aoti" section of an aoti engine (format version 2): what model.pt2 was compiled for.
+struct AotiSection {
+    std::string device;         // "cpu" | "cuda"
+    std::string torch_version;  // torch.__version__ of the build, e.g. "2.13.0+cpu"
+    int min_batch = 1, max_batch = 0;
+    bool channels_last = false, batchnorm_folded = false;
 };
 
 struct Manifest {
@@ -38,6 +48,7 @@ struct Manifest {
     kernels::MapSettings map;
     float threshold = 0.f;
     std::map<std::string, FileEntry> files;
+    AotiSection aoti;  // backend "aoti" only
 
     std::string path(const std::string& file) const { return dir + "/" + file; }
     bool lists(const std::string& file) const { return files.count(file) != 0; }

@@ -33,6 +33,8 @@ enum class MapOutput : int {
 struct EngineOptions {
     /// "CPU" (OpenVINO, the default), "cuda" or "cuda:N" (TensorRT; needs a build with
     /// CDD_WITH_TENSORRT), or any other OpenVINO device name (e.g. "GPU" for an Intel GPU).
+    /// An aoti engine (CDD_WITH_AOTI) runs on "CPU" or "cuda[:N]", whichever its package was
+    /// compiled for.
     std::string device = "CPU";
     /// CPU threads for inference and for the pre/post-processing kernels; 0 = all cores.
     int num_threads = 0;
@@ -84,10 +86,10 @@ struct FeatureInfo {
 /// Read-only facts about a loaded engine.
 struct EngineInfo {
     std::string engine_dir;
-    std::string backend;      ///< backend that runs here: "openvino" or "tensorrt"
+    std::string backend;      ///< backend that runs here: "openvino", "tensorrt" or "aoti"
     std::string device;       ///< the device string it was compiled for
     std::string precision;    ///< from engine.json
-    std::string model_file;   ///< the model file loaded (model.xml, model.onnx, model.plan)
+    std::string model_file;   ///< the model file loaded (model.xml, model.onnx, model.plan, model.pt2)
     int image_height = 0, image_width = 0;
     int max_batch = 0;
     int num_streams = 0;
@@ -145,5 +147,10 @@ const char* version() noexcept;
 bool built_with_openvino() noexcept;
 bool built_with_tensorrt() noexcept;
 bool built_with_cuda() noexcept;
+/// True when built with CDD_WITH_AOTI (the AOTInductor backend, model.pt2 through libtorch).
+bool built_with_aoti() noexcept;
+/// The full torch version (torch.__version__, e.g. "2.13.0+cpu") of the libtorch an AOTI
+/// build links, which an aoti engine's "aoti.torch_version" must equal; "" without AOTI.
+const char* aoti_torch_version() noexcept;
 
 }  // namespace cdd
