@@ -140,39 +140,22 @@ def git_commit() -> str | None:
         return None
 
 
-def _precision_attr(obj: Any) -> bool:
-    return hasattr(obj, "fp32_precision")
-
-
 @contextmanager
 def tf32(conv: bool, matmul: bool = False):
     """cuDNN convolutions / CUDA matmuls in TF32 or IEEE fp32 inside the block, restored after.
 
-    Uses the per-backend ``fp32_precision`` API where torch has it (reading the legacy
-    ``allow_tf32`` flags raises once anything set the new API per operator), else the legacy flags.
+    The legacy ``allow_tf32`` flags, as the engine's own backends set them: mixing them with the
+    per-operator ``fp32_precision`` API makes torch raise when the legacy flags are read.
     """
-    if _precision_attr(getattr(torch.backends.cudnn, "conv", None)):
-        conv_flag, mm_flag = torch.backends.cudnn.conv, torch.backends.cuda.matmul
-        saved = conv_flag.fp32_precision, mm_flag.fp32_precision
-        conv_flag.fp32_precision = "tf32" if conv else "ieee"
-        mm_flag.fp32_precision = "tf32" if matmul else "ieee"
-        try:
-            yield
-        finally:
-            conv_flag.fp32_precision, mm_flag.fp32_precision = saved
-    else:
-        saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def tf32_state() -> dict:
-    if _precision_attr(getattr(torch.backends.cudnn, "conv", None)):
-        return {"cudnn.conv.fp32_precision": torch.backends.cudnn.conv.fp32_precision,
-                "cuda.matmul.fp32_precision": torch.backends.cuda.matmul.fp32_precision}
     return {"cudnn.allow_tf32": torch.backends.cudnn.allow_tf32,
             "cuda.matmul.allow_tf32": torch.backends.cuda.matmul.allow_tf32}
 
