@@ -1,4 +1,9 @@
-"""Write, read and validate an engine directory (docs/engine_format.md, format version 1).
+"""Write, read and validate an engine directory (docs/engine_format.md, format version 2).
+
+New builds write version 2; version 1 directories (backends openvino/tensorrt/torch, precisions
+fp32/fp16/int8) are read unchanged. Version 2 adds backend "aoti" (an AOTInductor package
+``model.pt2`` and its ``aoti`` section: device and torch version it was compiled for), precision
+"bf16" (aoti only) and "tf32" (aoti and torch, CUDA only), and the optional ``int8`` section.
 
 The manifest ``engine.json`` is written last, so an interrupted build leaves a directory
 that ``read_manifest`` refuses ("missing engine.json") instead of a half-built engine.
@@ -27,16 +32,25 @@ from .version import __version__
 from .errors import EngineFormatError
 
 FORMAT = "cdd-engine"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)  # what this reader accepts; a build writes FORMAT_VERSION
 MANIFEST = "engine.json"
-BACKENDS = ("openvino", "tensorrt", "torch")
-PRECISIONS = ("fp32", "fp16", "int8")
+BACKENDS = ("openvino", "tensorrt", "torch", "aoti")
+PRECISIONS = ("fp32", "fp16", "int8", "bf16", "tf32")
+# what format version 1 allowed (a version-1 manifest naming anything newer is refused)
+V1_BACKENDS = ("openvino", "tensorrt", "torch")
+V1_PRECISIONS = ("fp32", "fp16", "int8")
+# precisions per backend (version 2); version 1 checks only the lists above, as its readers did
+BACKEND_PRECISIONS = {"openvino": ("fp32", "fp16", "int8"), "tensorrt": ("fp32", "fp16", "int8"),
+                      "torch": ("fp32", "fp16", "tf32"), "aoti": ("fp32", "fp16", "bf16", "tf32")}
+AOTI_DEVICES = ("cpu", "cuda")
 FEATURE_NAMES = ("teacher_0", "teacher_1", "teacher_2", "student_0", "student_1", "student_2")
 # Files each backend needs beside engine.json (all must also be listed under "files").
 BACKEND_FILES = {
     "openvino": ("model.onnx", "model.xml", "model.bin"),
     "tensorrt": ("model.onnx", "model.plan"),
     "torch": ("model.safetensors",),
+    "aoti": ("model.pt2",),
 }
 # package_version, created and source_checkpoint are written by every build but only informative:
 # like the C++ reader, a reader does not need them
@@ -86,7 +100,7 @@ def make_manifest(*, engine_dir: str | os.PathLike, backend: str, precision: str
                   features: list[dict[str, Any]], anomaly_map: dict[str, Any], threshold: dict[str, Any],
                   source_checkpoint: dict[str, Any], files: list[str], extra: dict[str, Any] | None = None,
                   ) -> dict[str, Any]:
-    """Assemble a format-1 manifest, hashing ``files`` (names relative to ``engine_dir``)."""
+    """Assemble a format-2 manifest, hashing ``files`` (names relative to ``engine_dir``)."""
     root = Path(engine_dir)
     manifest: dict[str, Any] = {
         "format": FORMAT,
@@ -181,16 +195,22 @@ def validate_manifest(m: Any) -> None:
     version = m.get("format_version")
     if not _is_int(version):
         _fail(f"engine.json: format_version must be an integer ({FORMAT_VERSION}), got {version!r}")
-    if version != FORMAT_VERSION:
-        _fail(f"engine.json: format_version {version!r} is not supported by this reader (it reads version "
-              f"{FORMAT_VERSION}); rebuild the engine with this package version ({__version__})")
+    if version not in READ_VERSIONS:
+        _fail(f"engine.json: format_version {version!r} is not supported by this reader (it reads versions "
+              f"{', '.join(str(v) for v in READ_VERSIONS)}); rebuild the engine with this package version "
+              f"({__version__})")
     missing = [k for k in _REQUIRED if k not in m]
     if missing:
         _fail(f"engine.json: missing required keys {missing}")
-    if m["backend"] not in BACKENDS:
-        _fail(f"engine.json: backend must be one of {BACKENDS}, got {m['backend']!r}")
-    if m["precision"] not in PRECISIONS:
-        _fail(f"engine.json: precision must be one of {PRECISIONS}, got {m['precision']!r}")
+    backends, precisions = (V1_BACKENDS, V1_PRECISIONS) if version == 1 else (BACKENDS, PRECISIONS)
+    if m["backend"] not in backends:
+        _fail(f"engine.json: backend must be one of {backends} (format version {version}), got {m['backend']!r}")
+    if m["precision"] not in precisions:
+        _fail(f"engine.json: precision must be one of {precisions} (format version {version}), got "
+              f"{m['precision']!r}")
+    if version >= 2 and m["precision"] not in BACKEND_PRECISIONS[m["backend"]]:
+        _fail(f"engine.json: backend {m['backend']!r} takes precision {BACKEND_PRECISIONS[m['backend']]}, got "
+              f"{m['precision']!r}")
     _int_in(m["max_batch"], 1, MAX_BATCH, "max_batch")
     size = m["image_size"]
     if not isinstance(size, list) or len(size) != 2:
@@ -258,6 +278,54 @@ def validate_manifest(m: Any) -> None:
         if any(f["dtype"] != want for f in feats):
             _fail(f"engine.json: a torch engine of precision {m['precision']!r} has {want} features, got "
                   f"{[f['dtype'] for f in feats]}")
+    if m["backend"] == "aoti":
+        validate_aoti_section(m)
+
+
+def validate_aoti_section(m: dict[str, Any]) -> None:
+    """The ``aoti`` section of an aoti engine: what the package was compiled for (the C++ reader
+    applies the same rules). Whether that matches the running process is checked at load
+    (:func:`check_aoti_runtime`), not here, so a directory can be inspected anywhere."""
+    a = m.get("aoti")
+    if not isinstance(a, dict):
+        _fail("engine.json: an aoti engine needs an 'aoti' object {device, torch_version, min_batch, max_batch, "
+              "channels_last, batchnorm_folded}")
+    if a.get("device") not in AOTI_DEVICES:
+        _fail(f"engine.json: aoti.device must be one of {AOTI_DEVICES}, got {a.get('device')!r}")
+    tv = a.get("torch_version")
+    if not isinstance(tv, str) or not 0 < len(tv) <= 64:
+        _fail(f"engine.json: aoti.torch_version must be a non-empty string (torch.__version__ at build), got {tv!r}")
+    if a.get("min_batch") != 1 or not _is_int(a.get("min_batch")):
+        _fail(f"engine.json: aoti.min_batch must be the integer 1, got {a.get('min_batch')!r}")
+    if not _is_int(a.get("max_batch")) or a.get("max_batch") != m["max_batch"]:
+        _fail(f"engine.json: aoti.max_batch must be the integer max_batch ({m['max_batch']}), got "
+              f"{a.get('max_batch')!r}")
+    for key in ("channels_last", "batchnorm_folded"):
+        if not isinstance(a.get(key), bool):
+            _fail(f"engine.json: aoti.{key} must be true or false, got {a.get(key)!r}")
+    if m["precision"] in ("fp16", "tf32") and a["device"] != "cuda":
+        _fail(f"engine.json: precision {m['precision']!r} runs on CUDA only, but aoti.device is {a['device']!r}")
+    if any(f["dtype"] != "float32" for f in m["features"]):
+        _fail(f"engine.json: an aoti package outputs float32 features (reduced precisions cast inside the graph), "
+              f"got {[f['dtype'] for f in m['features']]}")
+
+
+def check_aoti_runtime(m: dict[str, Any], device_type: str, torch_version: str | None = None) -> None:
+    """An AOTInductor package runs only on the device kind and the exact torch build it was
+    compiled with (its generated code calls that libtorch's C shim and was tuned for that device):
+    anything else is refused with the advice to rebuild, before the package is opened."""
+    import torch
+
+    a = m["aoti"]
+    running = torch.__version__ if torch_version is None else torch_version
+    if a["device"] != device_type:
+        _fail(f"engine.json: this aoti package was compiled for device {a['device']!r} but is being loaded on "
+              f"{device_type!r}; rebuild it on the target: cdd_engine.build(run_dir, backend='aoti', "
+              f"device={device_type!r})")
+    if a["torch_version"] != running:
+        _fail(f"engine.json: this aoti package was compiled with torch {a['torch_version']} but this process runs "
+              f"torch {running}; AOTInductor packages are tied to the torch build that compiled them: rebuild "
+              f"the engine with this torch (cdd_engine.build(run_dir, backend='aoti', ...))")
 
 
 def _read_manifest_bytes(path: Path) -> bytes:

@@ -2,7 +2,8 @@
 
 Backends: "openvino" (CPU: model.onnx + model.xml/.bin), "tensorrt" (NVIDIA GPU: model.onnx +
 model.plan, built on the target machine), "torch" (model.safetensors, CPU or CUDA, the
-reference network with the fast anomaly map). "auto" picks TensorRT when an NVIDIA GPU and
+reference network with the fast anomaly map), "aoti" (model.pt2: the network compiled ahead of
+time by AOTInductor for the CPU or a CUDA GPU, ``device=`` at build; export/aoti.py). "auto" picks TensorRT when an NVIDIA GPU and
 TensorRT are both present, otherwise OpenVINO, and logs which and why.
 
 A build fails closed: options are checked against the shared limits (cdd_engine/limits.py)
@@ -33,8 +34,16 @@ from ..engine_format import BACKEND_FILES, FEATURE_NAMES, make_manifest, write_m
 from ..errors import BackendUnavailable, NonFiniteOutputError
 
 log = logging.getLogger("cdd_engine.build")
-BACKEND_CHOICES = ("auto", "openvino", "tensorrt", "torch")
-PRECISIONS = {"openvino": ("fp32", "fp16"), "tensorrt": ("fp32", "fp16", "int8"), "torch": ("fp32", "fp16")}
+BACKEND_CHOICES = ("auto", "openvino", "tensorrt", "torch", "aoti")
+PRECISIONS = {"openvino": ("fp32", "fp16"), "tensorrt": ("fp32", "fp16", "int8"), "torch": ("fp32", "fp16", "tf32"),
+              "aoti": ("fp32", "fp16", "bf16", "tf32")}
+
+
+def default_precision(backend: str, device: Any) -> str:
+    """``precision=None``: fp16 for an aoti engine on CUDA (the GPU default: half the bytes and
+    tensor cores; maps within 2e-3 of the fp32 reference, docs/engine_format.md), else fp32."""
+    on_cuda = device is not None and torch.device(device).type == "cuda"
+    return "fp16" if backend == "aoti" and on_cuda else "fp32"
 
 
 def choose_backend(backend: str = "auto") -> tuple[str, str]:
@@ -224,7 +233,7 @@ def _calibration_batches(model: RDModel, frames: Iterable[Any], max_batch: int) 
     return out
 
 
-def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precision: str = "fp32",
+def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precision: str | None = None,
           max_batch: int = 32, output_dir: str | os.PathLike | None = None, threshold: float | None = None, *,
           teacher_weights: str | None = None, map_mode: str | None = None, sigma: float | None = None,
           verify: bool = True, calibration_frames: Iterable[Any] | None = None, timing_cache: str | None = None,
@@ -233,9 +242,11 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
 
     Args:
         checkpoint: run directory written by training, or an RDModel (then ``threshold`` is required).
-        backend: "auto", "openvino", "tensorrt" or "torch".
-        precision: "fp32" (all), "fp16" (tensorrt, torch on CUDA; openvino stores fp16 weights),
-            "int8" (tensorrt, with ``calibration_frames``).
+        backend: "auto", "openvino", "tensorrt", "torch" or "aoti".
+        precision: "fp32" (all), "fp16" (tensorrt, torch and aoti on CUDA; openvino stores fp16
+            weights), "int8" (tensorrt, with ``calibration_frames``), "bf16" (aoti, CPU or CUDA),
+            "tf32" (torch and aoti on CUDA: fp32 storage, TF32 tensor-core math). None (default):
+            "fp16" for aoti with ``device="cuda"``, else "fp32".
         max_batch: largest batch a backend call gets (Engine.score splits larger inputs).
         output_dir: engine directory; default ``<run_dir>/engine_<backend>_<precision>``, or a new
             temporary directory when building from a model object.
@@ -251,7 +262,9 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
             replaced as a whole, and only once the new engine is complete and verified.
         winograd: OpenVINO: rewrite the 3x3 convolutions with >= 256 channels as Winograd
             F(2x2, 3x3) (export/openvino.py); other backends ignore it.
-        engine_options: passed to :class:`Engine` (device, num_threads, ...).
+        engine_options: passed to :class:`Engine` (device, num_threads, ...). For backend "aoti"
+            ``device`` ("cpu" default, or "cuda") is also what the package is compiled for and is
+            recorded in engine.json (an aoti package runs only on that device kind).
 
     Returns:
         the loaded :class:`Engine`.
@@ -263,8 +276,15 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
     """
     name, reason = choose_backend(backend)
     log.info("backend %s (%s)", name, reason)
+    if precision is None:
+        precision = default_precision(name, engine_options.get("device"))
     if precision not in PRECISIONS[name]:
         raise ValueError(f"backend {name!r} supports precision {PRECISIONS[name]}, got {precision!r}")
+    if name == "aoti":  # before the minute of compilation: a device/precision pair the package cannot run
+        from ..export.aoti import check_options
+        check_options(precision, _aoti_device(engine_options.get("device")), max_batch)
+    elif precision == "tf32" and torch.device(engine_options.get("device") or "cpu").type != "cuda":
+        raise ValueError("precision 'tf32' runs on CUDA only: build with device='cuda', or use 'fp32' on the CPU")
     if name == "tensorrt":  # fail before the minutes of export if TensorRT cannot run here
         from ..export.tensorrt import import_tensorrt, require_gpu
         import_tensorrt()
@@ -302,6 +322,8 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
                                "verify": bool(verify)}
     if name == "openvino":
         options["winograd"] = winograd
+    if name == "aoti":
+        options["device"] = _aoti_device(engine_options.get("device"))
     tmp = atomic_dir.new_temp_dir(out)
     try:
         _write_engine(tmp, model, name, precision, max_batch, source, am, thr, reason, options,
@@ -323,6 +345,16 @@ def _write_engine(out: Path, model: RDModel, name: str, precision: str, max_batc
     extra: dict[str, Any] = {"build": {"backend_choice": reason, "options": options}}
     if name == "torch":
         extra["model"] = _save_torch(model, out)
+    elif name == "aoti":
+        from ..export.aoti import PACKAGE_FILE, export_aoti
+
+        info = export_aoti(model, out / PACKAGE_FILE, image_size=model.image_size, max_batch=max_batch,
+                           precision=precision, device=options["device"])
+        extra["aoti"] = {"device": options["device"], "torch_version": torch.__version__, "min_batch": 1,
+                         "max_batch": int(max_batch), "channels_last": info["channels_last"],
+                         "batchnorm_folded": info["batchnorm_folded"]}
+        extra["build"].update({k: info[k] for k in ("folded_batchnorms", "fold_max_rel_error", "export_seconds",
+                                                    "compile_seconds") if k in info})
     else:
         from ..export.onnx import export_onnx, non_finite_initializers, verify_onnx
 
@@ -360,6 +392,14 @@ def _write_engine(out: Path, model: RDModel, name: str, precision: str, max_batc
                              features=_feature_specs(model, feature_dtype), anomaly_map=am, threshold=thr,
                              source_checkpoint=source, files=list(BACKEND_FILES[name]), extra=extra)
     write_manifest(out, manifest)
+
+
+def _aoti_device(device: Any) -> str:
+    """The device kind an aoti package is compiled for: "cpu" (default) or "cuda" (any index)."""
+    kind = torch.device(device).type if device is not None else "cpu"
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"backend 'aoti' builds for device 'cpu' or 'cuda', got {device!r}")
+    return kind
 
 
 def _save_torch(model: RDModel, out: Path) -> dict[str, Any]:

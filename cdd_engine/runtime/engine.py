@@ -105,6 +105,26 @@ def _check_on_non_finite(value: Any) -> str:
     return value
 
 
+def _choose_runtime(runtime: str, manifest: dict, device: Any, options: dict[str, Any]) -> tuple[str, str]:
+    """choose_runtime, plus the aoti rules: "auto" runs an aoti engine natively only when the
+    module was built with the AOTInductor backend (``WITH_AOTI``); ``cuda_graphs`` is an option
+    of the Python runtime."""
+    if manifest["backend"] == "aoti" and runtime != "python":
+        from .native_runtime import native_module
+
+        mod = native_module()
+        why_not = None
+        if options.get("cuda_graphs") is not None:
+            why_not = "option cuda_graphs belongs to the Python runtime"
+        elif mod is None or not getattr(mod, "WITH_AOTI", False):
+            why_not = "this build of libcdd_engine has no AOTInductor backend"
+        if why_not is not None:
+            if runtime == "native":
+                raise BackendUnavailable(f"runtime='native' cannot run 'aoti' engine here: {why_not}")
+            return PYTHON_RUNTIME, f"auto: {why_not}"
+    return choose_runtime(runtime, manifest, device, {k: v for k, v in options.items() if k != "cuda_graphs"})
+
+
 class Engine:
     """A loaded engine directory (docs/engine_format.md).
 
@@ -115,7 +135,9 @@ class Engine:
         device: "cpu" or "cuda[:i]" for the torch backend; the tensorrt backend needs CUDA,
             openvino runs on the CPU.
         num_threads: inference threads (OpenVINO ``INFERENCE_NUM_THREADS``; torch intra-op threads).
-        use_triton: torch/tensorrt backends: use the Triton kernels (default: on CUDA when present).
+        use_triton: torch/tensorrt/aoti backends: use the Triton kernels (default: on CUDA when present).
+        cuda_graphs: aoti backend on CUDA: score uint8 frame batches through CUDA graphs captured
+            per batch bucket (default on; runtime/cuda_graphs.py; not run on a GPU here).
         openvino_mode, sub_batch, static_shapes: how OpenVINO runs a batch: "auto" (default:
             one latency request for a single image, batches split into jobs of ``sub_batch``
             (default 1) images on the plugin's streams), "latency" or "throughput"; static
@@ -142,7 +164,8 @@ class Engine:
                  device: str | torch.device | None = None, num_threads: int | None = None,
                  use_triton: bool | None = None, openvino_mode: str | None = None,
                  sub_batch: int | None = None, static_shapes: bool | None = None,
-                 verify_hashes: bool = True, runtime: str = "auto", num_streams: int | None = None) -> None:
+                 verify_hashes: bool = True, runtime: str = "auto", num_streams: int | None = None,
+                 cuda_graphs: bool | None = None) -> None:
         self.engine_dir = Path(engine_dir)
         self.manifest = read_manifest(self.engine_dir, verify_hashes=verify_hashes)
         self._threshold = check_threshold(self.manifest["threshold"]["value"] if threshold is None else threshold)
@@ -152,13 +175,14 @@ class Engine:
         self._pre = Preprocessor(self.image_size, inp["mean"], inp["std"])
         self._local = threading.local()
         self._backend_options = dict(device=device, num_threads=num_threads, use_triton=use_triton,
-                                     mode=openvino_mode, sub_batch=sub_batch, static_shapes=static_shapes)
+                                     mode=openvino_mode, sub_batch=sub_batch, static_shapes=static_shapes,
+                                     cuda_graphs=cuda_graphs)
         self._backend: Any = None
         self._backend_lock = threading.Lock()
         self._native: NativeRunner | None = None
         num_streams = check_count(num_streams, "num_streams", 1)
-        name, reason = choose_runtime(runtime, self.manifest, device,
-                                      {"sub_batch": sub_batch, "use_triton": use_triton})
+        name, reason = _choose_runtime(runtime, self.manifest, device,
+                                       {"sub_batch": sub_batch, "use_triton": use_triton, "cuda_graphs": cuda_graphs})
         if name == "native":
             try:
                 self._native = NativeRunner(self.engine_dir, self.manifest, device=device, num_threads=num_threads,
@@ -313,6 +337,16 @@ class Engine:
         bad = np.zeros(n, dtype=bool)
         model_maps = np.empty((n, H, W), dtype=np.float32) if return_maps and map_size == "model" else None
         input_maps: list[np.ndarray] | None = [] if return_maps and map_size == "input" else None
+        fast = self._score_uint8(frames, return_maps)
+        if fast is not None:  # the GPU path: every chunk through a CUDA graph, uploads overlapped
+            scores, maps_np = fast
+            bad = ~np.isfinite(scores)
+            if maps_np is not None:
+                bad |= ~np.isfinite(maps_np.reshape(n, -1)).all(axis=1)
+                if input_maps is not None:
+                    maps_t = torch.from_numpy(maps_np)
+                    input_maps = [_resize_map(maps_t[i], frames.size(i)) for i in range(n)]
+            return scores, input_maps if input_maps is not None else maps_np, bad
         for start in range(0, n, self.max_batch):
             stop = min(n, start + self.max_batch)
             maps, s = self._backend_call("score_batch", self.prepare(frames, start, stop))
@@ -325,6 +359,21 @@ class Engine:
                 for i in range(start, stop):
                     input_maps.append(_resize_map(maps_t[i - start], frames.size(i)))
         return scores, model_maps if model_maps is not None else input_maps, bad
+
+    def _score_uint8(self, frames: Frames, return_maps: bool) -> tuple[np.ndarray, np.ndarray | None] | None:
+        """A backend's whole-call uint8 path (aoti on CUDA: CUDA graphs, runtime/cuda_graphs.py), for
+        a batch of equal-size uint8 host frames; None when it does not apply."""
+        fn = getattr(self.backend, "score_uint8", None)
+        batch = frames.batch
+        if fn is None or batch is None or batch.dtype != torch.uint8 or batch.device.type != "cpu":
+            return None
+        try:
+            return fn(batch, frames.pixel_format, return_maps)
+        except (EngineError, ValueError, TypeError, MemoryError):
+            raise
+        except Exception as e:  # noqa: BLE001 - re-raised as the engine's own type, cause chained
+            raise EngineError(f"engine {self.engine_dir}: the {self.backend_name} backend failed: "
+                              f"{type(e).__name__}: {e}") from e
 
     def _backend_call(self, method: str, x: torch.Tensor) -> Any:
         """A Python backend's method; its own failures (torch, OpenVINO, TensorRT) become EngineError."""

@@ -10,8 +10,9 @@ from typing import Any
 def make_backend(engine_dir: str | os.PathLike, manifest: dict, **options: Any) -> Any:
     """Instantiate the backend named in ``manifest["backend"]`` (imported only when used).
 
-    options: ``device``, ``num_threads``, ``use_triton`` (torch/tensorrt), ``mode``, ``sub_batch`` and
-    ``static_shapes`` (openvino); options a backend does not take are ignored when None.
+    options: ``device``, ``num_threads``, ``use_triton`` (torch/tensorrt/aoti), ``cuda_graphs`` (aoti, torch),
+    ``mode``, ``sub_batch`` and ``static_shapes`` (openvino); options a backend does not take are
+    ignored when None.
     """
     name = manifest["backend"]
     if name == "openvino":
@@ -23,6 +24,9 @@ def make_backend(engine_dir: str | os.PathLike, manifest: dict, **options: Any) 
     elif name == "torch":
         from .torch_backend import TorchBackend as cls
         allowed = {"device", "use_triton", "num_threads"}
+    elif name == "aoti":
+        from .aoti_backend import AOTIBackend as cls
+        allowed = {"device", "use_triton", "num_threads", "cuda_graphs"}
     elif name == "tensorrt":
         from .tensorrt_backend import TensorRTBackend as cls
         allowed = {"device", "use_triton", "num_threads"}
