@@ -459,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     args.backbone = args.backbone or ("wide_resnet50_2" if gpu_mode else "resnet18")
     args.image_size = args.image_size or (256 if gpu_mode else 64)
     batches = [int(b) for b in (args.batches or ("1,8,32" if gpu_mode else "1,4")).split(",")]
-    sweep = [int(b) for b in (args.sweep or ("64,128" if gpu_mode else "8")).split(",") if b]
+    sweep = [int(b) for b in (args.sweep if args.sweep is not None else ("64,128" if gpu_mode else "8")).split(",") if b]
     max_batch = max(batches + sweep)
     # repetitions: (interleaved rounds per batch, rounds per sweep batch, batch-1 latency calls)
     reps, sweep_reps, lat_calls = (10, 5, 200) if gpu_mode and not args.quick else \
@@ -508,11 +508,11 @@ def main(argv: list[str] | None = None) -> int:
 
         # ---- 1+2. engines and parity
         for backend, precision in SPECS:
-            if only is not None and (backend, precision) not in only:
-                continue
             name = f"{backend}_{precision}"
             base_row = {"backend": backend, "precision": precision, "device": args.device}
             reason = why_not(backend, precision, args.device)
+            if reason is None and only is not None and (backend, precision) not in only:
+                reason = f"not selected (--only {args.only})"
             if reason is None:
                 guess = measured_build.get(backend, BUILD_GUESS_S[backend])
                 if elapsed() + guess > build_deadline:
