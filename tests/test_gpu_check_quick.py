@@ -151,3 +151,36 @@ def test_engine_gpu_check_aoti_rows_on_the_cpu(tmp_path):
     for b, p in (("aoti", "fp16"), ("aoti", "tf32")):
         assert "CUDA" in parity_row(report, b, p)["reason"]
     assert {r["pipeline"] for r in report["throughput"] if r["batch"] == 4} >= {"eager_fp32", "aoti_fp32"}
+
+
+def test_engine_gpu_check_issue13_targets_from_rows():
+    """The GPU-only summary of issue 13's bar, fed rows as a GPU run writes them (no GPU here)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("engine_gpu_check", ENGINE_CHECK)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def row(batch, pipeline, ips, x_eager=None, x_py=None):
+        return {"batch": batch, "pipeline": pipeline, "images_per_s": ips, "p50_ms": 1e3 * batch / ips,
+                "x_eager": x_eager, "x_python_runtime": x_py}
+
+    d = {"throughput": [row(32, "eager_fp32", 1400.0, 1.0), row(32, "aoti_fp16", 3600.0, 2.57),
+                        row(32, "aoti_fp16/native", 3100.0, 2.2, 3100 / 3600), row(128, "aoti_fp16", 5200.0, 2.9),
+                        row(32, "aoti_fp32", 4000.0, 2.9)],  # fp32 is not half precision: not counted
+         "latency": [{"pipeline": "eager_fp32", "p50_ms": 9.0}, {"pipeline": "aoti_fp16", "p50_ms": 2.4}],
+         "parity": [{"precision": "fp32", "status": "passed", "map_rel_err": 3e-7, "score_rel_err": 1e-7},
+                    {"precision": "fp32", "status": "skipped"}]}
+    got = {t["target"]: t for t in mod.targets(d)}
+    assert len(got) == 6
+    b32 = got["batch 32, half precision >= 3,500 img/s"]
+    assert b32["met"] is True and b32["measured"] == 3600.0 and b32["pipeline"] == "aoti_fp16"
+    assert got["batch 32, half precision >= 2.2x eager fp32 (same run)"]["met"] is True
+    best = got[">= 5,000 img/s at the best batch up to 128"]
+    assert best["met"] is True and best["pipeline"] == "aoti_fp16 at batch 128"
+    assert got["batch 1 p50 <= 2.0 ms"]["met"] is False  # 2.4 ms
+    cpp = got["C++ GPU path within 10 % of the Python GPU path (worst batch)"]
+    assert cpp["met"] is False and cpp["measured"] == pytest.approx(3100 / 3600)
+    assert got["fp32 parity <= 1e-5"]["met"] is True and got["fp32 parity <= 1e-5"]["measured"] == 3e-7
+    empty = mod.targets({"throughput": [], "latency": [], "parity": []})
+    assert all(t["met"] is None and t["measured"] is None for t in empty)
