@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -148,6 +149,22 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> tuple[nn.Module, 
     return model, sum(isinstance(v, nn.Identity) for v in folded.values())
 
 
+def fold_and_check(model: nn.Module, probe: torch.Tensor) -> tuple[nn.Module, dict[str, Any]]:
+    """:func:`fold_batchnorm`, kept only if the features on ``probe`` stay within FOLD_RTOL of the
+    original (a convolution output also read by a functional op, which the hooks cannot see, would
+    change them): -> (model to export, {batchnorm_folded, folded_batchnorms, fold_max_rel_error})."""
+    folded, n = fold_batchnorm(model, probe[:1])
+    with torch.no_grad():
+        t, s = model(probe)
+        tf, sf = folded(probe)
+    err = _rel_err([*tf, *sf], [*t, *s])
+    if not err <= FOLD_RTOL:  # NaN-safe: keep the BatchNorms rather than change the model
+        log.warning("BatchNorm folding changed the features by %.2e (> %.0e): exporting unfolded", err, FOLD_RTOL)
+        return model, {"batchnorm_folded": False, "folded_batchnorms": 0,
+                       "fold_max_rel_error": err if math.isfinite(err) else None}
+    return folded, {"batchnorm_folded": n > 0, "folded_batchnorms": n, "fold_max_rel_error": err}
+
+
 class _Packaged(nn.Module):
     """The graph contract: float32 NCHW in -> six float32 features out, the network in ``dtype``
     and channels-last in between."""
@@ -189,16 +206,8 @@ def export_aoti(model: nn.Module, out_path: str | Path, *, image_size: tuple[int
     info: dict[str, Any] = {"channels_last": bool(channels_last), "batchnorm_folded": False,
                             "folded_batchnorms": 0}
     if fold_bn:
-        folded, n = fold_batchnorm(model, probe[:1])
-        with torch.no_grad():
-            t, s = model(probe)
-            tf, sf = folded(probe)
-        err = _rel_err([*tf, *sf], [*t, *s])
-        if err > FOLD_RTOL:  # a pair the hooks misread: keep the BatchNorms rather than change the model
-            log.warning("BatchNorm folding changed the features by %.2e (> %.0e): exporting unfolded", err, FOLD_RTOL)
-        else:
-            model = folded
-            info.update(batchnorm_folded=n > 0, folded_batchnorms=n, fold_max_rel_error=err)
+        model, fold_info = fold_and_check(model, probe)
+        info.update(fold_info)
     dtype = DTYPES[precision]
     dev = torch.device(device)
     wrapped = _Packaged(model, dtype, channels_last).to(dev, dtype).eval()

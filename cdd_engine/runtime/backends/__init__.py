@@ -23,7 +23,7 @@ def make_backend(engine_dir: str | os.PathLike, manifest: dict, **options: Any) 
             raise ValueError(f"the OpenVINO backend runs on the CPU, got device={device!r}")
     elif name == "torch":
         from .torch_backend import TorchBackend as cls
-        allowed = {"device", "use_triton", "num_threads"}
+        allowed = {"device", "use_triton", "num_threads", "cuda_graphs"}
     elif name == "aoti":
         from .aoti_backend import AOTIBackend as cls
         allowed = {"device", "use_triton", "num_threads", "cuda_graphs"}

@@ -49,9 +49,10 @@ def check_package(path: Path) -> None:
     if bad is not None:
         raise EngineFormatError(f"{path}: member {bad!r} of the AOTInductor package is corrupt (CRC mismatch); "
                                 f"rebuild the engine")
-    if not any(n.endswith(".so") or n.endswith(".cpp") or n.endswith(".json") for n in names):
-        raise EngineFormatError(f"{path}: the archive holds no compiled model ({len(names)} members); not an "
-                                f"AOTInductor package")
+    # the package model "model" (the contract's name): its compiled wrapper library
+    if not any("/data/aotinductor/model/" in n and n.endswith(".so") for n in names):
+        raise EngineFormatError(f"{path}: the archive holds no compiled model named 'model' ({len(names)} members); "
+                                f"not an AOTInductor package of this engine format: rebuild the engine")
 
 
 def load_package(path: Path, device: torch.device) -> Any:

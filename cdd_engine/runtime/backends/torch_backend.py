@@ -6,12 +6,19 @@ Triton kernels of ``cdd_engine.kernels`` do the pre-processing (uint8 frames -> 
 NCHW) and the fused anomaly map; on the CPU they can be forced for testing under
 ``TRITON_INTERPRET=1``. fp16 engines run the network in half precision on CUDA only.
 
+On CUDA (NOT RUN HERE: no GPU on the development and CI machines): fp32 engines run with TF32
+off for their calls (cuDNN's TF32 default measured 1.1e-4 against the 1e-5 contract on WRN50,
+issue 13), ``tf32`` engines with it on; the process-wide flags are restored after each call.
+With the Triton kernels, uint8 frame batches are scored through CUDA graphs captured per batch
+bucket (runtime/cuda_graphs.py; ``cuda_graphs=False`` turns that off).
+
 The engine directory holds ``model.safetensors`` (the full RDModel state dict, teacher
 included) and engine.json's ``model`` section (backbone + student shape), so loading needs
 no checkpoint, no teacher weights file and no pickle.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -115,7 +122,8 @@ class TorchBackend:
     name = "torch"
 
     def __init__(self, engine_dir: str | os.PathLike, manifest: dict, *, device: str | torch.device | None = None,
-                 use_triton: bool | None = None, num_threads: int | None = None) -> None:
+                 use_triton: bool | None = None, num_threads: int | None = None,
+                 cuda_graphs: bool | None = None) -> None:
         self.device = torch.device(device or "cpu")
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailable("device 'cuda' was asked for but torch.cuda.is_available() is False")
@@ -125,9 +133,10 @@ class TorchBackend:
         self.dtype = torch.float16 if manifest["precision"] == "fp16" else torch.float32
         if manifest["precision"] == "int8":
             raise EngineFormatError("the torch backend runs fp32 or fp16 engines, this one is int8")
-        if self.dtype == torch.float16 and self.device.type != "cuda":
-            raise BackendUnavailable("an fp16 torch engine runs on CUDA only; load it with device='cuda' "
-                                     "or build an fp32 engine for the CPU")
+        if manifest["precision"] in ("fp16", "tf32") and self.device.type != "cuda":
+            raise BackendUnavailable(f"an {manifest['precision']} torch engine runs on CUDA only; load it with "
+                                     f"device='cuda' or build an fp32 engine for the CPU")
+        self.precision = manifest["precision"]
         self.model = load_model(engine_dir, manifest).to(self.device, self.dtype)
         am = manifest["anomaly_map"]
         self.image_size = tuple(manifest["image_size"])
@@ -144,6 +153,19 @@ class TorchBackend:
         # Engine.score hands uint8 frames to this instead of its CPU pre-processing when set.
         self.fused_preprocess: Callable[[torch.Tensor, str], torch.Tensor] | None = (
             self._triton_preprocess if self.kernels is not None else None)
+        self.scorer = None
+        if self.device.type == "cuda" and self.kernels is not None and cuda_graphs is not False:
+            from ..cuda_graphs import CapturedScorer, Device
+
+            self.scorer = CapturedScorer(self._score_frames, Device(self.device), int(manifest["max_batch"]),
+                                         context=self._precision_mode)
+
+    def _precision_mode(self) -> Any:
+        """CUDA: TF32 off for fp32/fp16 engines (the 1e-5 contract), on for tf32; CPU: nothing."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        from ...export.aoti import tf32_mode
+        return tf32_mode(self.precision == "tf32")
 
     def _triton_preprocess(self, frames: torch.Tensor, pixel_format: str) -> torch.Tensor:
         inp = self.manifest["input"]
@@ -151,7 +173,8 @@ class TorchBackend:
                                              pixel_format, self.dtype, channels_last=True)
 
     def _forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        t, s = self.model(x.to(self.device, self.dtype))
+        with self._precision_mode():
+            t, s = self.model(x.to(self.device, self.dtype))
         # engine.json's shapes are not covered by the file hashes: an edited image_size or channel
         # count must not silently give a map of other features (the C++ reader checks the same)
         for name, f, want in zip(self._feature_names, (*t, *s), self._feature_shapes):
@@ -174,6 +197,17 @@ class TorchBackend:
             else:
                 maps, scores = self.post(t, s)
         return maps.float(), scores.float()
+
+    def _score_frames(self, frames: torch.Tensor, pixel_format: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 (b, h, w, c) on the device -> (maps, scores): what a CUDA graph captures."""
+        return self.score_batch(self._triton_preprocess(frames, pixel_format))
+
+    def score_uint8(self, frames: torch.Tensor, pixel_format: str, want_maps: bool = True) -> Any:
+        """CUDA graphs path (NOT RUN HERE: no GPU): uint8 host frames (N, h, w, c) of one size ->
+        (scores (N,), maps (N, H, W) or None) numpy; None when this backend has no such path."""
+        if self.scorer is None:
+            return None
+        return self.scorer.score(frames, pixel_format, int(self.manifest["max_batch"]), want_maps)
 
 
 def _kernels_or_none() -> Any:
