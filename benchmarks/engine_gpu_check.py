@@ -78,8 +78,8 @@ from cdd_engine.preprocess import resize_normalize  # noqa: E402
 build_mod = importlib.import_module("cdd_engine.runtime.build")  # the module (the package exports the function)
 
 # Tolerances, max |got - want| / max |want| on maps and on scores (docs/anomaly_map.md section 4).
-# tf32: 10 mantissa bits like fp16, so the same bound; issue 13 measured 1.1e-4 with TF32 on the
-# H200 (WRN50, 256²). A tolerance the engine package states itself takes precedence.
+# tf32: 10 mantissa bits like fp16, so the same bound, as docs/engine_format.md states it; issue 13
+# measured 1.1e-4 with cuDNN's TF32 on the H200 (WRN50, 256²).
 TF32_TOL = 2e-3
 TOLERANCE = {"fp32": 1e-5, "fp16": 2e-3, "bf16": 2e-3, "tf32": TF32_TOL}
 # Priority order: what is built first when the budget cannot hold every build. The half-precision
@@ -90,6 +90,7 @@ SPECS = [("torch", "fp32"), ("aoti", "fp16"), ("aoti", "fp32"), ("torch", "fp16"
 CUDA_ONLY = {("torch", "fp16"), ("torch", "tf32"), ("aoti", "fp16"), ("aoti", "tf32"),
              ("tensorrt", "fp16"), ("tensorrt", "fp32")}
 RUNTIMES = ("python", "native")
+UNAVAILABLE_KEYS = ("backend", "precision", "runtime", "reason")
 # Build-time guesses (s) before one of the kind was measured in this run: a torch engine saves its
 # weights; an AOTInductor package compiles the network (minutes on a CPU for WRN50, unmeasured on a
 # GPU machine); a TensorRT plan autotunes every layer.
@@ -276,9 +277,11 @@ def markdown(d: dict) -> str:
         for k, v in d["best_batch"].items():
             lines.append(f"| {k} | {v['batch']} | {v['images_per_s']:.1f} |")
     if d["latency"]:
-        lines += ["", "## Latency, batch 1", "", "| pipeline | calls | p50 ms | p99 ms | mean ms |", "|---|---|---|---|---|"]
+        lines += ["", "## Latency, batch 1", "", "| pipeline | calls | p50 ms | p99 ms | mean ms |",
+                  "|---|---|---|---|---|"]
         for r in d["latency"]:
-            lines.append(f"| {r['pipeline']} | {r['calls']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | {r['mean_ms']:.3f} |")
+            lines.append(f"| {r['pipeline']} | {r['calls']} | {r['p50_ms']:.3f} | {r['p99_ms']:.3f} | "
+                         f"{r['mean_ms']:.3f} |")
     if d.get("targets"):
         lines += ["", "## Issue 13's bar (H200, WRN50 RD at 256²)", "", "| target | measured | pipeline | met |",
                   "|---|---|---|---|"]
@@ -293,7 +296,8 @@ def markdown(d: dict) -> str:
         lines += ["", "## Skipped", ""] + [f"- {s['what']}: {s['reason']}" for s in d["skipped"]]
     if d["errors"]:
         lines += ["", "## Errors", ""] + [f"- {e['what']}: {e['error']}" for e in d["errors"]]
-    lines += ["", f"**Parity: {'PASSED' if d['passed'] else 'FAILED' if d['passed'] is False else 'not finished'}**", ""]
+    verdict = "PASSED" if d["passed"] else "FAILED" if d["passed"] is False else "not finished"
+    lines += ["", f"**Parity: {verdict}**", ""]
     return "\n".join(lines)
 
 
@@ -328,10 +332,6 @@ def why_not(backend: str, precision: str, device: str) -> str | None:
 
 
 def tolerance(precision: str) -> float:
-    # a tolerance stated by the engine package (the aoti branch may define one) takes precedence
-    stated = getattr(build_mod, "TOLERANCES", None) or getattr(cdd_engine, "TOLERANCES", None)
-    if isinstance(stated, dict) and precision in stated:
-        return float(stated[precision])
     return TOLERANCE[precision]
 
 
@@ -411,7 +411,7 @@ def eager_pipeline(model: torch.nn.Module, frames: np.ndarray, device: str, conv
     return run_flags
 
 
-def measure(pipes: dict[str, Callable], frames_of: Callable[[], Any], batch: int, reps: int, cuda: bool,
+def measure(pipes: dict[str, Callable], batch: int, reps: int, cuda: bool,
             report: Report, deadline: float, min_reps: int) -> list[dict]:
     """Interleave the pipelines call by call at one batch size; reps cut to fit ``deadline``."""
     if elapsed() >= deadline:
@@ -520,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     if not gpu_mode:  # shared CI cores: one thread is steadier and faster than one per core (cdd_engine/threads.py)
         torch.set_num_threads(1)
     sections = set(args.sections.split(","))
+    if not sections <= {"parity", "throughput", "latency"}:
+        raise SystemExit(f"--sections: unknown {sorted(sections - {'parity', 'throughput', 'latency'})}")
     only = None if args.only is None else {tuple(s.split(":")) for s in args.only.split(",")}
     try:
         import triton
@@ -527,13 +529,14 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         triton_version = None
     meta = {"mode": "gpu" if gpu_mode else "cpu", "device": args.device,
-            "device_name": torch.cuda.get_device_name(0) if gpu_mode else f"CPU ({platform.processor() or platform.machine()}, "
-                                                                         f"{os.cpu_count()} cores)",
+            "device_name": torch.cuda.get_device_name(0) if gpu_mode
+            else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
             "torch": torch.__version__, "cuda": torch.version.cuda, "triton": triton_version,
             "cdd_engine": getattr(cdd_engine, "__version__", "?"), "commit": git_commit(),
             "python": platform.python_version(), "native": native_info(), "backbone": args.backbone,
             "image_size": args.image_size, "batches": batches, "sweep": sweep, "max_batch": max_batch,
-            "budget_s": args.budget_s, "torch_threads": torch.get_num_threads(), "perturb": args.perturb, "tf32_at_start": tf32_state() if has_cuda else None,
+            "budget_s": args.budget_s, "torch_threads": torch.get_num_threads(), "perturb": args.perturb,
+            "tf32_at_start": tf32_state() if has_cuda else None,
             "reference": "resize_normalize -> fp32 network on the CPU (no TF32) -> float64 anomaly map, frame by frame",
             "eager_pipelines": "eager_fp32: cuDNN defaults (TF32 convolutions); eager_fp32_no_tf32: IEEE fp32 "
                                "convolutions and matmuls; both on the run's device"}
@@ -569,13 +572,14 @@ def main(argv: list[str] | None = None) -> int:
             if reason is None:
                 guess = measured_build.get(backend, BUILD_GUESS_S[backend])
                 if elapsed() + guess > build_deadline:
-                    reason = (f"time budget: {max(0.0, build_deadline - elapsed()):.0f} s left for builds, a {backend} build "
-                              f"needs ~{guess:.0f} s; rerun with --work DIR to reuse what was built")
+                    left = max(0.0, build_deadline - elapsed())
+                    reason = (f"time budget: {left:.0f} s left for builds, a {backend} build needs ~{guess:.0f} s; "
+                              f"rerun with --work DIR to reuse what was built")
             if reason is not None:
                 for rt in RUNTIMES:
                     row = {**base_row, "runtime": rt, "status": "skipped", "reason": reason}
                     report.data["parity"].append(row)
-                    report.data["unavailable"].append({k: row[k] for k in ("backend", "precision", "runtime", "reason")})
+                    report.data["unavailable"].append({k: row[k] for k in UNAVAILABLE_KEYS})
                 if reason.startswith("time budget"):
                     report.skip(f"engine {name}", reason)
                 print(f"not run: {name}: {reason}", flush=True)
@@ -604,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
                 except (BackendUnavailable, TypeError, ValueError, EngineError) as e:
                     row.update(status="skipped", reason=f"native runtime cannot run it: {e}")
                     report.data["parity"].append(row)
-                    report.data["unavailable"].append({k: row[k] for k in ("backend", "precision", "runtime", "reason")})
+                    report.data["unavailable"].append({k: row[k] for k in UNAVAILABLE_KEYS})
                     continue
                 engines[name if rt == "python" else f"{name}/native"] = eng
                 if "parity" not in sections:
@@ -638,9 +642,10 @@ def main(argv: list[str] | None = None) -> int:
         if "throughput" in sections:
             for i, b in enumerate(batches + sweep):
                 in_sweep = i >= len(batches)
-                fb = np.random.default_rng(b).integers(0, 256, (b, args.image_size, args.image_size, 3), dtype=np.uint8)
+                fb = np.random.default_rng(b).integers(0, 256, (b, args.image_size, args.image_size, 3),
+                                                       dtype=np.uint8)
                 try:
-                    rows = measure(pipelines(fb), lambda: fb, b, sweep_reps if in_sweep else reps, cuda, report,
+                    rows = measure(pipelines(fb), b, sweep_reps if in_sweep else reps, cuda, report,
                                    measure_deadline, min_reps=2 if in_sweep else 3)
                 except Exception as e:
                     report.error(f"throughput batch {b}", e)
@@ -684,6 +689,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # the report says what broke; what ran so far stays in it
         report.error("check", e)
     finally:
+        if has_cuda:  # what the engines left set (each sets and restores its own TF32 flags)
+            meta["tf32_at_end"] = tf32_state()
+            meta["cudnn_benchmark_at_end"] = torch.backends.cudnn.benchmark
         report.finish()
         if work_ctx is not None:
             work_ctx.cleanup()
