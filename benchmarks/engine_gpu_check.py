@@ -162,8 +162,8 @@ def tf32_state() -> dict:
 
 
 def make_model(backbone: str, size: int, seed: int = 0) -> RDModel:
-    """Random-weight RD model with non-trivial BatchNorm running statistics (a fresh model's are
-    (0, 1), under which a wrong BatchNorm fold would go unnoticed)."""
+    """Random-weight RD model with non-trivial BatchNorm statistics and affine parameters (a fresh
+    model's are (0, 1) and (1, 0), under which a wrong BatchNorm fold would go unnoticed)."""
     model = build_rd_model(backbone, pretrained=False, image_size=size, seed=seed).eval()
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
@@ -171,6 +171,8 @@ def make_model(backbone: str, size: int, seed: int = 0) -> RDModel:
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
                 m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.weight.copy_(1.0 + 0.2 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
     return model
 
 
