@@ -51,7 +51,7 @@ def test_build_from_run_dir_writes_the_manifest():
     for backend in BACKENDS:
         d = engine_dir(backend)
         m = json.loads((d / "engine.json").read_text())
-        assert m["format"] == "cdd-engine" and m["format_version"] == 1
+        assert m["format"] == "cdd-engine" and m["format_version"] == 2
         assert m["backend"] == backend and m["precision"] == "fp32" and m["max_batch"] == MAX_BATCH
         assert m["image_size"] == [IMAGE_SIZE, IMAGE_SIZE]
         assert m["threshold"]["value"] == THRESHOLD and m["threshold"]["source"] == "train_scores:median_mad"

@@ -177,7 +177,7 @@ def test_corrupt_and_truncated_manifest(tmp_path):
 
 
 @pytest.mark.parametrize("edit,pattern", [
-    (lambda m: m.update(format_version=2), "format_version 2 is not supported.*reads version 1"),
+    (lambda m: m.update(format_version=3), "format_version 3 is not supported.*reads versions 1, 2"),
     (lambda m: m.update(format="something-else"), "not a cdd-engine engine"),
     (lambda m: m.pop("threshold"), r"missing required keys \['threshold'\]"),
     (lambda m: m.update(backend="onnxruntime"), "backend must be one of"),
