@@ -268,8 +268,9 @@ def markdown(d: dict) -> str:
                      f"{_f(r.get('tolerance'), 'g')} | {r.get('reason', '')} |")
     if d["throughput"]:
         lines += ["", "## Throughput (uint8 frames in, scores + maps on the host; interleaved)", "",
-                  "| batch | pipeline | images/s | p50 ms | p99 ms | calls | × eager fp32 (TF32 convs) | "
-                  "× eager fp32 (TF32 off) | C++ × Python |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| batch | pipeline | images/s | p50 ms | p99 ms | calls | × eager fp32"
+                  f"{' (TF32 convs)' if m['mode'] == 'gpu' else ''} | × eager fp32 (TF32 off) | C++ × Python |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in d["throughput"]:
             lines.append(f"| {r['batch']} | {r['pipeline']} | {r['images_per_s']:.1f} | {r['p50_ms']:.2f} | "
                          f"{r['p99_ms']:.2f} | {r['calls']} | {_f(r.get('x_eager'), '.2f')} | "
