@@ -39,6 +39,9 @@ the reason "time budget"; with ``--work DIR`` the next run reuses what was built
 reference keeps the original ones: every parity row must then FAIL. It is the check of the
 check (tests/test_gpu_check_quick.py runs it) that the parity figures are real.
 
+The anomaly map and pre-processing kernels alone (fused against eager, bandwidth, AOT cubins) are
+benchmarks/gpu_check.py's sections a-e; this script times whole pipelines only.
+
 NOT RUN on a GPU yet: the CUDA rows (every fp16/bf16/tf32 row on CUDA, the aoti and native CUDA
 paths, TensorRT) are written against the documented engine API and run only where a GPU is.
 """
@@ -253,7 +256,7 @@ def markdown(d: dict) -> str:
     lines = [f"# Engine GPU check — {m['mode']} mode", "",
              f"{m['device_name']}; torch {m['torch']}, triton {m.get('triton')}, cdd_engine {m['cdd_engine']} "
              f"(commit {m.get('commit')}); model {m['backbone']} at {m['image_size']}² (random weights, seed 0); "
-             f"{m.get('seconds_note', '')}run took {d.get('seconds')} s of a {m['budget_s']:.0f} s budget.",
+             f"run took {d.get('seconds')} s of a {m['budget_s']:.0f} s budget.",
              f"Native module: {m['native']}.", ""]
     if m.get("perturb"):
         lines += [f"**Engines built from weights perturbed by {m['perturb']:g} relative noise: every parity row "
