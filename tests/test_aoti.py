@@ -61,7 +61,7 @@ def rehash(engine_dir: Path, name: str = "model.pt2") -> None:
 
 
 def test_score_parity_odd_sizes_and_batches(tiny_aoti_engine, tiny_aoti_model):
-    engine = cdd_engine.load(tiny_aoti_engine)
+    engine = cdd_engine.load(tiny_aoti_engine, runtime="python")
     assert engine.backend_name == "aoti" and engine.runtime == "python"
     seed = fresh_seed()
     rng = np.random.default_rng(seed)
@@ -80,7 +80,7 @@ def test_score_parity_odd_sizes_and_batches(tiny_aoti_engine, tiny_aoti_model):
 
 
 def test_bgr_frames_and_input_size_maps(tiny_aoti_engine, tiny_aoti_model):
-    engine = cdd_engine.load(tiny_aoti_engine)
+    engine = cdd_engine.load(tiny_aoti_engine, runtime="python")
     seed = fresh_seed()
     fr = frames(2, 45, 31, seed=seed)
     got = engine.score(fr[..., ::-1].copy(), pixel_format="BGR", map_size="input")
@@ -90,7 +90,7 @@ def test_bgr_frames_and_input_size_maps(tiny_aoti_engine, tiny_aoti_model):
 
 
 def test_features_match_the_torch_model(tiny_aoti_engine, tiny_aoti_model):
-    engine = cdd_engine.load(tiny_aoti_engine)
+    engine = cdd_engine.load(tiny_aoti_engine, runtime="python")
     fr = frames(3, 64, 64, seed=fresh_seed())
     x = engine.prepare(cdd_engine.runtime.frames.to_frames(fr), 0, 3).clone()
     with torch.no_grad():
@@ -101,11 +101,25 @@ def test_features_match_the_torch_model(tiny_aoti_engine, tiny_aoti_model):
 
 
 def test_backend_refuses_batches_outside_the_package_range(tiny_aoti_engine):
-    engine = cdd_engine.load(tiny_aoti_engine)
+    engine = cdd_engine.load(tiny_aoti_engine, runtime="python")
     with pytest.raises(ValueError, match="batches of 1..4"):
         engine.backend.features(torch.randn(MAX_BATCH + 1, 3, 64, 64))
     with pytest.raises(ValueError, match=r"\(B, 3, 64, 64\)"):
         engine.backend.features(torch.randn(1, 3, 32, 64))
+
+
+def test_runtime_choice_without_the_native_aoti_backend(tiny_aoti_engine):
+    """"auto" runs an aoti engine natively only when libcdd_engine was built with its AOTInductor
+    backend (the module's WITH_AOTI); otherwise the Python runtime, and "native" says why not."""
+    from cdd_engine.runtime.native_runtime import native_module
+
+    if getattr(native_module(), "WITH_AOTI", False):
+        pytest.skip("this native module has the AOTInductor backend (tests/test_native_aoti.py covers it)")
+    assert cdd_engine.load(tiny_aoti_engine).runtime == "python"
+    with pytest.raises(cdd_engine.errors.BackendUnavailable, match="no AOTInductor backend"):
+        cdd_engine.load(tiny_aoti_engine, runtime="native")
+    with pytest.raises(cdd_engine.errors.BackendUnavailable, match="cuda_graphs belongs to the Python runtime"):
+        cdd_engine.load(tiny_aoti_engine, runtime="native", cuda_graphs=False)
 
 
 # ---------------------------------------------------------------- the manifest
@@ -156,13 +170,13 @@ def test_validation_refuses_a_bad_aoti_section(tiny_aoti_engine, edit, match):
 def test_other_torch_version_is_refused_with_rebuild_advice(engine_copy):
     rewrite_manifest(engine_copy, lambda m: m["aoti"].update(torch_version="2.4.0+cu121"))
     with pytest.raises(EngineFormatError, match=r"compiled with torch 2\.4\.0\+cu121.*rebuild"):
-        cdd_engine.load(engine_copy)
+        cdd_engine.load(engine_copy, runtime="python")
 
 
 def test_other_device_is_refused_with_rebuild_advice(engine_copy, tiny_aoti_engine):
     rewrite_manifest(engine_copy, lambda m: m["aoti"].update(device="cuda"))
     with pytest.raises(EngineFormatError, match=r"compiled for device 'cuda'.*'cpu'; rebuild"):
-        cdd_engine.load(engine_copy, device="cpu")
+        cdd_engine.load(engine_copy, device="cpu", runtime="python")
     m = read_manifest(tiny_aoti_engine)
     with pytest.raises(EngineFormatError, match="compiled for device 'cpu' but is being loaded on 'cuda'"):
         check_aoti_runtime(m, "cuda")
@@ -172,7 +186,7 @@ def test_other_device_is_refused_with_rebuild_advice(engine_copy, tiny_aoti_engi
 def test_missing_package_is_refused(engine_copy):
     (engine_copy / "model.pt2").unlink()
     with pytest.raises(EngineFormatError, match="model.pt2: file listed in engine.json is missing"):
-        cdd_engine.load(engine_copy)
+        cdd_engine.load(engine_copy, runtime="python")
 
 
 _LOAD_DAMAGED = textwrap.dedent("""
@@ -181,7 +195,7 @@ _LOAD_DAMAGED = textwrap.dedent("""
     from cdd_engine.errors import EngineFormatError
     for d in sys.argv[1:]:
         try:
-            cdd_engine.load(d)
+            cdd_engine.load(d, runtime="python")
         except EngineFormatError as e:
             print("REFUSED:", e, flush=True)
         else:
@@ -387,7 +401,7 @@ def test_captured_scorer_pipeline_on_the_cpu():
 def test_captured_scorer_with_the_aoti_backend_matches_engine_score(tiny_aoti_engine):
     """The same pipeline around the real package (CPU pre-processing instead of the Triton kernel):
     what the CUDA path computes per chunk equals Engine.score."""
-    engine = cdd_engine.load(tiny_aoti_engine)
+    engine = cdd_engine.load(tiny_aoti_engine, runtime="python")
     from cdd_engine.runtime.frames import to_frames
 
     def fn(x: torch.Tensor, fmt: str):
@@ -415,6 +429,12 @@ def test_cuda_package_scores_like_the_reference(tmp_path, tiny_aoti_model):  # p
 BF16_RTOL = 2e-3  # docs/engine_format.md: reduced-precision engines' maps against the fp32 reference
 
 
+def test_parity_tolerances_are_the_documented_ones():
+    from cdd_engine.export.aoti import PARITY_RTOL
+
+    assert PARITY_RTOL == {"fp32": RTOL, "tf32": 1e-3, "fp16": BF16_RTOL, "bf16": BF16_RTOL}
+
+
 def test_bf16_package_on_the_cpu(tiny_aoti_model):
     """bf16 compiles on the CPU too (~50 s for this model on 2 cores; measured map error 5.6e-4)."""
     from aoti_fixtures import tiny_aoti_engine_dir
@@ -422,7 +442,7 @@ def test_bf16_package_on_the_cpu(tiny_aoti_model):
     engine_dir = tiny_aoti_engine_dir("bf16")
     m = read_manifest(engine_dir)
     assert m["precision"] == "bf16" and all(f["dtype"] == "float32" for f in m["features"])
-    engine = cdd_engine.load(engine_dir)
+    engine = cdd_engine.load(engine_dir, runtime="python")
     seed = fresh_seed()
     fr = frames(MAX_BATCH + 1, 41, 35, seed=seed)
     got = engine.score(fr)
