@@ -23,7 +23,7 @@ passed, 2 when one failed or a step raised.
    3 frames of 143x211; RGB, and the same frames as BGR) through ``engine.score`` against the
    reference: ``resize_normalize`` -> the fp32 network on the CPU (so no TF32 anywhere) -> the
    float64 anomaly map, frame by frame. ``max |got - want| / max |want|`` on maps and scores,
-   tolerances: fp32 1e-5, fp16/bf16 2e-3 (docs/anomaly_map.md), tf32 ``TF32_TOL``.
+   tolerances: fp32 1e-5, fp16/bf16 2e-3, tf32 1e-3 (``TOLERANCE``: the engine's stated ones).
 3. **Throughput** at batch 1/8/32, then 64/128 for the best batch, uint8 frames at model size in,
    scores and maps on the host, every pipeline interleaved call by call in the same run with the
    eager fp32 pipeline (``resize_normalize`` -> model -> ``anomaly_map`` on the device) run twice:
@@ -80,11 +80,17 @@ from cdd_engine.preprocess import resize_normalize  # noqa: E402
 
 build_mod = importlib.import_module("cdd_engine.runtime.build")  # the module (the package exports the function)
 
-# Tolerances, max |got - want| / max |want| on maps and on scores (docs/anomaly_map.md section 4).
-# tf32: 10 mantissa bits like fp16, so the same bound, as docs/engine_format.md states it; issue 13
-# measured 1.1e-4 with cuDNN's TF32 on the H200 (WRN50, 256²).
-TF32_TOL = 2e-3
-TOLERANCE = {"fp32": 1e-5, "fp16": 2e-3, "bf16": 2e-3, "tf32": TF32_TOL}
+# Tolerances, max |got - want| / max |want| on maps and on scores (docs/anomaly_map.md section 4;
+# docs/engine_format.md). The engine states its own (cdd_engine.export.aoti.PARITY_RTOL; tf32 1e-3,
+# from issue 13's 1.1e-4 for cuDNN's TF32 on the H200's WRN50 map); this table is the fallback
+# for a cdd_engine without the aoti backend.
+TOLERANCE = {"fp32": 1e-5, "fp16": 2e-3, "bf16": 2e-3, "tf32": 1e-3}
+try:
+    from cdd_engine.export.aoti import PARITY_RTOL as _STATED  # noqa: E402
+
+    TOLERANCE.update({k: float(v) for k, v in _STATED.items() if k in TOLERANCE})
+except ImportError:
+    pass
 # Priority order: what is built first when the budget cannot hold every build. The half-precision
 # aoti engine is the GPU path of issue 13, aoti fp32 carries the 1e-5 contract, torch fp32 is the
 # cheap old baseline (a few seconds to build).
