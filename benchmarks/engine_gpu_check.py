@@ -16,7 +16,8 @@ passed, 2 when one failed or a step raised.
    largest batch measured: torch fp32/fp16/tf32, aoti fp32/fp16/bf16/tf32, tensorrt fp32/fp16
    when ``import tensorrt`` works. Each is loaded on the Python runtime and, where the native
    module can run it (``Engine(dir, runtime="native")``: libcdd_engine built with
-   CDD_WITH_AOTI / TensorRT), on the C++ runtime too. Every row that cannot run is kept in
+   CDD_WITH_AOTI and CDD_WITH_CUDA, or TensorRT; ``CDD_NATIVE_MODULE=<_native*.so>`` picks a
+   module built apart), on the C++ runtime too. Every row that cannot run is kept in
    the report with the reason (build() refuses the backend, precision needs CUDA, TensorRT not
    importable, native runtime cannot load it, time budget), never dropped.
 2. **Parity.** uint8 frames of odd sizes (a list of 5 sizes up to 1080p and a stacked batch of
