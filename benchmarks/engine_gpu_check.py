@@ -9,7 +9,7 @@ model, CPU backends only) so that CI exercises every code path but the CUDA ones
 
 Writes ``engine_gpu_check.json`` and ``engine_gpu_check.md`` into ``--out`` after every section,
 so a crash or a timeout still leaves what ran. Exit status 0 when every parity row that ran
-passed, 2 when one failed or a step raised.
+passed, 2 when one failed, a step raised or no parity row ran at all.
 
 1. **Engines.** One engine per (backend, precision), built from the same random-weight RD model
    (non-trivial BatchNorm statistics, so folded BatchNorm is exercised), ``max_batch`` = the
@@ -21,7 +21,8 @@ passed, 2 when one failed or a step raised.
    the report with the reason (build() refuses the backend, precision needs CUDA, TensorRT not
    importable, native runtime cannot load it, time budget), never dropped.
 2. **Parity.** uint8 frames of odd sizes (a list of 5 sizes up to 1080p and a stacked batch of
-   3 frames of 143x211; RGB, and the same frames as BGR) through ``engine.score`` against the
+   3 frames of 143x211; RGB, the same frames as BGR, and on a GPU the batch as a uint8 tensor
+   already on the device) through ``engine.score`` against the
    reference: ``resize_normalize`` -> the fp32 network on the CPU (so no TF32 anywhere) -> the
    float64 anomaly map, frame by frame. ``max |got - want| / max |want|`` on maps and scores,
    tolerances: fp32 1e-5, fp16/bf16 2e-3, tf32 1e-3 (``TOLERANCE``: the engine's stated ones).
@@ -31,6 +32,7 @@ passed, 2 when one failed or a step raised.
    with cuDNN's defaults (TF32 convolutions, what issue 13's H200 table used) and with TF32 off
    (what the fp32 contract needs). CUDA-synchronised wall time per call.
 4. **Latency**: batch 1, many calls interleaved, p50/p99.
+5. On a GPU with WRN50 at 256², issue 13's bar against this run's own rows (``targets``).
 
 Time budget (``--budget-s``, default 330 s so the whole run stays under 6 minutes): builds stop
 when the remaining time is needed for the measurements; a row that does not fit is skipped with
