@@ -8,6 +8,10 @@
 #
 # AOT_KERNELS_CPP: the source csrc/cmake/embed_aot.py writes from
 # `python -m cdd_engine.kernels.aot --arch 90 --out DIR` (made on any machine, no GPU needed).
+#
+# Scope: the C++ CUDA kernels only. The C++ engine on a GPU (the AOTInductor loader of a library
+# built with -DCDD_WITH_AOTI=ON -DCDD_WITH_CUDA=ON, TensorRT) is checked end to end, parity and
+# images/s against the Python path, by the "native" rows of benchmarks/engine_gpu_check.py.
 set -euo pipefail
 AOT_CPP=$(readlink -f "$1")
 BUILD=${2:-/tmp/cdd_gpu_check}
@@ -40,3 +44,4 @@ for p in "${pids[@]}"; do wait "$p"; done
 echo "built $BUILD/test_cuda_kernels"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 "$BUILD/test_cuda_kernels"
+echo "C++ CUDA kernels checked; the engine check (Python and C++ runtimes): python benchmarks/engine_gpu_check.py --out DIR"
