@@ -469,3 +469,20 @@ def test_bf16_package_on_the_cpu(tiny_aoti_model):
     assert err < BF16_RTOL, (err, seed)
     assert err > 1e-6, "a bf16 package should differ from fp32 at all: was the network run in float32?"
     assert rel_err(got.scores, want_scores) < BF16_RTOL, seed
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the GPU check script runs this path)")
+def test_cuda_default_precision_and_graphs_agree(tmp_path, tiny_aoti_model):  # pragma: no cover - GPU only
+    """build(device="cuda") defaults to fp16 (within 2e-3); the CUDA-graph path and the plain
+    per-chunk path give the same maps; the caller's TF32 flags are left as they were."""
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    engine = cdd_engine.build(tiny_run_dir(), backend="aoti", device="cuda", max_batch=MAX_BATCH,
+                              output_dir=tmp_path / "fp16")
+    assert engine.precision == "fp16" and engine.manifest["aoti"]["device"] == "cuda"
+    fr = frames(2 * MAX_BATCH + 1, 37, 53, seed=fresh_seed())
+    got = engine.score(fr)
+    want_maps, want_scores = reference(tiny_aoti_model, list(fr))
+    assert rel_err(got.maps, want_maps) < BF16_RTOL and rel_err(got.scores, want_scores) < BF16_RTOL
+    plain = cdd_engine.load(tmp_path / "fp16", cuda_graphs=False, runtime="python").score(fr)
+    assert rel_err(got.maps, plain.maps) < 1e-6
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
