@@ -167,17 +167,24 @@ def compare(ref_scores: np.ndarray, ref_maps: np.ndarray, scores: np.ndarray, ma
             out["auroc"][f"{kind}_drop"] = float(drop)
             if not drop <= limit:
                 failed.append(f"{kind} AUROC drop {drop:.4f} > {limit}")
+    for key in ("map_rel_error_mean", "map_rel_error_max"):  # NaN from a non-finite map: JSON has no NaN
+        if not math.isfinite(out[key]):
+            out[key] = None
     out["thresholds"] = thresholds.as_dict()
     out["passed"] = not failed
     out["failed"] = failed
     return out
 
 
+def _fmt(v: Any) -> str:
+    return "nan" if v is None else f"{v:.4f}"
+
+
 def describe(guard: dict[str, Any]) -> str:
     """One line of what the guard measured, for the log and the CLI."""
     rho = guard.get("spearman")
     parts = [f"{guard['images']} held-out images: Spearman {'nan' if rho is None else f'{rho:.4f}'}",
-             f"map error mean {guard['map_rel_error_mean']:.4f} max {guard['map_rel_error_max']:.4f}"]
+             f"map error mean {_fmt(guard['map_rel_error_mean'])} max {_fmt(guard['map_rel_error_max'])}"]
     a = guard.get("auroc")
     if a:
         parts.append(f"image AUROC {a['image_fp32']:.4f} -> {a['image_int8']:.4f}, "
