@@ -11,6 +11,8 @@ import argparse
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -92,14 +94,13 @@ def fallback_engine(run, tmp_path_factory):
     for i in range(8):
         Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(d / f"{i}.png")
     out = tmp_path_factory.mktemp("eng") / "fallback"
-    import contextlib
-    import io
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        rc = _main(["build", "--checkpoint", str(run_dir), "--backend", "openvino", "--precision", "int8",
-                    "--calibration", str(d), "--calibration-size", "8", "--calibration-seed", "3", "--int8-fallback",
-                    "--max-batch", "4", "--no-verify", "--out", str(out), "--quiet"])
-    return out, rc, buf.getvalue()
+    # the real entry point in a child (NNCF's progress display swaps sys.stdout, so capture it whole)
+    proc = subprocess.run([sys.executable, "-m", "cdd_engine.cli", "build", "--checkpoint", str(run_dir),
+                           "--backend", "openvino", "--precision", "int8", "--calibration", str(d),
+                           "--calibration-size", "8", "--int8-fallback", "--max-batch", "4", "--no-verify",
+                           "--threads", "1", "--out", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=600)
+    return out, proc.returncode, proc.stdout + proc.stderr
 
 
 def _fake_quantize_ops(xml: Path) -> int:
@@ -118,8 +119,8 @@ def test_int8_engine_section_and_scores_against_fp32_reference(run, int8_engine)
     assert (cal["source"], cal["pool"], cal["size"], cal["seed"]) == ("training images of the run", 30, 22, 0)
     g = sec["guard"]
     assert g["passed"] and g["images"] == 8 and g["failed"] == []
-    assert g["spearman"] >= g["thresholds"]["min_spearman"] == 0.95
-    assert 0 < g["map_rel_error_mean"] <= g["map_rel_error_max"] <= 0.5
+    assert g["spearman"] >= g["thresholds"]["min_spearman"] == 0.90
+    assert 0 < g["map_rel_error_mean"] <= g["map_rel_error_max"] <= 0.75
     opts = m["build"]["options"]
     assert opts["winograd"] is False and opts["calibration_size"] == 300 and opts["calibration_seed"] == 0
     assert sec["quantization"]["keep_fp32"] == "none" and sec["quantization"]["fake_quantize_ops"] > 10
@@ -194,11 +195,28 @@ def test_int8_fallback_builds_fp32_and_records_the_failed_guard(fallback_engine)
     assert m["precision"] == "fp32" and _fake_quantize_ops(out / "model.xml") == 0
     sec = m["int8"]
     assert sec["fallback"] == "fp32" and sec["guard"]["passed"] is False and sec["guard"]["failed"]
-    assert sec["calibration"]["size"] == 8 and sec["calibration"]["seed"] == 3
+    assert sec["calibration"]["size"] == 8 and sec["calibration"]["seed"] == 0
     assert sec["calibration"]["source"].startswith("directory ")
     assert sec["guard"]["source"] == "training images of the run (none used for calibration)"
     assert m["build"]["options"]["int8_fallback"] is True and m["build"]["options"]["winograd"] is True
     assert "accuracy guard:" in printed and "FAILED" in printed and "built fp32 instead" in printed
+
+
+def test_cli_passes_every_int8_flag_to_build(run, tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_build(checkpoint, **kw):
+        seen.update(kw, checkpoint=checkpoint)
+        raise AccuracyGuardError("stop here")
+    monkeypatch.setattr(cdd_engine, "build", fake_build)
+    with pytest.raises(AccuracyGuardError, match="stop here"):
+        _main(["build", "--checkpoint", str(run[0]), "--backend", "openvino", "--precision", "int8", "--quiet",
+               "--calibration", "cal", "--calibration-size", "17", "--calibration-seed", "5", "--int8-fallback",
+               "--data", "d", "--keep-fp32", "student_last", "--out", str(tmp_path / "o")])
+    assert {k: seen[k] for k in ("calibration_frames", "calibration_size", "calibration_seed", "int8_fallback",
+                                 "data", "keep_fp32", "precision")} == {
+        "calibration_frames": "cal", "calibration_size": 17, "calibration_seed": 5, "int8_fallback": True,
+        "data": "d", "keep_fp32": "student_last", "precision": "int8"}
 
 
 # ----------------------------------------------------------------------------- bad options
