@@ -9,6 +9,12 @@ A build fails closed: options are checked against the shared limits (cdd_engine/
 before any work, the weights and a probe batch through the built engine must be finite, and the
 engine is written beside its target and swapped in only when complete (runtime/atomic_dir.py),
 so a failed or interrupted rebuild leaves the previous engine as it was.
+
+INT8 (``precision="int8"``; OpenVINO through NNCF, TensorRT through a Q/DQ graph): calibrated on
+a seeded choice of the run's own training images (or the images given), then the built engine
+must pass an accuracy guard against the fp32 torch reference on held-out images
+(runtime/int8_guard.py) before it is swapped in; a failed guard refuses the build
+(AccuracyGuardError) or, with ``int8_fallback=True``, builds fp32 and records the failed guard.
 """
 from __future__ import annotations
 
