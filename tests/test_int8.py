@@ -358,3 +358,24 @@ def test_native_and_python_runtimes_agree_on_the_int8_engine(int8_engine):
         a, b = py.score(batch, pixel_format=fmt), nat.score(batch, pixel_format=fmt)
         np.testing.assert_allclose(b.scores, a.scores, rtol=NATIVE_INT8_RTOL)
         np.testing.assert_allclose(b.maps, a.maps, rtol=NATIVE_INT8_RTOL, atol=NATIVE_INT8_RTOL * float(a.maps.max()))
+
+
+def test_fp32_scope_names_student_layers_only(tmp_path):
+    """keep_fp32: "student_last" and "student" name the micro student's three 1x1 convolutions (its
+    whole student), never a teacher convolution; "none" nothing; anything else is refused."""
+    import openvino as ov
+    from native_helpers import mte
+    from cdd_engine.export.onnx import export_onnx
+    from cdd_engine.export.quantize import fp32_scope
+
+    model = mte.micro_model()
+    net = ov.Core().read_model(str(export_onnx(model, tmp_path / "m.onnx", max_batch=2)))
+    convs = [op for op in net.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    kernels = {op.get_friendly_name(): tuple(op.input_value(1).get_partial_shape().to_shape())[2:] for op in convs}
+    assert len(convs) == 6
+    for keep in ("student_last", "student"):
+        names = fp32_scope(net, keep)
+        assert len(names) == 3 and all(kernels[n] == (1, 1) for n in names)  # the teacher's are 3x3
+    assert fp32_scope(net, "none") == []
+    with pytest.raises(ValueError, match="keep_fp32"):
+        fp32_scope(net, "teacher")
