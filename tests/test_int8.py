@@ -379,3 +379,14 @@ def test_fp32_scope_names_student_layers_only(tmp_path):
     assert fp32_scope(net, "none") == []
     with pytest.raises(ValueError, match="keep_fp32"):
         fp32_scope(net, "teacher")
+
+
+def test_calibrating_on_the_training_folder_holds_the_guard_out_of_it(run):
+    """--calibration pointing at the training images themselves: no image is both calibration and
+    guard (the guard is then held out of the directory)."""
+    run_dir, _, data = run
+    p = plan_calibration(run_dir, str(data / "widget" / "train" / "good"), 300, 0)
+    assert p.record["pool"] == N_TRAIN and len(p.calibration) == N_TRAIN - 8 and len(p.guard) == 8
+    assert p.guard_source == "held-out calibration images"
+    key = lambda f: hashlib.sha256(f.tobytes()).hexdigest()  # noqa: E731
+    assert not {key(f) for f in p.calibration} & {key(f) for f in p.guard}
