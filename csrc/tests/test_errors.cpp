@@ -328,7 +328,8 @@ TEST_CASE("engine.json ranges (the rules shared with the Python reader)") {
     rewrite(v10, "\"format_version\":1", "\"format_version\":1.0");
     REQUIRE_THROWS(Engine(v10, fast()), ErrorCode::EngineFormat, "format_version");
     const std::string b1e0 = variant("batch_1e0", [](Value&) {});
-    rewrite(b1e0, "\"max_batch\":", "\"max_batch\":1e0,\"x\":");
+    // the top-level key (after the "input" object), not build.options.max_batch, which sorts first
+    rewrite(b1e0, "},\"max_batch\":", "},\"max_batch\":1e0,\"x\":");
     REQUIRE_THROWS(Engine(b1e0, fast()), ErrorCode::EngineFormat, "max_batch");
     // the edges of the ranges load
     const std::string edges = variant("range_edges", [&](Value& m) {
