@@ -60,15 +60,20 @@ def add_build_parser(sub) -> None:
         epilog="examples:\n  cdd-engine build --checkpoint runs/bottle --out engines/bottle\n"
                "  cdd-engine build --checkpoint runs/bottle --backend tensorrt --precision fp16 --out engines/bottle_trt\n"
                "  cdd-engine build --checkpoint runs/bottle --backend torch --out engines/bottle_torch\n"
-               "  cdd-engine build --checkpoint runs/bottle --precision int8 --data mvtec --out engines/bottle_int8")
+               "  cdd-engine build --checkpoint runs/bottle --precision int8 --data mvtec --out engines/bottle_int8\n"
+               "  cdd-engine build --checkpoint runs/bottle --backend aoti --device cuda --out engines/bottle_aoti")
     p.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="run directory written by train")
     p.add_argument("--out", required=True, metavar="ENGINE_DIR", help="engine directory to write")
-    p.add_argument("--backend", default="auto", choices=("auto", "openvino", "tensorrt", "torch"),
-                   help="engine backend; auto: TensorRT on an NVIDIA GPU when installed, else OpenVINO")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"),
-                   help="fp16: TensorRT/torch on CUDA (OpenVINO: fp16 weights); int8: OpenVINO (NNCF) or TensorRT, "
+    p.add_argument("--backend", default="auto", choices=("auto", "openvino", "tensorrt", "torch", "aoti"),
+                   help="engine backend; auto: TensorRT on an NVIDIA GPU when installed, else OpenVINO; aoti: the "
+                        "network compiled ahead of time by PyTorch's AOTInductor (model.pt2) for --device")
+    p.add_argument("--precision", default=None, choices=("fp32", "fp16", "bf16", "tf32", "int8"),
+                   help="default fp32 (fp16 for aoti on cuda). fp16: TensorRT/torch/aoti on CUDA (OpenVINO: fp16 "
+                        "weights); bf16: aoti; tf32: torch/aoti on CUDA; int8: OpenVINO (NNCF) or TensorRT, "
                         "calibrated on the run's training images (or --calibration DIR), checked by an accuracy "
                         "guard against fp32 that refuses the build when it fails")
+    p.add_argument("--device", default=None, metavar="DEV",
+                   help="torch device the engine is built for and loaded on (aoti, torch), e.g. cpu or cuda")
     p.add_argument("--max-batch", type=_positive_int, default=32, metavar="N", help="largest batch per network call")
     p.add_argument("--threshold", type=float, default=None, metavar="T",
                    help="score threshold (default: the one derived from the training scores)")
@@ -107,7 +112,8 @@ def run_build(a: argparse.Namespace) -> int:
     # Engine's own INFO lines say the same (some twice), so they stay off here; warnings still show.
     build_log = logging.getLogger("cdd_engine")
     if not a.quiet:
-        print(f"building an engine from {a.checkpoint} (backend {a.backend}, {a.precision}) in {a.out} ...",
+        print(f"building an engine from {a.checkpoint} (backend {a.backend}, {a.precision or 'default precision'}) "
+              f"in {a.out} ...",
               file=sys.stderr)
     int8 = {}
     if a.precision == "int8":
@@ -123,7 +129,7 @@ def run_build(a: argparse.Namespace) -> int:
         engine = cdd_engine.build(a.checkpoint, backend=a.backend, precision=a.precision, max_batch=a.max_batch,
                                   output_dir=a.out, threshold=a.threshold, teacher_weights=a.teacher_weights,
                                   verify=not a.no_verify, timing_cache=a.timing_cache, overwrite=a.force,
-                                  winograd=not a.no_winograd, **int8)
+                                  winograd=not a.no_winograd, device=a.device, **int8)
     finally:
         build_log.setLevel(level)
     m = engine.manifest

@@ -154,3 +154,19 @@ def test_score_decodes_batch_by_batch_and_keeps_the_order(tmp_path):
     got = json.loads((tmp_path / "r.json").read_text())["results"]
     assert [r["image"].split("/")[-1] for r in got] == names
     assert rel_err([r["score"] for r in got], want) <= 1e-5
+
+
+def test_build_command_passes_aoti_device_and_precision(tmp_path):
+    # the flags reach build(): fp16 and a CUDA device are refused on this CPU before any compilation
+    # (a full aoti build is exercised by tests/test_aoti.py; compiling one here would cost ~1 min of CI)
+    _, run = model_and_run_dir()
+    out = tmp_path / "eng"
+    with pytest.raises(ValueError, match="fp16"):
+        _main(["build", "--checkpoint", str(run), "--backend", "aoti", "--precision", "fp16", "--out", str(out),
+               "--quiet"])
+    with pytest.raises((ValueError, RuntimeError), match="(?i)cuda"):
+        _main(["build", "--checkpoint", str(run), "--backend", "aoti", "--device", "cuda", "--out", str(out),
+               "--quiet"])
+    with pytest.raises(SystemExit):  # not a precision of any backend
+        _main(["build", "--checkpoint", str(run), "--precision", "fp8", "--out", str(out), "--quiet"])
+    assert not out.exists()
