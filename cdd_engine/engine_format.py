@@ -18,7 +18,6 @@ accept exactly the same manifests (docs/engine_format.md, "What a reader refuses
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from . import limits
+# file_record and sha256_file are part of this module's API (builds record files with them)
+from .hashed_dir import file_record, sha256_file, verify_files  # noqa: F401
 from .version import __version__
 from .errors import EngineFormatError
 
@@ -56,7 +57,6 @@ BACKEND_FILES = {
 # like the C++ reader, a reader does not need them
 _REQUIRED = ("format", "format_version", "backend", "precision", "max_batch", "image_size", "input", "features",
              "anomaly_map", "threshold", "files")
-_HASH_CHUNK = 1 << 22  # 4 MiB reads: hashing a 435 MB WRN50 model takes about a second
 
 # Limits shared with the C++ reader (docs/engine_format.md; the numbers live in cdd_engine/limits.py).
 # engine.json is a few kB; the byte and depth limits keep a hostile file from exhausting memory or
@@ -75,20 +75,6 @@ EPS_RANGE = limits.EPS
 MAX_FILE_BYTES = 2 ** 53  # what a JSON number holds exactly
 _BOM = b"\xef\xbb\xbf"
 _HEX = frozenset("0123456789abcdef")
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in chunks (models are hundreds of MB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def file_record(path: str | os.PathLike) -> dict[str, Any]:
-    """``{"sha256": hex, "bytes": size}`` of one file, as stored under ``files``."""
-    return {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
 
 
 def utc_now() -> str:
@@ -484,21 +470,8 @@ def read_manifest(engine_dir: str | os.PathLike, verify_hashes: bool = True) -> 
     path = root / MANIFEST
     manifest = parse_manifest(_read_manifest_bytes(path), path)
     validate_manifest(manifest)
-    for name, rec in manifest["files"].items():
-        fpath = root / name
-        try:
-            st = os.stat(fpath)
-        except OSError:
-            _fail(f"{fpath}: file listed in {MANIFEST} is missing")
-        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reader, a device read forever
-            _fail(f"{fpath}: file listed in {MANIFEST} is not a regular file")
-        size = st.st_size
-        if size != rec["bytes"]:
-            _fail(f"{fpath}: size {size} bytes, {MANIFEST} records {rec['bytes']} (truncated or replaced)")
-        if verify_hashes:
-            digest = sha256_file(fpath)
-            if digest != rec["sha256"]:
-                _fail(f"{fpath}: SHA-256 {digest[:16]}... does not match {rec['sha256'][:16]}... recorded in "
-                      f"{MANIFEST} (the file was modified or belongs to another engine)")
+    # present, a regular file (a FIFO would block the reader), the recorded size and hash: the
+    # checks the checkpoint format shares (hashed_dir.py)
+    verify_files(root, manifest["files"], manifest=MANIFEST, error=EngineFormatError, verify_hashes=verify_hashes)
     check_precision(root, manifest)
     return manifest

@@ -123,8 +123,8 @@ def test_build_rejects_bad_arguments(tmp_path):
     model, run = model_and_run_dir()
     with pytest.raises(ValueError, match="backend must be one of"):
         cdd_engine.build(run, backend="onnxruntime")
-    with pytest.raises(ValueError, match=r"supports precision \('fp32', 'fp16'\), got 'int8'"):
-        cdd_engine.build(run, backend="openvino", precision="int8")
+    with pytest.raises(ValueError, match=r"supports precision \('fp32', 'fp16', 'tf32'\), got 'int8'"):
+        cdd_engine.build(run, backend="torch", precision="int8")
     with pytest.raises(ValueError, match="max_batch must be a positive integer"):
         cdd_engine.build(run, backend="torch", max_batch=0)
     with pytest.raises(ValueError, match="needs threshold="):

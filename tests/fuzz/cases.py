@@ -74,7 +74,7 @@ def manifest_cases(target: str, manifest: dict, rng: random.Random) -> list[dict
         ("anomaly_map", "eps"): [1e-12, 1e-13, 1e-3, 2e-3, 0.0],
         ("anomaly_map", "mode"): ["mul", "max", "ADD"],
         ("threshold", "value"): [0.0, -1e-9, 1e300, 123.5],
-        ("format_version",): [Raw("1.0"), Raw("1e0"), Raw("-0"), 2, Raw("1.5")],
+        ("format_version",): [Raw("2.0"), Raw("2e0"), Raw("-0"), 1, 3, Raw("1.5")],
         ("precision",): ["fp16", "int8", "fp64"],
         ("backend",): ["tensorrt", "openvino" if target == "torch" else "torch", "onnx"],
         ("features", 0, "shape", 0): [65537, 9], ("features", 3, "dtype"): ["float16"],
@@ -323,7 +323,7 @@ def canonical_manifests() -> dict[str, dict]:
     hashes, timings) replaced by stand-ins: only the structure feeds the case list."""
     features = lambda shapes: [{"name": n, "shape": list(s), "dtype": "float32"}  # noqa: E731
                                for n, s in zip(FEATURE_NAMES, shapes + shapes, strict=True)]
-    common = {"format": "cdd-engine", "format_version": 1, "package_version": "x", "created": "x",
+    common = {"format": "cdd-engine", "format_version": 2, "package_version": "x", "created": "x",
               "source_checkpoint": {}, "backend": "x", "precision": "fp32", "max_batch": 4,
               "image_size": [32, 32],
               "input": {"name": "image", "layout": "NCHW", "dtype": "float32", "color": "RGB",

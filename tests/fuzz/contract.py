@@ -27,7 +27,7 @@ def contract_violation(m: Any) -> str | None:
     if m.get("format") != "cdd-engine":
         return "format"
     fv = m.get("format_version")
-    if not _int(fv) or fv != 1:
+    if not _int(fv) or fv not in (1, 2):  # version 2 added aoti/bf16/tf32, which these engines never use
         return "format_version"
     mb = m.get("max_batch")
     if not _int(mb) or not 1 <= mb <= 4096:
@@ -80,8 +80,9 @@ def contract_violation(m: Any) -> str | None:
 # fields whose change alters what the engine computes from the same model files
 SCORE_FIELDS = ("input", "anomaly_map")
 # fields that must match the model files: a change can only be refused
-MODEL_FIELDS = ("image_size", "features", "precision", "backend", "files", "model", "format",
-                "format_version")
+# (format_version is not one: versions 1 and 2 describe these engines identically, and any other
+# version breaks the contract above)
+MODEL_FIELDS = ("image_size", "features", "precision", "backend", "files", "model", "format")
 # fields that change the verdict but not scores and maps
 VERDICT_FIELDS = ("threshold",)
 
