@@ -1,4 +1,4 @@
-"""Build cdd-engine: the Python package (with ``kernels/`` installed as ``cdd_engine.kernels``)
+"""Build cdd-engine: the Python package (its Triton kernels are the subpackage ``cdd_engine.kernels``)
 and, when CMake and OpenVINO are at hand, the native runtime from ``csrc/`` (libcdd_engine,
 its headers and CMake package config, and the pybind11 module ``cdd_engine._native``)."""
 import os
@@ -157,8 +157,7 @@ setup(
     long_description=(ROOT / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["cdd_engine", "cdd_engine.*"]) + ["cdd_engine.kernels"],
-    package_dir={"cdd_engine.kernels": "kernels"},
+    packages=find_packages(include=["cdd_engine", "cdd_engine.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["cdd-engine=cdd_engine.cli:main"]},

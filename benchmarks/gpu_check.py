@@ -14,7 +14,7 @@ b. post-processing time: fused vs eager reference ``anomaly_map`` (``triton.test
 c. pre-processing time: fused vs eager steps for 1920x1080 RGB frames -> 256^2;
 d. whole pipeline (uint8 frames -> preprocess -> RD model -> map + score): eager fp32 vs fp16
    model + channels_last + fused kernels, batch 8 and 32 (needs ``cdd_engine.models``);
-e. AOT: ``kernels.aot`` builds every variant for this GPU with this Triton, then the cubins are
+e. AOT: ``cdd_engine.kernels.aot`` builds every variant for this GPU with this Triton, then the cubins are
    loaded and launched through the CUDA driver API (ctypes: cuModuleLoadData +
    cuLaunchKernel, exactly what the C++ engine does) and compared with the JIT path;
 t. tuning sweep of block sizes (informative; run last, skipped when time is short).
@@ -70,7 +70,7 @@ import triton  # noqa: E402
 try:
     from cdd_engine.kernels import anomaly_map as K, preprocess as P  # noqa: E402
 except ImportError:
-    from kernels import anomaly_map as K, preprocess as P  # noqa: E402
+    from cdd_engine.kernels import anomaly_map as K, preprocess as P  # noqa: E402
 from cdd_engine.anomaly_map import anomaly_map  # noqa: E402
 from cdd_engine.preprocess import resize_normalize, to_rgb_nchw  # noqa: E402
 
@@ -425,8 +425,7 @@ def _sec_aot() -> dict:
     out = Path(tempfile.mkdtemp(prefix="cdd_aot_"))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    mod = "cdd_engine.kernels.aot" if K.__name__.startswith("cdd_engine") else "kernels.aot"
-    proc = subprocess.run([sys.executable, "-m", mod, "--arch", str(arch), "--out", str(out)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "cdd_engine.kernels.aot", "--arch", str(arch), "--out", str(out)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=300)
     print("   " + proc.stdout.replace("\n", "\n   "))
     if proc.returncode != 0:

@@ -2,7 +2,7 @@
 
 Every Python implementation takes its tables from here: the reference map
 (:mod:`cdd_engine.anomaly_map`), the torch/OpenVINO/TensorRT post-processing
-(:mod:`cdd_engine.runtime.postprocess`) and the Triton launchers (``kernels/``). The C++ library
+(:mod:`cdd_engine.runtime.postprocess`) and the Triton launchers (``cdd_engine/kernels/``). The C++ library
 has the same operators in ``csrc/src/operators.hpp``; the golden vectors in ``tests/golden/``
 (written by ``tests/golden/make_golden.py`` from this module and the reference) tie the two.
 

@@ -126,7 +126,7 @@ def test_triton_interpreter(case):
     try:
         from cdd_engine.kernels.testing import interpreted
     except ImportError:
-        from kernels.testing import interpreted
+        from cdd_engine.kernels.testing import interpreted
     K = interpreted("anomaly_map")
     t, s = _features(np.float32)
     maps, scores = K.fused_anomaly_map([torch.from_numpy(x) for x in t], [torch.from_numpy(x) for x in s],
@@ -174,7 +174,7 @@ def test_preprocess_triton_interpreter(frame):
     try:
         from cdd_engine.kernels.testing import interpreted
     except ImportError:
-        from kernels.testing import interpreted
+        from cdd_engine.kernels.testing import interpreted
     P = interpreted("preprocess")
     pp = GOLDEN["preprocess"]
     pixels, want = _frame(frame)

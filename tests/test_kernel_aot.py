@@ -1,6 +1,6 @@
 """Ahead-of-time compilation of every Triton kernel for sm_90 and sm_80, with no GPU.
 
-Runs ``python -m kernels.aot`` in a subprocess (a process without TRITON_INTERPRET: the
+Runs ``python -m cdd_engine.kernels.aot`` in a subprocess (a process without TRITON_INTERPRET: the
 interpreter tests set it in this one), one variant per Triton kernel function, and checks the
 written cubin / PTX / header / manifest. Registers must be reported and spills must be zero:
 every kernel had none when the tile sizes were chosen (Triton 3.9), and a change that
@@ -37,7 +37,7 @@ def _env():
 def built(tmp_path_factory):
     out = tmp_path_factory.mktemp("aot")
     # the two architectures in parallel (2 cores)
-    procs = [subprocess.Popen([sys.executable, "-m", "kernels.aot", "--arch", arch, "--out", str(out),
+    procs = [subprocess.Popen([sys.executable, "-m", "cdd_engine.kernels.aot", "--arch", arch, "--out", str(out),
                                "--only", *VARIANTS], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for arch in ("90", "80")]
     logs = []

@@ -18,7 +18,7 @@ pytest.importorskip("triton")  # the GPU extra; CI installs it (requirements/ci.
 try:
     from cdd_engine.kernels.testing import interpreted
 except ImportError:
-    from kernels.testing import interpreted
+    from cdd_engine.kernels.testing import interpreted
 
 P = interpreted("preprocess")  # sets TRITON_INTERPRET=1 before the kernels are decorated
 

@@ -1,6 +1,6 @@
 # GPU parts of libcdd_engine, all optional:
 #
-#   CDD_WITH_CUDA=ON        GPU pre/post-processing: the Triton kernels of kernels/aot.py,
+#   CDD_WITH_CUDA=ON        GPU pre/post-processing: the Triton kernels of cdd_engine/kernels/aot.py,
 #                           compiled ahead of time and embedded; the CUDA driver is loaded at
 #                           run time (dlopen), so nothing links libcuda. Host code is compiled
 #                           by nvcc (with the static cudart it needs for registration). CDD_AOT_DIR: an existing AOT output; otherwise the AOT
@@ -56,7 +56,7 @@ if(CDD_WITH_CUDA)
           list(APPEND _cdd_arch_args --arch ${a})
         endforeach()
         message(STATUS "cdd_engine: compiling the Triton kernels ahead of time (${CDD_AOT_ARCHS}) ...")
-        execute_process(COMMAND "${Python3_EXECUTABLE}" -m kernels.aot ${_cdd_arch_args} --out "${_cdd_aot}"
+        execute_process(COMMAND "${Python3_EXECUTABLE}" -m cdd_engine.kernels.aot ${_cdd_arch_args} --out "${_cdd_aot}"
                         WORKING_DIRECTORY "${CMAKE_CURRENT_SOURCE_DIR}/.."
                         RESULT_VARIABLE _cdd_aot_rc OUTPUT_VARIABLE _cdd_aot_out ERROR_VARIABLE _cdd_aot_err)
         if(NOT _cdd_aot_rc EQUAL 0)

@@ -34,18 +34,13 @@ WEIGHTS_FILE = "model.safetensors"
 
 
 def import_kernels() -> Any:
-    """The Triton kernels package (installed as cdd_engine.kernels; ``kernels`` in a source checkout)."""
-    errors = []
-    for name in ("cdd_engine.kernels", "kernels"):
-        try:
-            mod = __import__(name, fromlist=["fused_anomaly_map"])
-        except ImportError as e:
-            errors.append(f"{name}: {e}")
-            continue
-        if hasattr(mod, "fused_anomaly_map") and hasattr(mod, "fused_preprocess"):
-            return mod
-        errors.append(f"{name}: has no fused_anomaly_map/fused_preprocess")
-    raise BackendUnavailable("Triton kernels are not available (" + "; ".join(errors) + ")")
+    """The Triton kernels (cdd_engine.kernels); BackendUnavailable when Triton is not installed."""
+    try:
+        from ... import kernels
+        kernels.fused_anomaly_map, kernels.fused_preprocess  # the lazy attributes import Triton itself
+    except ImportError as e:
+        raise BackendUnavailable(f"Triton kernels are not available ({e}; pip install 'cdd-engine[triton]')") from e
+    return kernels
 
 
 def student_config(model: RDModel) -> dict[str, Any]:

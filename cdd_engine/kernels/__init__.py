@@ -1,10 +1,9 @@
 """Triton kernels of cdd-engine: fused anomaly map and fused pre-processing.
 
-Importable as ``cdd_engine.kernels`` (installed) or ``kernels`` (repository root on sys.path).
 They run on CUDA tensors, or on the CPU under ``TRITON_INTERPRET=1``, which must be set before
 Triton is first imported (``triton.jit`` decides at decoration time, Triton's own library
 functions included). Importing this package does not import Triton; the first use of
-``fused_anomaly_map`` / ``fused_preprocess`` does. ``kernels.aot`` compiles them ahead of time
+``fused_anomaly_map`` / ``fused_preprocess`` does. ``cdd_engine.kernels.aot`` compiles them ahead of time
 for the C++ engine.
 """
 from __future__ import annotations

@@ -43,7 +43,7 @@ from cdd_engine.preprocess import IMAGENET_MEAN, IMAGENET_STD, PIXEL_FORMATS
 from ._common import cdiv, check_device, interpreting
 
 # "taps" kernel: 32x32 output tile, 16 input rows per chunk (the smallest tl.dot K), 4 warps:
-# ~120 registers per thread, no spills (kernels/aot.py output, sm_90).
+# ~120 registers per thread, no spills (cdd_engine/kernels/aot.py output, sm_90).
 PRE_BLOCK_M = 32
 PRE_BLOCK_N = 32
 PRE_ROW_CHUNK = 16

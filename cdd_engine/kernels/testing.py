@@ -16,7 +16,7 @@ from types import ModuleType
 
 
 def _package() -> str:
-    return __name__.rsplit(".", 1)[0]  # "cdd_engine.kernels" or "kernels"
+    return __name__.rsplit(".", 1)[0]  # "cdd_engine.kernels"
 
 
 def interpreted(module: str) -> ModuleType:

@@ -25,7 +25,7 @@ B = V_s) and writes that product map (B, H, W) in fp32, the only full-resolution
 a second sandwich launch blurs it (A = G_H, B = G_W) and writes the final map.
 
 Kernels keep float scalars constexpr (``EPS``): Triton's AOT C launcher passes fp32 scalars as
-double. ``kernels/aot.py`` compiles these kernels for the C++ engine.
+double. ``cdd_engine/kernels/aot.py`` compiles these kernels for the C++ engine.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 # Pass-2 tile: 64x64 output pixels, contraction chunks of 16 (the smallest tl.dot K). On sm_90
 # with 4 warps it needed 168 registers per thread (255 for the blur variant); 8 warps bring it
-# to 128 (169), no spills either way (kernels/aot.py output, Triton 3.9).
+# to 128 (169), no spills either way (cdd_engine/kernels/aot.py output, Triton 3.9).
 MAP_BLOCK_M = 64
 MAP_BLOCK_N = 64
 MAP_BLOCK_K = 16
