@@ -303,3 +303,20 @@ def test_bad_input_is_the_same_error_on_both_runtimes(native_engine, python_engi
     assert errors[0] == errors[1] and errors[0][1]
     with pytest.raises(ValueError, match="map_size must be one of"):
         native_engine.score(np.ones((1, 8, 8, 3), np.uint8), map_size="full")
+
+
+
+@pytest.mark.parametrize("name", ["GRAY", "L", "RGB8", "mono8", "RGBA"])
+def test_the_module_and_the_python_runtime_take_the_same_pixel_format_names(python_engine, name):
+    # one list of names (runtime/frames.py PIXEL_FORMATS, any case): the C++ module used to take
+    # aliases (GRAY, L, RGB8, ...) that the Python runtime refused
+    from native_helpers import native_or_skip
+    module_engine = native_or_skip().Engine(str(engine_dir("openvino")), num_threads=1)
+    rgb = random_frame(np.random.default_rng(5), 37, 41)
+    for score in (module_engine.score, python_engine.score):
+        with pytest.raises(ValueError, match="pixel_format"):
+            score(rgb[None], pixel_format=name)
+    mono = random_frame(np.random.default_rng(6), 37, 41, None)
+    a = module_engine.score(mono[None], pixel_format="mono")[0]  # (scores, verdicts, maps)
+    b = python_engine.score(mono[None], pixel_format="Mono").scores
+    np.testing.assert_allclose(a, b, rtol=RTOL)

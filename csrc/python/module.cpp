@@ -21,9 +21,11 @@ namespace {
 cdd::PixelFormat parse_format(const std::string& s) {
     std::string u;
     for (char c : s) u += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-    if (u == "RGB" || u == "RGB8") return cdd::PixelFormat::RGB8;
-    if (u == "BGR" || u == "BGR8") return cdd::PixelFormat::BGR8;
-    if (u == "MONO" || u == "MONO8" || u == "GRAY" || u == "L") return cdd::PixelFormat::Mono8;
+    // exactly the names of cdd_engine/runtime/frames.py PIXEL_FORMATS (case-insensitive), so a
+    // frame the Python runtime refuses is refused here too
+    if (u == "RGB") return cdd::PixelFormat::RGB8;
+    if (u == "BGR") return cdd::PixelFormat::BGR8;
+    if (u == "MONO") return cdd::PixelFormat::Mono8;
     throw py::value_error("pixel_format must be one of 'RGB', 'BGR', 'MONO', got '" + s + "'");
 }
 
