@@ -28,7 +28,8 @@ def main(argv=None) -> int:
     ap.add_argument("--backbones", default="wide_resnet50_2,efficientnet_lite0")
     ap.add_argument("--backends", default="openvino",
                     help="comma-separated: openvino, torch, openvino:latency, openvino:throughput, "
-                         "openvino-direct[:mode] (built without the Winograd rewrite), any of them @python or @native")
+                         "openvino-direct[:mode] (built without the Winograd rewrite), openvino-int8[:mode] "
+                         "(INT8, NNCF; its fp32 engine is added to the same rounds), any of them @python or @native")
     ap.add_argument("--batch-sizes", default="1,8,32")
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--frame-size", type=int, default=None)
