@@ -252,12 +252,41 @@ def validate_manifest(m: Any) -> None:
     for name in BACKEND_FILES[m["backend"]]:
         if name not in files:
             _fail(f"engine.json: backend {m['backend']!r} needs {name!r} listed under 'files'")
+    if "int8" in m:
+        _validate_int8_section(m["int8"], m["precision"])
     if m["backend"] == "torch":
         # the torch backend runs the network in the features' dtype: precision names it
         want = "float16" if m["precision"] == "fp16" else "float32"
         if any(f["dtype"] != want for f in feats):
             _fail(f"engine.json: a torch engine of precision {m['precision']!r} has {want} features, got "
                   f"{[f['dtype'] for f in feats]}")
+
+
+def _validate_int8_section(sec: Any, precision: str) -> None:
+    """The optional top-level "int8" section (docs/engine_format.md): what an INT8 build calibrated
+    on and what its accuracy guard measured. Informative, but its shape is checked, and an int8
+    engine whose guard failed is refused (such a build writes fp32, recording the failed guard)."""
+    if not isinstance(sec, dict):
+        _fail("engine.json: 'int8' must be an object {tool, calibration, guard}")
+    if not isinstance(sec.get("tool"), str) or not sec["tool"]:
+        _fail(f"engine.json: int8.tool must be a non-empty string, got {sec.get('tool')!r}")
+    if not isinstance(sec.get("calibration"), dict):
+        _fail("engine.json: int8.calibration must be an object")
+    guard = sec.get("guard")
+    if not isinstance(guard, dict) or not isinstance(guard.get("passed"), bool) \
+            or not isinstance(guard.get("thresholds"), dict):
+        _fail("engine.json: int8.guard must be an object with 'passed' (true/false) and 'thresholds'")
+    for key in ("map_rel_error_mean", "map_rel_error_max"):
+        if key in guard and not _is_number(guard[key]):
+            _fail(f"engine.json: int8.guard.{key} must be a finite number, got {guard[key]!r}")
+    if guard.get("spearman") is not None:
+        _number_in(guard["spearman"], -1.0, 1.0, "int8.guard.spearman")
+    if precision == "int8" and not guard["passed"]:
+        _fail("engine.json: precision is 'int8' but int8.guard.passed is false (an INT8 engine that failed its "
+              "accuracy guard); rebuild the engine")
+    if precision != "int8" and guard["passed"]:
+        _fail(f"engine.json: an 'int8' section whose guard passed belongs to an int8 engine, but precision is "
+              f"{precision!r}")
 
 
 def _read_manifest_bytes(path: Path) -> bytes:
@@ -349,18 +378,20 @@ def _openvino_ir_contents(path: Path) -> tuple[set[str], bool]:
 
 def check_precision(root: Path, m: dict[str, Any]) -> None:
     """engine.json's ``precision`` against the model file, as the C++ reader checks it: an fp32
-    engine holds no float16 weights, an fp16 one does, an int8 OpenVINO IR holds FakeQuantize or
-    8-bit constants. (A TensorRT plan is opaque: its precision is not checked.)"""
+    engine holds no float16 weights, an fp16 one does, an int8 OpenVINO IR holds FakeQuantize
+    operations (NNCF's quantization) and an fp32/fp16 one none. (A TensorRT plan is opaque: its
+    precision is not checked.)"""
     precision, why, file = m["precision"], "", ""
     if m["backend"] == "openvino":
         types, quantized = _openvino_ir_contents(root / "model.xml")
-        quantized = quantized or bool(types & {"i8", "u8", "i4", "u4"})
         if precision == "fp32" and "f16" in types:
             why = "it holds float16 weights"
         elif precision == "fp16" and "f16" not in types:
             why = "it holds no float16 weights"
         elif precision == "int8" and not quantized:
-            why = "it holds no FakeQuantize and no 8-bit weights"
+            why = "it holds no FakeQuantize operation (not an INT8 network)"
+        elif precision != "int8" and quantized:
+            why = "it holds FakeQuantize operations (an INT8 network)"
         file = "model.xml"
     elif m["backend"] == "torch":
         half = _safetensors_dtypes(root / "model.safetensors") & {"F16", "BF16"}

@@ -19,3 +19,9 @@ class BackendUnavailable(EngineError, ImportError):
 class NonFiniteOutputError(EngineError):
     """The model produced a NaN or infinite score (diverged training, bad weights, an engine.json
     whose numbers overflow): the frames get no verdict, never a silent "normal"."""
+
+
+class AccuracyGuardError(EngineError, ValueError):
+    """An INT8 build's accuracy guard failed: the quantized engine disagrees with the fp32
+    reference more than the thresholds allow (runtime/int8_guard.py). Nothing was written;
+    ``int8_fallback=True`` (``--int8-fallback``) builds fp32 instead."""

@@ -16,14 +16,17 @@ interleaved runs), engine 0.99-1.09x at batch 1 and 1.00-1.10x at batch 8; model
 
 Precision: ``fp32`` keeps float32 weights (``save_model`` would otherwise compress them to
 fp16 by default); ``fp16`` stores fp16 weights (the CPU plugin still computes in fp32 on
-CPUs without native fp16/bf16, such as AVX2-only Zen 3).
+CPUs without native fp16/bf16, such as AVX2-only Zen 3); ``int8`` is NNCF post-training
+quantization of the fp32 network on calibration images (export/quantize.py): the IR holds
+FakeQuantize operations, which the readers require of an int8 engine. Winograd is never applied
+to an int8 IR (see export/quantize.py).
 """
 from __future__ import annotations
 
 import logging
 import os
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 from ..errors import BackendUnavailable
 
@@ -35,6 +38,7 @@ class OpenVINOFiles(NamedTuple):
     xml: Path
     bin: Path
     winograd_convolutions: int
+    quantization: dict[str, Any] | None = None  # NNCF settings of an int8 IR (export/quantize.py)
 
 
 def _openvino():
@@ -47,16 +51,20 @@ def _openvino():
 
 def convert_to_openvino(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                         precision: str = "fp32", name: str = "model",
-                        winograd: bool = True) -> OpenVINOFiles:
+                        winograd: bool = True, calibration: Sequence[Any] | None = None,
+                        keep_fp32: str | None = None) -> OpenVINOFiles:
     """Convert ``onnx_path`` to ``out_dir/name.xml`` + ``.bin``.
 
-    precision: "fp32" (float32 weights) or "fp16" (weights compressed to fp16).
+    precision: "fp32" (float32 weights), "fp16" (weights compressed to fp16) or "int8" (NNCF
+        post-training quantization on ``calibration``: pre-processed (3, H, W) float32 images).
     winograd: rewrite the eligible 3x3 convolutions as Winograd F(2x2, 3x3) (see the module
-        docstring).
+        docstring); must be False for int8.
+    keep_fp32: int8 only: which layers stay float32 (export/quantize.py, default there).
     """
-    if precision not in ("fp32", "fp16"):
-        raise ValueError(f"OpenVINO export supports precision 'fp32' or 'fp16', got {precision!r} "
-                         f"(INT8 needs a Q/DQ graph: see cdd_engine.export.tensorrt.quantize_qdq)")
+    if precision not in ("fp32", "fp16", "int8"):
+        raise ValueError(f"OpenVINO export supports precision 'fp32', 'fp16' or 'int8', got {precision!r}")
+    if precision == "int8" and (winograd or not calibration):
+        raise ValueError("an int8 OpenVINO IR needs calibration images and winograd=False")
     ov = _openvino()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -67,6 +75,11 @@ def convert_to_openvino(onnx_path: str | os.PathLike, out_dir: str | os.PathLike
 
         n = apply_winograd(model)
         log.info("OpenVINO IR: %d 3x3 convolutions rewritten as Winograd F(2x2, 3x3)", n)
+    record = None
+    if precision == "int8":
+        from .quantize import KEEP_FP32_DEFAULT, quantize_openvino
+
+        model, record = quantize_openvino(model, calibration, keep_fp32=keep_fp32 or KEEP_FP32_DEFAULT)
     xml = out / f"{name}.xml"
     ov.save_model(model, str(xml), compress_to_fp16=(precision == "fp16"))
-    return OpenVINOFiles(xml, xml.with_suffix(".bin"), n)
+    return OpenVINOFiles(xml, xml.with_suffix(".bin"), n, record)

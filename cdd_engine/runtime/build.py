@@ -30,11 +30,11 @@ from ..models import RDModel
 from . import atomic_dir
 from .engine import Engine, check_threshold
 from ..engine_format import BACKEND_FILES, FEATURE_NAMES, make_manifest, write_manifest
-from ..errors import BackendUnavailable, NonFiniteOutputError
+from ..errors import AccuracyGuardError, BackendUnavailable, NonFiniteOutputError
 
 log = logging.getLogger("cdd_engine.build")
 BACKEND_CHOICES = ("auto", "openvino", "tensorrt", "torch")
-PRECISIONS = {"openvino": ("fp32", "fp16"), "tensorrt": ("fp32", "fp16", "int8"), "torch": ("fp32", "fp16")}
+PRECISIONS = {"openvino": ("fp32", "fp16", "int8"), "tensorrt": ("fp32", "fp16", "int8"), "torch": ("fp32", "fp16")}
 
 
 def choose_backend(backend: str = "auto") -> tuple[str, str]:
@@ -228,14 +228,17 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
           max_batch: int = 32, output_dir: str | os.PathLike | None = None, threshold: float | None = None, *,
           teacher_weights: str | None = None, map_mode: str | None = None, sigma: float | None = None,
           verify: bool = True, calibration_frames: Iterable[Any] | None = None, timing_cache: str | None = None,
-          overwrite: bool = False, winograd: bool = True, **engine_options: Any) -> Engine:
+          overwrite: bool = False, winograd: bool = True, calibration_size: int = 300, calibration_seed: int = 0,
+          int8_fallback: bool = False, guard: Any = None, data: str | os.PathLike | None = None,
+          keep_fp32: str | None = None, **engine_options: Any) -> Engine:
     """Build an engine directory from a checkpoint and load it.
 
     Args:
         checkpoint: run directory written by training, or an RDModel (then ``threshold`` is required).
         backend: "auto", "openvino", "tensorrt" or "torch".
         precision: "fp32" (all), "fp16" (tensorrt, torch on CUDA; openvino stores fp16 weights),
-            "int8" (tensorrt, with ``calibration_frames``).
+            "int8" (openvino: NNCF post-training quantization; tensorrt: a Q/DQ graph), calibrated
+            and then checked by the accuracy guard (runtime/int8_guard.py).
         max_batch: largest batch a backend call gets (Engine.score splits larger inputs).
         output_dir: engine directory; default ``<run_dir>/engine_<backend>_<precision>``, or a new
             temporary directory when building from a model object.
@@ -244,7 +247,20 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
         map_mode, sigma: override the checkpoint's anomaly-map settings.
         verify: check the ONNX graph against torch with onnxruntime on random inputs. (The weights
             and a probe batch through the built engine are checked for NaN/inf either way.)
-        calibration_frames: uint8 frames (normal production images) for INT8 ranges.
+        calibration_frames: INT8: uint8 frames (normal production images) or a directory of image
+            files; None (default) calibrates on the run's own training images (config.json's data
+            set, the files train_scores.json lists), holding some out for the guard.
+        calibration_size: INT8: at most this many calibration images (fewer when fewer exist).
+        calibration_seed: INT8: seed of the calibration / guard image selection (a build is
+            reproducible: same images, same seed -> same model files).
+        int8_fallback: INT8: when the accuracy guard fails, build fp32 instead of refusing
+            (engine.json then says fp32 and records the failed guard under "int8").
+        guard: INT8: a :class:`~cdd_engine.runtime.int8_guard.GuardThresholds` (default thresholds
+            when None).
+        data: INT8: a labelled MVTec-layout data set; the guard then also compares image and pixel
+            AUROC of the INT8 engine and the fp32 reference on its test images.
+        keep_fp32: OpenVINO INT8: layers left in float32 ("none", "student_last", "student";
+            export/quantize.py).
         timing_cache: TensorRT timing cache file (read and updated).
         overwrite: replace ``output_dir`` even when it is a non-empty directory that is not an
             engine (or holds files its engine.json does not list). An engine directory is always
@@ -260,6 +276,7 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
         ValueError: an option or a checkpoint setting outside the limits of docs/engine_format.md.
         FileExistsError: ``output_dir`` holds something that is not an engine (see ``overwrite``).
         NonFiniteOutputError: NaN/inf in the weights or in the built engine's output.
+        AccuracyGuardError: INT8 only: the engine failed the accuracy guard (and no fallback).
     """
     name, reason = choose_backend(backend)
     log.info("backend %s (%s)", name, reason)
@@ -271,8 +288,11 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
         require_gpu()
     if not isinstance(winograd, bool):
         raise ValueError(f"winograd must be True or False, got {winograd!r}")
-    if precision == "int8" and calibration_frames is None:
-        raise ValueError("precision 'int8' needs calibration_frames (a few dozen normal uint8 frames)")
+    if precision == "int8":
+        thresholds = _check_int8_options(checkpoint, calibration_frames, calibration_size, calibration_seed,
+                                         int8_fallback, guard, data, keep_fp32)
+    elif calibration_frames is not None and name == "openvino":
+        raise ValueError(f"calibration_frames are for precision 'int8', not {precision!r}")
     _check_settings(checkpoint, max_batch, threshold, map_mode, sigma)
     t0 = time.perf_counter()
     if output_dir is None:
@@ -301,12 +321,30 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
                                "map_mode": map_mode, "sigma": None if sigma is None else float(sigma),
                                "verify": bool(verify)}
     if name == "openvino":
-        options["winograd"] = winograd
+        options["winograd"] = winograd and precision != "int8"  # never for int8 (export/quantize.py)
+    plan = None
+    if precision == "int8":
+        from .int8_guard import plan_calibration
+        from ..export.quantize import KEEP_FP32_DEFAULT
+
+        options.update(calibration=calibration_frames if isinstance(calibration_frames, (str, os.PathLike, type(None)))
+                       else "frames", calibration_size=int(calibration_size), calibration_seed=int(calibration_seed),
+                       int8_fallback=bool(int8_fallback), data=None if data is None else str(data))
+        if options["calibration"] is not None:
+            options["calibration"] = str(options["calibration"])
+        if name == "openvino":
+            options["keep_fp32"] = keep_fp32 or KEEP_FP32_DEFAULT
+        plan = plan_calibration(checkpoint, calibration_frames, int(calibration_size), int(calibration_seed))
+        log.info("INT8: %d calibration images (%s), %d guard images", len(plan.calibration),
+                 plan.record["source"], len(plan.guard))
     tmp = atomic_dir.new_temp_dir(out)
     try:
         _write_engine(tmp, model, name, precision, max_batch, source, am, thr, reason, options,
-                      calibration_frames, timing_cache, t0)
+                      plan, timing_cache, t0)
         _probe(tmp, engine_options)
+        if plan is not None:
+            tmp = _int8_guard(tmp, out, checkpoint, model, name, max_batch, source, am, thr, reason, options,
+                              plan, thresholds, data, int8_fallback, winograd, t0, engine_options)
         atomic_dir.swap_into_place(tmp, out)
     except BaseException:
         atomic_dir.discard(tmp)
@@ -315,9 +353,77 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
     return Engine(out, **engine_options)
 
 
+def _check_int8_options(checkpoint: Any, calibration_frames: Any, calibration_size: Any, calibration_seed: Any,
+                        int8_fallback: Any, guard: Any, data: Any, keep_fp32: Any) -> Any:
+    """Refuse bad INT8 options before any work; -> the guard thresholds."""
+    from .int8_guard import GuardThresholds, check_calibration_options, images_in_dir
+    from ..export.quantize import KEEP_FP32_CHOICES
+
+    check_calibration_options(calibration_size, calibration_seed)
+    if not isinstance(int8_fallback, bool):
+        raise ValueError(f"int8_fallback must be True or False, got {int8_fallback!r}")
+    if guard is not None and not isinstance(guard, GuardThresholds):
+        raise TypeError(f"guard must be a cdd_engine.runtime.int8_guard.GuardThresholds or None, got "
+                        f"{type(guard).__name__}")
+    if keep_fp32 is not None and keep_fp32 not in KEEP_FP32_CHOICES:
+        raise ValueError(f"keep_fp32 must be one of {KEEP_FP32_CHOICES}, got {keep_fp32!r}")
+    if isinstance(calibration_frames, (str, os.PathLike)):
+        images_in_dir(calibration_frames)
+    elif calibration_frames is None and isinstance(checkpoint, RDModel):
+        raise ValueError("precision 'int8' from an RDModel object needs calibration_frames (normal uint8 frames "
+                         "or a directory of images): a run directory calibrates on its own training images")
+    if data is not None and not Path(data).is_dir():
+        raise ValueError(f"data (the labelled test set for the INT8 guard) {data} is not a directory")
+    return guard or GuardThresholds()
+
+
+def _int8_guard(tmp: Path, out: Path, checkpoint: Any, model: RDModel, name: str, max_batch: int, source: dict,
+                am: dict, thr: dict, reason: str, options: dict[str, Any], plan: Any, thresholds: Any,
+                data: Any, int8_fallback: bool, winograd: bool, t0: float, engine_options: dict[str, Any]) -> Path:
+    """Run the accuracy guard on the INT8 engine in ``tmp`` and record it in engine.json's "int8"
+    section; -> the directory to swap into place (``tmp``, or a new fp32 build on a fallback).
+    Raises AccuracyGuardError when the guard fails and no fallback was asked for."""
+    from .int8_guard import describe, run_guard
+    from ..engine_format import read_manifest
+
+    opts = {k: engine_options[k] for k in ("device",) if engine_options.get(k) is not None}
+    engine = Engine(tmp, runtime="python", **opts)
+    result = run_guard(engine, model, am, plan, thresholds, data=data,
+                       run_dir=None if isinstance(checkpoint, RDModel) else checkpoint)
+    del engine
+    manifest = read_manifest(tmp, verify_hashes=False)
+    section = {"tool": manifest["build"].pop("int8_tool"), "calibration": plan.record, "guard": result}
+    if name == "openvino":
+        section["quantization"] = manifest["build"].pop("int8_quantization")
+    print_line = f"INT8 accuracy guard ({result['source']}): {describe(result)}"
+    log.warning(print_line) if not result["passed"] else log.info(print_line)
+    if result["passed"]:
+        manifest["int8"] = section
+        write_manifest(tmp, manifest)
+        return tmp
+    if not int8_fallback:
+        raise AccuracyGuardError(
+            f"refusing the INT8 engine: {print_line}. The quantized network disagrees with the fp32 reference; "
+            f"calibrate on more or more representative normal images (--calibration DIR, --calibration-size), "
+            f"or pass --int8-fallback (int8_fallback=True) to build fp32 instead. Nothing was written to {out}")
+    log.warning("INT8 guard failed: building fp32 instead (int8_fallback)")
+    atomic_dir.discard(tmp)
+    tmp = atomic_dir.new_temp_dir(out)
+    section["fallback"] = "fp32"
+    fp_options = dict(options, winograd=winograd) if name == "openvino" else dict(options)
+    try:
+        _write_engine(tmp, model, name, "fp32", max_batch, source, am, thr, reason, fp_options, None, None, t0,
+                      int8_section=section)
+        _probe(tmp, engine_options)
+    except BaseException:
+        atomic_dir.discard(tmp)
+        raise
+    return tmp
+
+
 def _write_engine(out: Path, model: RDModel, name: str, precision: str, max_batch: int, source: dict,
                   am: dict, thr: dict, reason: str, options: dict[str, Any],
-                  calibration_frames: Iterable[Any] | None, timing_cache: str | None, t0: float) -> None:
+                  plan: Any, timing_cache: str | None, t0: float, int8_section: dict | None = None) -> None:
     """Export ``model`` for backend ``name`` into the empty directory ``out``, engine.json last."""
     feature_dtype = "float16" if precision == "fp16" and name in ("tensorrt", "torch") else "float32"
     extra: dict[str, Any] = {"build": {"backend_choice": reason, "options": options}}
@@ -341,14 +447,22 @@ def _write_engine(out: Path, model: RDModel, name: str, precision: str, max_batc
                 extra["build"]["onnx_check"] = f"skipped: {e}"
         if name == "openvino":
             from ..export.openvino import convert_to_openvino
-            ir = convert_to_openvino(onnx_path, out, precision=precision, winograd=options["winograd"])
+            calib = None if plan is None else _calibration_batches(model, plan.calibration, 1)
+            ir = convert_to_openvino(onnx_path, out, precision=precision, winograd=options["winograd"],
+                                     calibration=calib, keep_fp32=options.get("keep_fp32"))
             extra["build"]["winograd_convolutions"] = ir.winograd_convolutions
+            if precision == "int8":  # moved to the top-level "int8" section once the guard has run
+                from ..export.quantize import nncf_version
+                extra["build"]["int8_tool"] = f"nncf {nncf_version()}"
+                extra["build"]["int8_quantization"] = ir.quantization
         else:
             from ..export.tensorrt import build_plan, quantize_qdq
             graph = onnx_path
             if precision == "int8":
+                import onnxruntime
                 graph = quantize_qdq(onnx_path, out / "model_int8_qdq.onnx",
-                                     _calibration_batches(model, calibration_frames, max_batch))
+                                     _calibration_batches(model, plan.calibration, max_batch))
+                extra["build"]["int8_tool"] = f"onnxruntime {onnxruntime.__version__} (QDQ)"
             build_plan(graph, out / "model.plan", image_size=model.image_size, max_batch=max_batch,
                        precision=precision, timing_cache=timing_cache)
             if graph != onnx_path:
@@ -359,6 +473,8 @@ def _write_engine(out: Path, model: RDModel, name: str, precision: str, max_batc
                              image_size=model.image_size, mean=mean, std=std,
                              features=_feature_specs(model, feature_dtype), anomaly_map=am, threshold=thr,
                              source_checkpoint=source, files=list(BACKEND_FILES[name]), extra=extra)
+    if int8_section is not None:
+        manifest["int8"] = int8_section
     write_manifest(out, manifest)
 
 

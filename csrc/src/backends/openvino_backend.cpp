@@ -218,23 +218,21 @@ void check_port(const Manifest& m, const ov::PartialShape& ps, const FeatureInfo
 }
 
 /// engine.json's "precision" must describe the IR: fp32 holds no f16 weight, fp16 holds f16
-/// weights (compress_to_fp16), int8 holds FakeQuantize or 8-bit constants. The hashes protect
-/// the model files, not engine.json's own fields, so a relabelled precision is caught here.
+/// weights (compress_to_fp16), int8 holds FakeQuantize operations (NNCF's INT8 network) and
+/// fp32/fp16 none. The hashes protect the model files, not engine.json's own fields, so a
+/// relabelled precision is caught here (same rule as engine_format.check_precision).
 void check_precision(const Manifest& m, const ov::Model& model, const std::string& file) {
     bool f16 = false, quantized = false;
     for (const auto& op : model.get_ops()) {
         if (ov::is_type<ov::op::v0::FakeQuantize>(op)) quantized = true;
         const auto c = ov::as_type_ptr<ov::op::v0::Constant>(op);
-        if (!c) continue;
-        const ov::element::Type t = c->get_element_type();
-        if (t == ov::element::f16) f16 = true;
-        if (t == ov::element::i8 || t == ov::element::u8 || t == ov::element::i4 || t == ov::element::u4)
-            quantized = true;
+        if (c && c->get_element_type() == ov::element::f16) f16 = true;
     }
     std::string why;
     if (m.precision == "fp32" && f16) why = "it holds float16 weights";
     if (m.precision == "fp16" && !f16) why = "it holds no float16 weights";
-    if (m.precision == "int8" && !quantized) why = "it holds no FakeQuantize and no 8-bit weights";
+    if (m.precision == "int8" && !quantized) why = "it holds no FakeQuantize operation (not an INT8 network)";
+    if (m.precision != "int8" && quantized) why = "it holds FakeQuantize operations (an INT8 network)";
     if (!why.empty())
         throw Error(ErrorCode::EngineFormat, m.dir + "/engine.json: \"precision\" is \"" + m.precision +
                                                  "\" but the model " + file + " disagrees: " + why +
