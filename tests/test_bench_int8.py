@@ -83,6 +83,7 @@ def test_an_int8_row_builds_with_precision_and_calibration_frames(tmp_path, monk
     assert frames.dtype == np.uint8 and frames.shape == (bench.INT8_CALIBRATION_FRAMES, 64, 64, 3)
     assert frames.std() > 50   # uniform random pixels, not a constant image
     assert kw["output_dir"].name == "resnet18_64_openvino-int8"
+    assert kw["guard"].min_spearman == -1.0   # speed rows of a random model: recorded, not enforced
     with pytest.raises(RuntimeError, match="stop here"):
         bench._engine_for("resnet18", "openvino", model, tmp_path, 4, {"num_threads": 1})
     assert "precision" not in calls[-1] and calls[-1]["winograd"] is True
@@ -104,6 +105,7 @@ def test_int8_rows_beside_fp32_rows_in_one_run(tmp_path):
     assert all(len(v) == 2 for v in run["seconds"].values())
     r = run["results"]["openvino-int8"]
     assert r["ratio_vs_fp32"] > 0 and r["ratio_vs_eager"] > 0
-    assert cdd_engine.load(tmp_path / "resnet18_64_openvino-int8").precision == "int8"
+    eng = cdd_engine.load(tmp_path / "resnet18_64_openvino-int8")
+    assert eng.precision == "int8" and eng.manifest["int8"]["guard"]["passed"]
     assert set(run["stages_ms_per_image"]) == {"openvino", "openvino-int8"}
     assert "| resnet18 | 2 | openvino-int8 |" in to_markdown(res)
