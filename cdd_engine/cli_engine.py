@@ -27,6 +27,13 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _non_negative_int(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
 def _int_list(text: str) -> list[int]:
     try:
         vals = [int(v) for v in text.split(",") if v.strip()]
@@ -52,19 +59,33 @@ def add_build_parser(sub) -> None:
                     "'auto' picks TensorRT on an NVIDIA GPU when TensorRT is installed, else OpenVINO (CPU).",
         epilog="examples:\n  cdd-engine build --checkpoint runs/bottle --out engines/bottle\n"
                "  cdd-engine build --checkpoint runs/bottle --backend tensorrt --precision fp16 --out engines/bottle_trt\n"
-               "  cdd-engine build --checkpoint runs/bottle --backend torch --out engines/bottle_torch")
+               "  cdd-engine build --checkpoint runs/bottle --backend torch --out engines/bottle_torch\n"
+               "  cdd-engine build --checkpoint runs/bottle --precision int8 --data mvtec --out engines/bottle_int8")
     p.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="run directory written by train")
     p.add_argument("--out", required=True, metavar="ENGINE_DIR", help="engine directory to write")
     p.add_argument("--backend", default="auto", choices=("auto", "openvino", "tensorrt", "torch"),
                    help="engine backend; auto: TensorRT on an NVIDIA GPU when installed, else OpenVINO")
     p.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "int8"),
-                   help="fp16: TensorRT/torch on CUDA (OpenVINO: fp16 weights); int8: TensorRT with --calibration")
+                   help="fp16: TensorRT/torch on CUDA (OpenVINO: fp16 weights); int8: OpenVINO (NNCF) or TensorRT, "
+                        "calibrated on the run's training images (or --calibration DIR), checked by an accuracy "
+                        "guard against fp32 that refuses the build when it fails")
     p.add_argument("--max-batch", type=_positive_int, default=32, metavar="N", help="largest batch per network call")
     p.add_argument("--threshold", type=float, default=None, metavar="T",
                    help="score threshold (default: the one derived from the training scores)")
     p.add_argument("--teacher-weights", default=None, metavar="PATH",
                    help="where the teacher's weights are, if not where training found them")
-    p.add_argument("--calibration", default=None, metavar="DIR", help="normal images for INT8 calibration")
+    p.add_argument("--calibration", default=None, metavar="DIR",
+                   help="int8: normal images to calibrate on (default: the run's own training images)")
+    p.add_argument("--calibration-size", type=_positive_int, default=300, metavar="N",
+                   help="int8: calibrate on at most N images (seeded choice; fewer when fewer exist)")
+    p.add_argument("--calibration-seed", type=_non_negative_int, default=0, metavar="S",
+                   help="int8: seed of the calibration/guard image choice (a build is reproducible)")
+    p.add_argument("--int8-fallback", action="store_true",
+                   help="int8: build fp32 instead when the accuracy guard fails (default: refuse the build)")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="int8: labelled MVTec-layout data set; the guard then also compares image/pixel AUROC")
+    p.add_argument("--keep-fp32", default=None, choices=("none", "student_last", "student"),
+                   help="OpenVINO int8: layers left in float32 (default none: measured no better, slower)")
     p.add_argument("--timing-cache", default=None, metavar="FILE", help="TensorRT timing cache (read and updated)")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check of the exported graph "
                    "(the NaN/inf check of the weights and of a probe batch always runs)")
@@ -88,17 +109,21 @@ def run_build(a: argparse.Namespace) -> int:
     if not a.quiet:
         print(f"building an engine from {a.checkpoint} (backend {a.backend}, {a.precision}) in {a.out} ...",
               file=sys.stderr)
-    calibration = None
-    if a.calibration:
-        calibration = [_read_image(p)[0] for p in _expand_images([a.calibration])]
+    int8 = {}
+    if a.precision == "int8":
+        int8 = dict(calibration_frames=a.calibration, calibration_size=a.calibration_size,
+                    calibration_seed=a.calibration_seed, int8_fallback=a.int8_fallback, data=a.data,
+                    keep_fp32=a.keep_fp32)
+    elif a.calibration or a.int8_fallback or a.data or a.keep_fp32:
+        raise ValueError("--calibration, --int8-fallback, --data and --keep-fp32 are for --precision int8")
     t0 = time.perf_counter()
     level = build_log.level
     build_log.setLevel(logging.WARNING)
     try:
         engine = cdd_engine.build(a.checkpoint, backend=a.backend, precision=a.precision, max_batch=a.max_batch,
                                   output_dir=a.out, threshold=a.threshold, teacher_weights=a.teacher_weights,
-                                  verify=not a.no_verify, calibration_frames=calibration,
-                                  timing_cache=a.timing_cache, overwrite=a.force, winograd=not a.no_winograd)
+                                  verify=not a.no_verify, timing_cache=a.timing_cache, overwrite=a.force,
+                                  winograd=not a.no_winograd, **int8)
     finally:
         build_log.setLevel(level)
     m = engine.manifest
@@ -106,6 +131,13 @@ def run_build(a: argparse.Namespace) -> int:
     print(f"  backend {m['backend']} ({m['build']['backend_choice']}), precision {m['precision']}, "
           f"max batch {m['max_batch']}, image size {m['image_size'][0]}x{m['image_size'][1]}")
     print(f"  threshold {engine.threshold:.6g} ({m['threshold']['source']}); files: {', '.join(m['files'])}")
+    if "int8" in m:  # what the accuracy guard measured (also on a fallback to fp32)
+        from .runtime.int8_guard import describe
+        cal, guard = m["int8"]["calibration"], m["int8"]["guard"]
+        print(f"  int8 ({m['int8']['tool']}): {cal['size']} calibration images ({cal['source']}, seed {cal['seed']})")
+        print(f"  accuracy guard: {describe(guard)}")
+        if m["int8"].get("fallback"):
+            print(f"  the INT8 engine failed its guard: built {m['precision']} instead (--int8-fallback)")
     print(f"  runtime here: {engine.runtime}")
     print(f"  built in {time.perf_counter() - t0:.1f} s; score with: cdd-engine score --engine {engine.engine_dir} IMAGE...")
     return 0

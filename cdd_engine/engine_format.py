@@ -277,8 +277,8 @@ def _validate_int8_section(sec: Any, precision: str) -> None:
             or not isinstance(guard.get("thresholds"), dict):
         _fail("engine.json: int8.guard must be an object with 'passed' (true/false) and 'thresholds'")
     for key in ("map_rel_error_mean", "map_rel_error_max"):
-        if key in guard and not _is_number(guard[key]):
-            _fail(f"engine.json: int8.guard.{key} must be a finite number, got {guard[key]!r}")
+        if guard.get(key) is not None and not _is_number(guard[key]):
+            _fail(f"engine.json: int8.guard.{key} must be a finite number or null, got {guard[key]!r}")
     if guard.get("spearman") is not None:
         _number_in(guard["spearman"], -1.0, 1.0, "int8.guard.spearman")
     if precision == "int8" and not guard["passed"]:

@@ -64,7 +64,8 @@ def convert_to_openvino(onnx_path: str | os.PathLike, out_dir: str | os.PathLike
     if precision not in ("fp32", "fp16", "int8"):
         raise ValueError(f"OpenVINO export supports precision 'fp32', 'fp16' or 'int8', got {precision!r}")
     if precision == "int8" and (winograd or not calibration):
-        raise ValueError("an int8 OpenVINO IR needs calibration images and winograd=False")
+        raise ValueError("without calibration images the OpenVINO export supports precision 'fp32' or 'fp16'; "
+                         "'int8' needs calibration=[...] (pre-processed images) and winograd=False")
     ov = _openvino()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,10 @@ quantized by default; ``keep_fp32`` stays an option for models where it does mat
 Winograd (export/openvino_winograd.py) is never applied to an INT8 IR: it rewrites the 3x3
 convolutions as transforms + MatMuls in the Winograd domain, where the activations' ranges are
 those of the transformed tiles (not of the feature maps) and the CPU plugin's int8 convolution
-kernels no longer apply; build() records ``winograd: false`` for int8 engines.
+kernels no longer apply. Measured on the resnet18 64x64 test model (tests/engine_helpers.py, 2 busy
+AVX2 cores, network alone, batch 8, median of 15): fp32 52.0 ms; INT8 without Winograd 24.0 ms
+(2.17x); INT8 after the rewrite of its 3 eligible convolutions 64.3 ms (0.81x, slower than fp32)
+with a larger map error (mean 0.0042 vs 0.0032). build() records ``winograd: false`` for int8.
 """
 from __future__ import annotations
 

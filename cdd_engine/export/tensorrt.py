@@ -14,7 +14,11 @@ the FP16/INT8 flags): the network is created STRONGLY_TYPED, so
   the graph, float16 features out);
 - ``int8``: a graph with explicit QuantizeLinear/DequantizeLinear pairs from
   :func:`quantize_qdq` (symmetric int8, per-channel weights), the only INT8 route in
-  strongly typed mode.
+  strongly typed mode. ``build`` calibrates it on the same images as an OpenVINO INT8 engine
+  (runtime/int8_guard.py ``plan_calibration``: the run's training images by default, seeded,
+  ``calibration_size``) and runs the same accuracy guard on the built plan against the fp32 torch
+  reference (held-out training images, AUROC with ``data``), refusing or falling back to fp32 the
+  same way. NOT RUN HERE either: the plan needs TensorRT and a GPU.
 
 One optimisation profile covers batches min..max with the kernels tuned for ``opt``; a
 timing cache file makes rebuilds on the same GPU take seconds instead of minutes.

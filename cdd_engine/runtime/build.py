@@ -9,6 +9,12 @@ A build fails closed: options are checked against the shared limits (cdd_engine/
 before any work, the weights and a probe batch through the built engine must be finite, and the
 engine is written beside its target and swapped in only when complete (runtime/atomic_dir.py),
 so a failed or interrupted rebuild leaves the previous engine as it was.
+
+INT8 (``precision="int8"``; OpenVINO through NNCF, TensorRT through a Q/DQ graph): calibrated on
+a seeded choice of the run's own training images (or the images given), then the built engine
+must pass an accuracy guard against the fp32 torch reference on held-out images
+(runtime/int8_guard.py) before it is swapped in; a failed guard refuses the build
+(AccuracyGuardError) or, with ``int8_fallback=True``, builds fp32 and records the failed guard.
 """
 from __future__ import annotations
 
@@ -407,23 +413,24 @@ def _int8_guard(tmp: Path, out: Path, checkpoint: Any, model: RDModel, name: str
             f"calibrate on more or more representative normal images (--calibration DIR, --calibration-size), "
             f"or pass --int8-fallback (int8_fallback=True) to build fp32 instead. Nothing was written to {out}")
     log.warning("INT8 guard failed: building fp32 instead (int8_fallback)")
-    atomic_dir.discard(tmp)
-    tmp = atomic_dir.new_temp_dir(out)
+    fp32_dir = atomic_dir.new_temp_dir(out)
     section["fallback"] = "fp32"
     fp_options = dict(options, winograd=winograd) if name == "openvino" else dict(options)
-    try:
-        _write_engine(tmp, model, name, "fp32", max_batch, source, am, thr, reason, fp_options, None, None, t0,
-                      int8_section=section)
-        _probe(tmp, engine_options)
+    try:  # the fp32 ONNX graph of the INT8 build is reused: the export is the slow step
+        _write_engine(fp32_dir, model, name, "fp32", max_batch, source, am, thr, reason, fp_options, None, None, t0,
+                      int8_section=section, onnx_from=tmp / "model.onnx")
+        _probe(fp32_dir, engine_options)
     except BaseException:
-        atomic_dir.discard(tmp)
+        atomic_dir.discard(fp32_dir)
         raise
-    return tmp
+    atomic_dir.discard(tmp)
+    return fp32_dir
 
 
 def _write_engine(out: Path, model: RDModel, name: str, precision: str, max_batch: int, source: dict,
                   am: dict, thr: dict, reason: str, options: dict[str, Any],
-                  plan: Any, timing_cache: str | None, t0: float, int8_section: dict | None = None) -> None:
+                  plan: Any, timing_cache: str | None, t0: float, int8_section: dict | None = None,
+                  onnx_from: Path | None = None) -> None:
     """Export ``model`` for backend ``name`` into the empty directory ``out``, engine.json last."""
     feature_dtype = "float16" if precision == "fp16" and name in ("tensorrt", "torch") else "float32"
     extra: dict[str, Any] = {"build": {"backend_choice": reason, "options": options}}
@@ -433,7 +440,11 @@ def _write_engine(out: Path, model: RDModel, name: str, precision: str, max_batc
         from ..export.onnx import export_onnx, non_finite_initializers, verify_onnx
 
         dtype = torch.float16 if precision == "fp16" and name == "tensorrt" else torch.float32
-        onnx_path = export_onnx(model, out / "model.onnx", max_batch=max_batch, dtype=dtype)
+        if onnx_from is not None and dtype == torch.float32:  # the same fp32 graph, already exported
+            import shutil
+            onnx_path = Path(shutil.copyfile(onnx_from, out / "model.onnx"))
+        else:
+            onnx_path = export_onnx(model, out / "model.onnx", max_batch=max_batch, dtype=dtype)
         bad = non_finite_initializers(onnx_path)
         if bad:  # a backend may turn NaN into finite numbers (OpenVINO's ReLU), so the probe cannot see it
             raise NonFiniteOutputError(f"refusing to build: the exported graph's constants {bad[:4]} hold NaN/inf "

@@ -8,17 +8,25 @@ Guard (:func:`compare`): the INT8 engine against the fp32 reference (the torch m
 held-out images: Spearman rank correlation of the image scores and the relative error of the
 maps; with a labelled test set also the image and pixel AUROC of both. Thresholds
 (:class:`GuardThresholds`) were set from the trained demo run (mvtec brick, efficientnet_lite0
-RD, 256x256; 40 held-out training images, 180 test images; NNCF INT8, 64 calibration images):
+RD, 256x256, 180 test images). "good" is NNCF INT8 on 64 calibration images (40 other held-out
+training images) and, second figure, the default build (170 calibration images, the 50 held-out
+images of seed 0, which include some of the run's 20 injected anomalous training images); the
+broken ones calibrate on 16 frames of saturated noise or of one colour:
 
-=========================  ==========  ======================  ======================  =========
-figure                     good INT8   saturated-noise calib.  constant-colour calib.  threshold
-=========================  ==========  ======================  ======================  =========
-Spearman (held-out scores)  0.977-0.979      0.775                   -0.157             >= 0.95
-map rel. error, mean        0.068            0.185                    0.845             <= 0.15
-map rel. error, max         0.27-0.28        0.27                     0.98              <= 0.50
-image AUROC fp32 -> int8    0.987->0.994     0.987->0.982            0.987->0.514     drop <= 0.005
-pixel AUROC fp32 -> int8    0.972->0.974     0.972->0.964            0.972->0.601     drop <= 0.01
-=========================  ==========  ======================  ======================  =========
+=========================  =============  ======================  ======================  =========
+figure                     good INT8      saturated-noise calib.  constant-colour calib.  threshold
+=========================  =============  ======================  ======================  =========
+Spearman (held-out scores)  0.979 / 0.960       0.775                   -0.157             >= 0.90
+map rel. error, mean        0.068 / 0.100       0.185                    0.845             <= 0.25
+map rel. error, max         0.27 / 0.41         0.27                     0.98              <= 0.75
+image AUROC fp32 -> int8    0.987->0.994        0.987->0.982            0.987->0.514     drop <= 0.005
+pixel AUROC fp32 -> int8    0.972->0.974        0.972->0.964            0.972->0.601     drop <= 0.01
+=========================  =============  ======================  ======================  =========
+
+Spearman over normal images is the guard's main test without labels: it separates good builds
+(0.96-0.98) from broken ranges (< 0.8) with room on both sides. The map error bars only catch
+gross failures: a good build's map differs by 10 % of the score on average and still ranks
+test images as well as fp32 (the AUROC columns).
 
 The map error of one image is ``max |m_int8 - m_fp32| / max m_fp32`` (the score scale: a
 difference the size of the score itself is a different verdict). The AUROC bars are those
@@ -36,9 +44,10 @@ from typing import Any, Sequence
 import numpy as np
 
 # Held-out guard images taken from the pool before calibration: a quarter of the pool, at least
-# MIN_GUARD_IMAGES (a rank correlation over fewer is mostly noise) and at most MAX_GUARD_IMAGES
-# (enough for a stable Spearman; each costs one fp32 and one INT8 pass at build time).
-MIN_GUARD_IMAGES = 6
+# MIN_GUARD_IMAGES and at most MAX_GUARD_IMAGES (enough for a stable Spearman; each costs one fp32
+# and one INT8 pass at build time). 8: two swapped pairs of near-equal scores give Spearman 0.952
+# (passes 0.90); over 6 images they give 0.886, so two harmless swaps would refuse the build.
+MIN_GUARD_IMAGES = 8
 MAX_GUARD_IMAGES = 50
 
 
@@ -47,12 +56,12 @@ class GuardThresholds:
     """What an INT8 engine must meet against the fp32 reference (see the module docstring for the
     measurements behind each number)."""
 
-    # rank order of normal images' scores: good INT8 measured 0.977-0.979; broken ranges < 0.8
-    min_spearman: float = 0.95
-    # mean over images of max|diff| / max(ref map): good 0.068; broken 0.185 (noise) .. 0.85
-    max_map_rel_error_mean: float = 0.15
-    # the worst image: good 0.28; a constant-colour calibration 0.98
-    max_map_rel_error_max: float = 0.50
+    # rank order of normal images' scores: good INT8 measured 0.960-0.979; broken ranges < 0.8
+    min_spearman: float = 0.90
+    # mean over images of max|diff| / max(ref map): good 0.068-0.100; a constant-colour calibration 0.85
+    max_map_rel_error_mean: float = 0.25
+    # the worst image: good 0.27-0.41; a constant-colour calibration 0.98
+    max_map_rel_error_max: float = 0.75
     # issue 14's accuracy bar for INT8 engines (only with a labelled test set)
     max_image_auroc_drop: float = 0.005
     max_pixel_auroc_drop: float = 0.01
@@ -166,17 +175,24 @@ def compare(ref_scores: np.ndarray, ref_maps: np.ndarray, scores: np.ndarray, ma
             out["auroc"][f"{kind}_drop"] = float(drop)
             if not drop <= limit:
                 failed.append(f"{kind} AUROC drop {drop:.4f} > {limit}")
+    for key in ("map_rel_error_mean", "map_rel_error_max"):  # NaN from a non-finite map: JSON has no NaN
+        if not math.isfinite(out[key]):
+            out[key] = None
     out["thresholds"] = thresholds.as_dict()
     out["passed"] = not failed
     out["failed"] = failed
     return out
 
 
+def _fmt(v: Any) -> str:
+    return "nan" if v is None else f"{v:.4f}"
+
+
 def describe(guard: dict[str, Any]) -> str:
     """One line of what the guard measured, for the log and the CLI."""
     rho = guard.get("spearman")
     parts = [f"{guard['images']} held-out images: Spearman {'nan' if rho is None else f'{rho:.4f}'}",
-             f"map error mean {guard['map_rel_error_mean']:.4f} max {guard['map_rel_error_max']:.4f}"]
+             f"map error mean {_fmt(guard['map_rel_error_mean'])} max {_fmt(guard['map_rel_error_max'])}"]
     a = guard.get("auroc")
     if a:
         parts.append(f"image AUROC {a['image_fp32']:.4f} -> {a['image_int8']:.4f}, "

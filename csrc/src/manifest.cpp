@@ -163,6 +163,40 @@ bool plain_relative(const std::string& name) {
     return true;
 }
 
+/// The optional top-level "int8" section (docs/engine_format.md), the rules of engine_format.py:
+/// {tool: a non-empty string, calibration: an object, guard: {passed: true/false, thresholds: an
+/// object, spearman: null or in [-1, 1], map_rel_error_mean/max: null or finite}}. An int8 engine
+/// whose guard failed is refused, and so is a passed guard in an engine of another precision.
+void check_int8_section(const Manifest& m, const json::Value& root) {
+    const json::Value* sec = root.find("int8");
+    if (sec == nullptr) return;
+    if (!sec->is_object()) bad(m, "'int8' must be an object {tool, calibration, guard}");
+    const json::Value* tool = sec->find("tool");
+    if (tool == nullptr || !tool->is_string() || tool->string.empty()) bad(m, "int8.tool must be a non-empty string");
+    const json::Value* cal = sec->find("calibration");
+    if (cal == nullptr || !cal->is_object()) bad(m, "int8.calibration must be an object");
+    const json::Value* guard = sec->find("guard");
+    const json::Value* passed = guard != nullptr ? guard->find("passed") : nullptr;
+    const json::Value* thresholds = guard != nullptr ? guard->find("thresholds") : nullptr;
+    if (guard == nullptr || !guard->is_object() || passed == nullptr || !passed->is_bool() || thresholds == nullptr ||
+        !thresholds->is_object())
+        bad(m, "int8.guard must be an object with 'passed' (true/false) and 'thresholds'");
+    for (const char* key : {"map_rel_error_mean", "map_rel_error_max"}) {
+        const json::Value* v = guard->find(key);
+        if (v != nullptr && !v->is_null() && !(v->is_number() && std::isfinite(v->number)))
+            bad(m, std::string("int8.guard.") + key + " must be a finite number or null");
+    }
+    const json::Value* rho = guard->find("spearman");
+    if (rho != nullptr && !rho->is_null() && !(rho->is_number() && rho->number >= -1.0 && rho->number <= 1.0))
+        bad(m, "int8.guard.spearman must be null or a number in [-1, 1]");
+    if (m.precision == "int8" && !passed->boolean)
+        bad(m, "precision is 'int8' but int8.guard.passed is false (an INT8 engine that failed its accuracy guard); "
+               "rebuild the engine");
+    if (m.precision != "int8" && passed->boolean)
+        bad(m, "an 'int8' section whose guard passed belongs to an int8 engine, but precision is '" + m.precision +
+               "'");
+}
+
 }  // namespace
 
 Manifest read_manifest(const std::string& engine_dir) {
@@ -283,6 +317,8 @@ Manifest read_manifest(const std::string& engine_dir) {
     const json::Value& thr = need(m, root, "threshold", json::Value::Type::Object, "");
     // scores are sums of cosine distances: a negative threshold would flag every frame
     m.threshold = static_cast<float>(number_in(m, thr, "value", "threshold.", 0.0, std::numeric_limits<double>::max()));
+
+    check_int8_section(m, root);
 
     const json::Value& files = need(m, root, "files", json::Value::Type::Object, "");
     for (const auto& kv : files.object) {

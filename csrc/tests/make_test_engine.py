@@ -4,14 +4,18 @@ The network is a random-teacher ``build_rd_model("resnet18", pretrained=False, i
 seed=0)``: ~11 M parameters, features (64,16,16), (128,8,8), (256,4,4), a few ms per frame.
 ``--micro`` writes a three-convolution stand-in with the same output contract instead
 (32x32 input, features (8,8,8), (16,4,4), (32,2,2), ~50 us per frame) for tests that score
-thousands of times (memory growth, AddressSanitizer). The directory is written by ``cdd_engine.build(model, backend="openvino")``, so the tests
+thousands of times (memory growth, AddressSanitizer). ``--int8`` writes the INT8 engine of the
+tiny network instead (NNCF post-training quantization on 40 seeded smooth frames, accuracy guard on
+held-out ones); its ``reference.json`` scores are the Python runtime's scores of that INT8 engine
+(the native runtime must match them: same IR, same CPU plugin), with the fp32 reference scores
+beside them as ``fp32_scores``. The directory is written by ``cdd_engine.build(model, backend="openvino")``, so the tests
 exercise the real engine format end to end; a checkout without the Python runtime falls
 back to writing docs/engine_format.md by hand (model.onnx + OpenVINO IR + engine.json).
 
 Reference scores come from the Python reference pipeline: ``cdd_engine.preprocess``
 (float32, as training) -> the PyTorch model -> ``cdd_engine.anomaly_map`` in float64.
 
-    python csrc/tests/make_test_engine.py --out ENGINE_DIR [--frames FRAMES_DIR] [--micro]
+    python csrc/tests/make_test_engine.py --out ENGINE_DIR [--frames FRAMES_DIR] [--micro | --int8]
 
 FRAMES_DIR gets P6 (RGB) / P5 (gray) files of odd sizes and ``reference.json``
 ({"files": [...], "formats": [...], "scores": [...]}).
@@ -190,10 +194,26 @@ def write_pnm(path: Path, img: np.ndarray) -> None:
         f.write(np.ascontiguousarray(img).tobytes())
 
 
+INT8_CALIBRATION = 40  # smooth seeded frames: 32 calibrate, 8 are held out for the accuracy guard
+
+
+def calibration_frames(n: int = INT8_CALIBRATION, seed: int = 2) -> list[np.ndarray]:
+    """Smooth random 64x64 RGB frames (a random field plus a blob) for INT8 calibration."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        base = rng.integers(0, 256, size=(8, 8, 3)).astype(np.float32)
+        img = torch.nn.functional.interpolate(torch.from_numpy(base).permute(2, 0, 1)[None], size=(IMAGE_SIZE,) * 2,
+                                              mode="bilinear", align_corners=False)[0].permute(1, 2, 0).numpy()
+        out.append(np.clip(img + rng.normal(0, 8, size=img.shape), 0, 255).astype(np.uint8))
+    return out
+
+
 def make_engine(out: str | os.PathLike, frames_dir: str | os.PathLike | None = None,
-                micro: bool = False) -> dict:
+                micro: bool = False, int8: bool = False) -> dict:
     """Writes the engine directory (and demo frames); returns {"engine": path, "scores": [...]}
-    with the reference scores of :func:`make_frames`."""
+    with the reference scores of :func:`make_frames` (for ``int8``: the Python runtime's scores of
+    the INT8 engine, and "fp32_scores")."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     model = tiny_model(micro)
@@ -205,7 +225,15 @@ def make_engine(out: str | os.PathLike, frames_dir: str | os.PathLike | None = N
         from cdd_engine.runtime import build
     except ImportError:  # a checkout without the Python runtime: the documented format by hand
         build = None
-    if build is not None:
+    fp32_scores = scores
+    if int8:
+        if build is None:
+            raise SystemExit("--int8 needs the Python runtime (cdd_engine.runtime.build with NNCF)")
+        engine = build(model, backend="openvino", precision="int8", max_batch=MAX_BATCH, output_dir=out,
+                       threshold=threshold, verify=False, calibration_frames=calibration_frames(),
+                       runtime="python", num_threads=1)
+        scores = np.array([float(engine.score([img], pixel_format=fmt).scores[0]) for img, fmt in frames])
+    elif build is not None:
         build(model, backend="openvino", precision="fp32", max_batch=MAX_BATCH, output_dir=out,
               threshold=threshold, verify=False, num_threads=1)
     else:
@@ -223,25 +251,27 @@ def make_engine(out: str | os.PathLike, frames_dir: str | os.PathLike | None = N
             write_pnm(frames_dir / name, img)
             files.append(name)
             formats.append(fmt)
-        (frames_dir / "reference.json").write_text(json.dumps(
-            {"files": files, "formats": formats, "scores": scores.tolist(),
-             "threshold": float(np.median(scores))}, indent=1))
+        doc = {"files": files, "formats": formats, "scores": scores.tolist(), "threshold": threshold}
+        if int8:
+            doc["fp32_scores"] = fp32_scores.tolist()
+        (frames_dir / "reference.json").write_text(json.dumps(doc, indent=1))
         result["frames"] = str(frames_dir)
     return result
 
 
-def cached_engine(micro: bool = False, root: str | os.PathLike | None = None) -> dict:
+def cached_engine(micro: bool = False, root: str | os.PathLike | None = None, int8: bool = False) -> dict:
     """:func:`make_engine` into a cache directory keyed by this script's content, so test
     sessions reuse an engine instead of exporting it again (~10 s). Returns make_engine's dict
     plus "frames" (not for micro)."""
     import tempfile
     key = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
-    base = Path(root or tempfile.gettempdir()) / f"cdd_native_test_{'micro' if micro else 'tiny'}_{key}"
+    kind = "micro" if micro else "int8" if int8 else "tiny"
+    base = Path(root or tempfile.gettempdir()) / f"cdd_native_test_{kind}_{key}"
     done = base / "done.json"
     if done.is_file():
         return json.loads(done.read_text())
     tmp = base.with_name(base.name + f".{os.getpid()}")
-    r = make_engine(tmp / "engine", None if micro else tmp / "frames", micro=micro)
+    r = make_engine(tmp / "engine", None if micro else tmp / "frames", micro=micro, int8=int8)
     try:
         tmp.rename(base)
     except OSError:  # another process won the race: use its copy
@@ -260,11 +290,12 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="engine directory to write")
     ap.add_argument("--frames", help="also write demo frames and reference.json here")
     ap.add_argument("--micro", action="store_true", help="the ~50 us/frame stand-in network")
+    ap.add_argument("--int8", action="store_true", help="the INT8 (NNCF) engine of the tiny network")
     ap.add_argument("--reuse", action="store_true",
                     help="link --out/--frames to the cache that the pytest suite uses (cached_engine)")
     args = ap.parse_args()
     if args.reuse:
-        r = cached_engine(micro=args.micro)
+        r = cached_engine(micro=args.micro, int8=args.int8)
         for link, target in ((args.out, r["engine"]), (args.frames, r.get("frames"))):
             if link and target:
                 link = Path(link)
@@ -276,7 +307,7 @@ def main() -> None:
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(target, target_is_directory=True)
     else:
-        r = make_engine(args.out, args.frames, micro=args.micro)
+        r = make_engine(args.out, args.frames, micro=args.micro, int8=args.int8)
     print(json.dumps({k: v for k, v in r.items() if k != "scores"}))
 
 

@@ -1,0 +1,392 @@
+"""INT8 OpenVINO engines (issue 14): NNCF build on a tiny run, the engine.json "int8" section, the
+seeded and reproducible calibration, the accuracy guard refusing a broken calibration (previous
+engine untouched) or falling back to fp32, CLI flags and bad options refused before any work,
+the readers' FakeQuantize rule, and native vs Python parity on the INT8 engine.
+
+Cost (2 cores): three full builds of the resnet18 64x64 test model (dynamo export + NNCF) and two
+of the three-convolution micro model."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cdd_engine
+from cdd_engine import checkpoint as ckpt
+from cdd_engine import cli_engine
+from cdd_engine.engine_format import read_manifest, sha256_file
+from cdd_engine.errors import AccuracyGuardError, EngineFormatError
+from cdd_engine.metrics import image_auroc
+from cdd_engine.runtime import int8_guard
+from cdd_engine.runtime.int8_guard import GuardThresholds, plan_calibration, spearman
+from engine_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
+from engine_helpers import frames, reference, tiny_model, write_run_dir
+from rd_fixtures import write_tiny_mvtec
+
+N_TRAIN = 30  # guard_count(30) = 8 held out, 22 calibrate
+# Figures measured on this test model (guard): Spearman 1.0, mean map error 0.0026, max 0.0031.
+# A fresh-frame INT8 score against the fp32 torch reference stays within 2 % (8x the measured max).
+INT8_SCORE_RTOL = 0.02
+
+
+def _main(argv):
+    parser = argparse.ArgumentParser(prog="cdd-engine")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true")
+    common.add_argument("--quiet", action="store_true")
+    sub = parser.add_subparsers(dest="command")
+    real = sub.add_parser
+    sub.add_parser = lambda name, **kw: real(name, parents=[common], **kw)
+    cli_engine.add_build_parser(sub)
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A run directory whose config.json points at its training images (varied frames, so the
+    training scores spread and their rank order means something) and a labelled test set."""
+    root = tmp_path_factory.mktemp("int8")
+    data = write_tiny_mvtec(root / "data", n_train=1, n_good=4, n_bad=4, size=64)
+    train_dir = data / "widget" / "train" / "good"
+    for p in train_dir.iterdir():
+        p.unlink()
+    for i, f in enumerate(frames(N_TRAIN, 64, 64, seed=11)):
+        Image.fromarray(f).save(train_dir / f"{i:03d}.png")
+    model = tiny_model(seed=3)
+    run_dir = write_run_dir(root / "run", model)
+    config = json.loads((run_dir / ckpt.CONFIG_FILE).read_text())
+    config["data"] = {"root": str(data), "layout": "mvtec", "category": "widget", "color": "rgb"}
+    ckpt.write_json(run_dir / ckpt.CONFIG_FILE, config)
+    ckpt.write_json(run_dir / ckpt.SCORES_FILE, {
+        "epoch": 1, "threshold": 0.75, "rule": {"name": "median_mad", "k": 3.0},
+        "scores": [{"path": f"widget/train/good/{i:03d}.png", "score": 0.5} for i in range(N_TRAIN)]})
+    return run_dir, model, data
+
+
+# The AUROC bars are meaningless for a random-teacher model on 8 test images (one swapped pair moves
+# image AUROC by 0.06): here they are opened, and the recorded figures are checked against metrics.
+LOOSE_AUROC = GuardThresholds(max_image_auroc_drop=1.0, max_pixel_auroc_drop=1.0)
+
+
+@pytest.fixture(scope="module")
+def int8_engine(run, tmp_path_factory):
+    run_dir, _, data = run
+    out = tmp_path_factory.mktemp("eng") / "int8"
+    cdd_engine.build(run_dir, backend="openvino", precision="int8", max_batch=4, output_dir=out, verify=False,
+                     data=str(data), guard=LOOSE_AUROC, runtime="python")
+    return out
+
+
+@pytest.fixture(scope="module")
+def fallback_engine(run, tmp_path_factory):
+    """CLI build calibrated on constant-colour frames with --int8-fallback: the guard fails, fp32 is built."""
+    run_dir, _, _ = run
+    d = tmp_path_factory.mktemp("flat")
+    for i in range(8):
+        Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(d / f"{i}.png")
+    out = tmp_path_factory.mktemp("eng") / "fallback"
+    # the real entry point in a child (NNCF's progress display swaps sys.stdout, so capture it whole)
+    proc = subprocess.run([sys.executable, "-m", "cdd_engine.cli", "build", "--checkpoint", str(run_dir),
+                           "--backend", "openvino", "--precision", "int8", "--calibration", str(d),
+                           "--calibration-size", "8", "--int8-fallback", "--max-batch", "4", "--no-verify",
+                           "--threads", "1", "--out", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=600)
+    return out, proc.returncode, proc.stdout + proc.stderr
+
+
+def _fake_quantize_ops(xml: Path) -> int:
+    return xml.read_text().count('type="FakeQuantize"')
+
+
+# ----------------------------------------------------------------------------- the INT8 build
+def test_int8_engine_section_and_scores_against_fp32_reference(run, int8_engine):
+    _, model, data = run
+    m = json.loads((int8_engine / "engine.json").read_text())
+    assert m["precision"] == "int8" and m["backend"] == "openvino"
+    assert _fake_quantize_ops(int8_engine / "model.xml") > 10
+    sec = m["int8"]
+    assert sec["tool"].startswith("nncf 3.4")
+    cal = sec["calibration"]
+    assert (cal["source"], cal["pool"], cal["size"], cal["seed"]) == ("training images of the run", 30, 22, 0)
+    g = sec["guard"]
+    assert g["passed"] and g["images"] == 8 and g["failed"] == []
+    assert g["spearman"] >= g["thresholds"]["min_spearman"] == 0.90
+    assert 0 < g["map_rel_error_mean"] <= g["map_rel_error_max"] <= 0.75
+    opts = m["build"]["options"]
+    assert opts["winograd"] is False and opts["calibration_size"] == 300 and opts["calibration_seed"] == 0
+    assert sec["quantization"]["keep_fp32"] == "none" and sec["quantization"]["fake_quantize_ops"] > 10
+    # the AUROC figures recorded are those of metrics on the fp32 reference pipeline
+    from cdd_engine.data.readers import read_dataset
+    from cdd_engine.data.images import load_image
+    split = read_dataset(data, "mvtec", "widget")
+    imgs = [load_image(s.path) for s in split.test]
+    _, ref_scores = reference(model, imgs)
+    assert g["auroc"]["image_fp32"] == pytest.approx(image_auroc([s.label for s in split.test], ref_scores), abs=1e-9)
+    assert g["auroc"]["image_drop"] == pytest.approx(g["auroc"]["image_fp32"] - g["auroc"]["image_int8"])
+    # fresh frames of odd sizes: INT8 scores near the fp32 torch reference, maps too
+    x = [frames(1, h, w, seed=s)[0] for s, (h, w) in enumerate([(64, 64), (97, 51), (33, 130)], start=50)]
+    ref_maps, ref_s = reference(model, x)
+    got = cdd_engine.Engine(int8_engine, runtime="python").score(x)
+    np.testing.assert_allclose(got.scores, ref_s, rtol=INT8_SCORE_RTOL)
+    assert int8_guard.map_rel_errors(ref_maps, got.maps).max() < 5 * INT8_SCORE_RTOL
+    assert not np.array_equal(got.scores.astype(np.float64), ref_s)  # it really is another network
+
+
+def test_calibration_choice_is_seeded_and_holds_out_the_guard(run):
+    run_dir = run[0]
+    a, b = plan_calibration(run_dir, None, 300, 0), plan_calibration(run_dir, None, 300, 0)
+    assert a.record == b.record and len(a.calibration) == 22 and len(a.guard) == 8
+    c = plan_calibration(run_dir, None, 300, 1)
+    assert c.record["images_sha256"] != a.record["images_sha256"]  # same images, another order
+    key = lambda f: hashlib.sha256(f.tobytes()).hexdigest()  # noqa: E731
+    assert not {key(f) for f in a.calibration} & {key(f) for f in a.guard}
+    small = plan_calibration(run_dir, None, 5, 0)
+    assert len(small.calibration) == 5 and [key(f) for f in small.calibration] == [key(f) for f in a.calibration[:5]]
+
+
+def test_int8_build_is_reproducible(tmp_path):
+    """Same frames, same seed -> byte-identical weights and ranges (model.bin) and the same graph
+    (micro model: three convolutions). The xml differs only in the names OpenVINO numbers from a
+    per-process counter (Constant_42590 in the first build, Constant_114571 in the second)."""
+    import re
+    from native_helpers import mte
+    cal = frames(24, 32, 32, seed=5)
+    digests = []
+    for name in ("a", "b"):
+        e = cdd_engine.build(mte.micro_model(), backend="openvino", precision="int8", threshold=1.0, max_batch=4,
+                             output_dir=tmp_path / name, verify=False, calibration_frames=cal, runtime="python")
+        xml = re.sub(r'name="[^"]*_\d+"', 'name=""', (e.engine_dir / "model.xml").read_text())
+        digests.append((sha256_file(e.engine_dir / "model.bin"), hashlib.sha256(xml.encode()).hexdigest()))
+    assert digests[0] == digests[1]
+    other = cdd_engine.build(mte.micro_model(), backend="openvino", precision="int8", threshold=1.0, max_batch=4,
+                             output_dir=tmp_path / "c", verify=False, calibration_frames=cal, calibration_seed=1,
+                             runtime="python")
+    assert sha256_file(other.engine_dir / "model.bin") != digests[0][0]  # other images -> other ranges
+    m = json.loads((tmp_path / "a" / "engine.json").read_text())
+    assert m["int8"]["calibration"]["source"] == "frames given" and m["int8"]["guard"]["passed"]
+    assert m["int8"]["guard"]["source"] == "held-out calibration images"
+
+
+# ----------------------------------------------------------------------------- the guard
+def test_broken_calibration_is_refused_and_previous_engine_untouched(run, int8_engine, tmp_path):
+    out = Path(shutil.copytree(int8_engine, tmp_path / "eng"))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    flat = np.full((12, 64, 64, 3), 200, np.uint8)  # one colour: every activation range collapses
+    with pytest.raises(AccuracyGuardError, match=r"refusing the INT8 engine.*Spearman.*FAILED.*--int8-fallback"):
+        cdd_engine.build(run[0], backend="openvino", precision="int8", max_batch=4, output_dir=out, verify=False,
+                         calibration_frames=flat, runtime="python")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eng"]  # no temporary directory left
+
+
+def test_int8_fallback_builds_fp32_and_records_the_failed_guard(fallback_engine):
+    out, rc, printed = fallback_engine
+    assert rc == 0
+    m = read_manifest(out)
+    assert m["precision"] == "fp32" and _fake_quantize_ops(out / "model.xml") == 0
+    sec = m["int8"]
+    assert sec["fallback"] == "fp32" and sec["guard"]["passed"] is False and sec["guard"]["failed"]
+    assert sec["calibration"]["size"] == 8 and sec["calibration"]["seed"] == 0
+    assert sec["calibration"]["source"].startswith("directory ")
+    assert sec["guard"]["source"] == "training images of the run (none used for calibration)"
+    assert m["build"]["options"]["int8_fallback"] is True and m["build"]["options"]["winograd"] is True
+    assert "accuracy guard:" in printed and "FAILED" in printed and "built fp32 instead" in printed
+
+
+def test_cli_passes_every_int8_flag_to_build(run, tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_build(checkpoint, **kw):
+        seen.update(kw, checkpoint=checkpoint)
+        raise AccuracyGuardError("stop here")
+    monkeypatch.setattr(cdd_engine, "build", fake_build)
+    with pytest.raises(AccuracyGuardError, match="stop here"):
+        _main(["build", "--checkpoint", str(run[0]), "--backend", "openvino", "--precision", "int8", "--quiet",
+               "--calibration", "cal", "--calibration-size", "17", "--calibration-seed", "5", "--int8-fallback",
+               "--data", "d", "--keep-fp32", "student_last", "--out", str(tmp_path / "o")])
+    assert {k: seen[k] for k in ("calibration_frames", "calibration_size", "calibration_seed", "int8_fallback",
+                                 "data", "keep_fp32", "precision")} == {
+        "calibration_frames": "cal", "calibration_size": 17, "calibration_seed": 5, "int8_fallback": True,
+        "data": "d", "keep_fp32": "student_last", "precision": "int8"}
+
+
+# ----------------------------------------------------------------------------- bad options
+def test_bad_int8_options_are_refused_before_any_work(run, tmp_path, monkeypatch, capsys):
+    import cdd_engine.export.onnx as onnx_export
+
+    def no_export(*a, **k):
+        raise AssertionError("export started before the options were checked")
+    monkeypatch.setattr(onnx_export, "export_onnx", no_export)
+    run_dir = run[0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = [dict(calibration_size=0), dict(calibration_size=-3), dict(calibration_size=True),
+             dict(calibration_size=2.5), dict(calibration_seed=-1), dict(int8_fallback="yes"),
+             dict(calibration_frames=str(tmp_path / "missing")), dict(calibration_frames=str(empty)),
+             dict(data=str(tmp_path / "missing")), dict(keep_fp32="teacher")]
+    for kw in cases:
+        with pytest.raises(ValueError, match="calibration_size|calibration_seed|int8_fallback|calibration directory"
+                                             "|data|keep_fp32"):
+            cdd_engine.build(run_dir, backend="openvino", precision="int8", output_dir=tmp_path / "o", **kw)
+    with pytest.raises(TypeError, match="GuardThresholds"):
+        cdd_engine.build(run_dir, backend="openvino", precision="int8", output_dir=tmp_path / "o", guard={"a": 1})
+    with pytest.raises(ValueError, match="needs calibration_frames"):
+        cdd_engine.build(tiny_model(), backend="openvino", precision="int8", threshold=1.0, output_dir=tmp_path / "o")
+    with pytest.raises(ValueError, match="min_spearman"):
+        GuardThresholds(min_spearman=2.0)
+    assert not (tmp_path / "o").exists()
+    for argv, what in ((["--calibration-size", "0"], "must be >= 1"), (["--calibration-size", "-2"], "must be >= 1"),
+                       (["--calibration-seed", "-1"], "must be >= 0")):
+        with pytest.raises(SystemExit):
+            _main(["build", "--checkpoint", str(run_dir), "--precision", "int8", "--out", str(tmp_path / "o"), *argv])
+        assert what in capsys.readouterr().err
+    with pytest.raises(ValueError, match="calibration directory .*missing"):
+        _main(["build", "--checkpoint", str(run_dir), "--backend", "openvino", "--precision", "int8", "--quiet",
+               "--calibration", str(tmp_path / "missing"), "--out", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match="are for --precision int8"):
+        _main(["build", "--checkpoint", str(run_dir), "--int8-fallback", "--out", str(tmp_path / "o"), "--quiet"])
+
+
+# ----------------------------------------------------------------------------- guard arithmetic
+def test_spearman_against_scipy_with_ties_and_odd_lengths():
+    from scipy.stats import spearmanr
+    rng = np.random.default_rng(123)
+    for n in (2, 3, 7, 50, 101):
+        a = rng.normal(size=n)
+        b = a + rng.normal(scale=0.5, size=n)
+        b[: n // 3] = np.round(b[: n // 3])  # ties
+        a[-(n // 4) or n:] = 1.0
+        want = spearmanr(a, b).statistic
+        got = spearman(a, b)
+        assert got == pytest.approx(want, abs=1e-12) if np.isfinite(want) else np.isnan(got)
+    assert np.isnan(spearman([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError):
+        spearman([1.0], [2.0])
+
+
+def test_map_errors_and_compare_against_a_loop():
+    rng = np.random.default_rng(7)
+    ref = rng.uniform(0.1, 1.0, size=(5, 9, 13))
+    got = ref + rng.normal(scale=0.01, size=ref.shape)
+    errs = int8_guard.map_rel_errors(ref, got)
+    for i in range(5):
+        assert errs[i] == pytest.approx(np.abs(got[i] - ref[i]).max() / ref[i].max(), rel=1e-12)
+    s = ref.reshape(5, -1).max(1)
+    ok = int8_guard.compare(s, ref, got.reshape(5, -1).max(1), got, GuardThresholds())
+    assert ok["passed"] and ok["map_rel_error_max"] == pytest.approx(errs.max())
+    bad = int8_guard.compare(s, ref, s[::-1].copy(), got, GuardThresholds())
+    assert not bad["passed"] and any("Spearman" in f for f in bad["failed"])
+    drop = int8_guard.compare(s, ref, s, ref, GuardThresholds(), auroc={"image_fp32": 0.99, "image_int8": 0.98,
+                                                                         "pixel_fp32": 0.97, "pixel_int8": 0.97})
+    assert drop["failed"] == ["image AUROC drop 0.0100 > 0.005"]
+
+
+# ----------------------------------------------------------------------------- readers
+def _rewrite(engine: Path, edit) -> None:
+    m = json.loads((engine / "engine.json").read_text())
+    edit(m)
+    (engine / "engine.json").write_text(json.dumps(m))
+
+
+def test_readers_tie_int8_to_fake_quantize(int8_engine, fallback_engine, tmp_path):
+    native = _native_or_none()
+    cases = []
+    e = Path(shutil.copytree(int8_engine, tmp_path / "relabelled"))
+    _rewrite(e, lambda m: (m.update(precision="fp32"), m.pop("int8")))
+    cases.append((e, "FakeQuantize operations"))
+    e = Path(shutil.copytree(fallback_engine[0], tmp_path / "fake_int8"))
+    _rewrite(e, lambda m: (m.update(precision="int8"), m.pop("int8")))
+    cases.append((e, "no FakeQuantize"))
+    e = Path(shutil.copytree(int8_engine, tmp_path / "failed_guard"))
+    _rewrite(e, lambda m: m["int8"]["guard"].update(passed=False))
+    cases.append((e, "failed its"))
+    e = Path(shutil.copytree(int8_engine, tmp_path / "bad_section"))
+    _rewrite(e, lambda m: m.update(int8=[1]))
+    cases.append((e, "'int8' must be an object"))
+    e = Path(shutil.copytree(int8_engine, tmp_path / "tampered_xml"))
+    xml = (e / "model.xml").read_text()
+    (e / "model.xml").write_text(xml.replace('type="FakeQuantize"', 'type="FakeQuantize" ', 1))
+    cases.append((e, "model.xml"))
+    for engine, msg in cases:
+        with pytest.raises(EngineFormatError, match=msg):
+            read_manifest(engine)
+        with pytest.raises(EngineFormatError, match=msg):
+            cdd_engine.Engine(engine, runtime="python")
+    if native is not None:  # the C++ reader: the same rules (manifest.cpp, the OpenVINO backend)
+        for engine, msg in cases:
+            with pytest.raises(ValueError, match=msg):
+                native.Engine(str(engine))
+
+
+# ----------------------------------------------------------------------------- native parity
+def _native_or_none():
+    from cdd_engine.native import NativeUnavailable, load
+    try:
+        return load()
+    except NativeUnavailable:
+        return None
+
+
+# Both runtimes run the same IR on the same CPU plugin; the C++ pre-processing matches the Python one
+# to ~1e-6, which could move an activation across an INT8 rounding step; measured worst score error
+# 2e-9 (ctest example_int8), so 1e-4 relative leaves room for one such step and still catches a real split.
+NATIVE_INT8_RTOL = 1e-4
+
+
+def test_native_and_python_runtimes_agree_on_the_int8_engine(int8_engine):
+    if _native_or_none() is None:
+        from native_helpers import require_native
+        if require_native():
+            raise AssertionError("the native module is required (CDD_REQUIRE_NATIVE=1) but not built")
+        pytest.skip("native module not built")
+    rng = np.random.default_rng(99)
+    x = [frames(1, h, w, seed=int(rng.integers(1 << 30)))[0] for h, w in [(64, 64), (81, 47), (150, 33), (20, 200)]]
+    x.append(rng.integers(0, 256, size=(70, 90), dtype=np.uint8))  # Mono8
+    py = cdd_engine.Engine(int8_engine, runtime="python")
+    nat = cdd_engine.Engine(int8_engine, runtime="native")
+    assert nat.runtime.startswith("native")
+    for batch, fmt in ((x[:4], "RGB"), (x[4:], "MONO")):
+        a, b = py.score(batch, pixel_format=fmt), nat.score(batch, pixel_format=fmt)
+        np.testing.assert_allclose(b.scores, a.scores, rtol=NATIVE_INT8_RTOL)
+        np.testing.assert_allclose(b.maps, a.maps, rtol=NATIVE_INT8_RTOL, atol=NATIVE_INT8_RTOL * float(a.maps.max()))
+
+
+def test_fp32_scope_names_student_layers_only(tmp_path):
+    """keep_fp32: "student_last" and "student" name the micro student's three 1x1 convolutions (its
+    whole student), never a teacher convolution; "none" nothing; anything else is refused."""
+    import openvino as ov
+    from native_helpers import mte
+    from cdd_engine.export.onnx import export_onnx
+    from cdd_engine.export.quantize import fp32_scope
+
+    model = mte.micro_model()
+    net = ov.Core().read_model(str(export_onnx(model, tmp_path / "m.onnx", max_batch=2)))
+    convs = [op for op in net.get_ordered_ops() if op.get_type_name() == "Convolution"]
+    kernels = {op.get_friendly_name(): tuple(op.input_value(1).get_partial_shape().to_shape())[2:] for op in convs}
+    assert len(convs) == 6
+    for keep in ("student_last", "student"):
+        names = fp32_scope(net, keep)
+        assert len(names) == 3 and all(kernels[n] == (1, 1) for n in names)  # the teacher's are 3x3
+    assert fp32_scope(net, "none") == []
+    with pytest.raises(ValueError, match="keep_fp32"):
+        fp32_scope(net, "teacher")
+
+
+def test_calibrating_on_the_training_folder_holds_the_guard_out_of_it(run):
+    """--calibration pointing at the training images themselves: no image is both calibration and
+    guard (the guard is then held out of the directory)."""
+    run_dir, _, data = run
+    p = plan_calibration(run_dir, str(data / "widget" / "train" / "good"), 300, 0)
+    assert p.record["pool"] == N_TRAIN and len(p.calibration) == N_TRAIN - 8 and len(p.guard) == 8
+    assert p.guard_source == "held-out calibration images"
+    key = lambda f: hashlib.sha256(f.tobytes()).hexdigest()  # noqa: E731
+    assert not {key(f) for f in p.calibration} & {key(f) for f in p.guard}
