@@ -7,7 +7,7 @@ benchmarks/RESULTS.md come from:
     python benchmarks/throughput.py --out benchmarks/results/engine_throughput
 
 Defaults: wide_resnet50_2 and efficientnet_lite0 (random weights; speed does not depend on
-them) at 256², batch 1, 8, 32, fp32, OpenVINO engine vs eager, 256² uint8 frames. Both
+them) at 256², batch 1, 8, 32, the fp32 and INT8 OpenVINO engines vs eager, 256² uint8 frames. Both
 pipelines use the machine's default threads. The cores are shared: interleave and read the
 medians and the paired ratios, and the load averages beside them.
 """
@@ -26,9 +26,10 @@ from cdd_engine.bench import postprocess_benchmark, throughput_benchmark, write_
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbones", default="wide_resnet50_2,efficientnet_lite0")
-    ap.add_argument("--backends", default="openvino",
+    ap.add_argument("--backends", default="openvino,openvino-int8",
                     help="comma-separated: openvino, torch, openvino:latency, openvino:throughput, "
-                         "openvino-direct[:mode] (built without the Winograd rewrite), any of them @python or @native")
+                         "openvino-direct[:mode] (built without the Winograd rewrite), openvino-int8[:mode] "
+                         "(INT8, NNCF; its fp32 engine is added to the same rounds), any of them @python or @native")
     ap.add_argument("--batch-sizes", default="1,8,32")
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--frame-size", type=int, default=None)

@@ -5,7 +5,9 @@ What is timed, per backbone and batch size: uint8 frames (N, H, W, 3) in -> scor
 
 - ``eager``: the reference pipeline, ``resize_normalize -> RDModel -> anomaly_map`` in
   ``torch.inference_mode`` (what training and evaluation use);
-- ``<backend>``: ``Engine.score(frames)`` of an engine built from the same model.
+- ``<backend>``: ``Engine.score(frames)`` of an engine built from the same model;
+  ``openvino-int8``: the INT8 OpenVINO engine (issue 14), always timed beside its fp32 engine
+  in the same rounds, with its ratios against that fp32 engine as well as against eager.
 
 Calls are interleaved round by round (eager, engine, eager, engine, ... with the order
 rotated every round), because the machines this runs on are shared and their load drifts:
@@ -190,39 +192,74 @@ def _stage_summary(stages: dict[str, list[float]], n: int, warmup: int) -> dict[
     return {k: 1e3 * float(np.median(v[warmup:])) / n for k, v in stages.items() if len(v) > warmup}
 
 
+# INT8 engines of random-weight models (throughput only): calibrated on random uint8 frames at the
+# model size. Speed does not depend on the ranges NNCF picks; accuracy is measured on trained runs
+# (benchmarks/int8_accuracy.py), so the build's accuracy guard is run and recorded in engine.json
+# but not enforced here (a random teacher on noise frames has no meaningful score ranking).
+# 32 frames (8 held out for the guard, 24 calibrate): NNCF's statistics pass over WRN50 at 256²
+# stays under a minute on 2 cores.
+INT8_CALIBRATION_FRAMES = 32
+INT8_BUILD_OPTIONS: dict[str, Any] = {}
+
+
+def speed_only_guard():
+    """Guard thresholds that every INT8 engine meets: for throughput rows of random-weight models."""
+    from .runtime.int8_guard import GuardThresholds
+    return GuardThresholds(min_spearman=-1.0, max_map_rel_error_mean=1e30, max_map_rel_error_max=1e30,
+                           max_image_auroc_drop=1.0, max_pixel_auroc_drop=1.0)
+
+
+def _calibration_frames(model: torch.nn.Module, n: int = INT8_CALIBRATION_FRAMES) -> np.ndarray:
+    h, w = model.image_size
+    return np.random.default_rng(1234).integers(0, 256, size=(n, h, w, 3), dtype=np.uint8)
+
+
 def _engine_for(backbone: str, backend: str, model: torch.nn.Module, engines_dir: Path, max_batch: int,
                 engine_options: dict[str, Any]):
     """Load (or build) the engine of ``backend`` for ``model`` in ``engines_dir``.
 
-    ``engine_options`` may hold the build-time key ``"_winograd"`` (OpenVINO: rewrite the 3x3
-    convolutions as Winograd, the export's default, or not); the rest go to ``Engine``.
+    ``engine_options`` may hold the build-time keys ``"_winograd"`` (OpenVINO: rewrite the 3x3
+    convolutions as Winograd, the export's default, or not) and ``"_precision"`` ("fp32" default,
+    "int8": OpenVINO post-training quantization, never Winograd); the rest go to ``Engine``.
     """
     import cdd_engine
     from .errors import EngineFormatError
 
     engine_options = dict(engine_options)
-    winograd = engine_options.pop("_winograd", True)
-    suffix = ("-winograd" if winograd else "-direct") if backend == "openvino" else ""
+    precision = engine_options.pop("_precision", "fp32")
+    winograd = engine_options.pop("_winograd", True) and precision != "int8"
+    if precision == "int8":
+        suffix = "-int8"
+    else:
+        suffix = ("-winograd" if winograd else "-direct") if backend == "openvino" else ""
     out = engines_dir / f"{backbone}_{model.image_size[0]}_{backend}{suffix}"
     if (out / "engine.json").is_file():
         try:
             eng = cdd_engine.load(out, **engine_options)
-            if eng.max_batch >= max_batch:
+            if eng.max_batch >= max_batch and eng.precision == precision:
                 return eng
         except EngineFormatError as e:
             log.info("rebuilding %s: %s", out, e)
     log.info("building the %s engine of %s (random weights) in %s", backend + suffix, backbone, out)
+    build_options: dict[str, Any] = {}
+    if precision != "fp32":
+        build_options["precision"] = precision
+    if precision == "int8":
+        build_options.update(calibration_frames=_calibration_frames(model), guard=speed_only_guard(),
+                             **INT8_BUILD_OPTIONS)
     return cdd_engine.build(model, backend=backend, max_batch=max_batch, output_dir=out, threshold=1.0,
-                            verify=False, winograd=winograd, **engine_options)
+                            verify=False, winograd=winograd, **build_options, **engine_options)
 
 
 def parse_variant(spec: str) -> tuple[str, str, dict[str, Any]]:
     """An engine to time -> (label, backend, options).
 
-    "openvino", "torch", "openvino:latency" / "openvino:throughput" (how batches run), and
+    "openvino", "torch", "openvino:latency" / "openvino:throughput" (how batches run),
     "openvino-direct[:mode]": the OpenVINO engine built without the Winograd rewrite of its 3x3
-    convolutions (export/openvino.py), to time both in the same run; a trailing "@python" or
-    "@native" picks the Engine's runtime (default: native where it is built).
+    convolutions (export/openvino.py), to time both in the same run; "openvino-int8[:mode]": the
+    INT8 OpenVINO engine (NNCF post-training quantization), timed beside its fp32 counterpart
+    (:func:`fp32_partner`); a trailing "@python" or "@native" picks the Engine's runtime
+    (default: native where it is built).
     """
     spec_main, _, runtime = spec.partition("@")
     backend, _, mode = spec_main.partition(":")
@@ -233,6 +270,11 @@ def parse_variant(spec: str) -> tuple[str, str, dict[str, Any]]:
         options["runtime"] = runtime
     if backend == "openvino-direct":
         backend, options["_winograd"] = "openvino", False
+    elif backend == "openvino-int8":
+        backend, options["_precision"] = "openvino", "int8"
+    elif backend.endswith("-int8"):
+        raise ValueError(f"INT8 rows here are openvino-int8 (a TensorRT INT8 plan needs a GPU: build it with "
+                         f"'cdd-engine build --precision int8' and time it with 'bench --engine'), got {spec!r}")
     if mode:
         if backend != "openvino":
             raise ValueError(f"only openvino takes a mode (openvino:auto|latency|throughput), got {spec!r}")
@@ -240,12 +282,47 @@ def parse_variant(spec: str) -> tuple[str, str, dict[str, Any]]:
     return spec, backend, options
 
 
+def fp32_partner(spec: str) -> str | None:
+    """The fp32 variant an INT8 variant is compared with ("openvino-int8:latency@native" ->
+    "openvino:latency@native"), None for variants that are not INT8."""
+    label, _, options = parse_variant(spec)
+    if options.get("_precision") != "int8":
+        return None
+    return spec.replace("openvino-int8", "openvino", 1)
+
+
+def with_fp32_partners(specs: Sequence[str]) -> list[str]:
+    """``specs`` with each INT8 variant's fp32 partner added right before it when missing, so
+    every INT8 row has its fp32 row from the same interleaved rounds."""
+    out: list[str] = []
+    for spec in specs:
+        partner = fp32_partner(spec)
+        if partner is not None and partner not in specs and partner not in out:
+            out.append(partner)
+        if spec not in out:
+            out.append(spec)
+    return out
+
+
+def add_fp32_ratios(results: dict[str, dict[str, float]], times: dict[str, list[float]],
+                    partners: dict[str, str]) -> None:
+    """INT8 rows: ``ratio_vs_fp32`` (median images/s over the fp32 engine's) and
+    ``median_paired_ratio_vs_fp32`` (median over rounds of fp32 call time / INT8 call time, the
+    two calls of a round run back to back, so they see about the same load)."""
+    for label, partner in partners.items():
+        if label in times and partner in times:
+            a, b = np.asarray(times[partner]), np.asarray(times[label])
+            results[label]["ratio_vs_fp32"] = float(np.median(a) / np.median(b))
+            results[label]["median_paired_ratio_vs_fp32"] = float(np.median(a / b))
+
+
 def _time_runs(name: str, model: torch.nn.Module | None, engines: dict[str, Any], batch_sizes: Sequence[int],
                frame_hw: tuple[int, int], rounds: int | dict[int, int], stages: bool, say: Callable[[str], None],
                rng: np.random.Generator, anomaly_map_options: dict[str, Any] | None = None,
-               warmup: int = 1) -> list[dict[str, Any]]:
+               warmup: int = 1, partners: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Interleaved rounds of eager (when ``model`` is given) and every engine, per batch size; the
-    stage breakdown is recorded in the same rounds (see the module docstring)."""
+    stage breakdown is recorded in the same rounds (see the module docstring). ``partners``:
+    INT8 label -> its fp32 engine's label, for :func:`add_fp32_ratios`."""
     runs = []
     for batch in batch_sizes:
         n_rounds = rounds[batch] if isinstance(rounds, dict) else rounds
@@ -268,6 +345,7 @@ def _time_runs(name: str, model: torch.nn.Module | None, engines: dict[str, Any]
             times.pop(f"{label} (stages)")
         run = {"backbone": name, "batch": batch, "loadavg": [load0, _loadavg()],
                "results": summarize(times, batch), "seconds": {k: v for k, v in times.items()}}
+        add_fp32_ratios(run["results"], times, partners or {})
         if stages:
             eager_ms = _stage_summary(eager_stages, batch, warmup)
             run["stages_ms_per_image"] = {label: {**_stage_summary(st, batch, warmup), **eager_ms}
@@ -277,6 +355,8 @@ def _time_runs(name: str, model: torch.nn.Module | None, engines: dict[str, Any]
             r = run["results"][label]
             vs = (f", {r['ratio_vs_eager']:.2f}x eager ({run['results']['eager']['images_per_s']:.2f} img/s); "
                   f"paired {r['median_paired_ratio']:.2f}x") if "eager" in run["results"] else ""
+            if "ratio_vs_fp32" in r:
+                vs += f"; {r['ratio_vs_fp32']:.2f}x fp32 (paired {r['median_paired_ratio_vs_fp32']:.2f}x)"
             say(f"  {label}: {r['images_per_s']:.2f} img/s{vs}")
     return runs
 
@@ -298,7 +378,8 @@ def throughput_benchmark(backbones: Sequence[str] = DEFAULT_BACKBONES, backends:
     Args:
         backbones: RD teachers to build (random weights: speed does not depend on them).
         backends: engines to time: "openvino", "torch", or "openvino:<mode>" for one OpenVINO
-            way of running batches (auto, latency, throughput; see backends/openvino_backend.py).
+            way of running batches (auto, latency, throughput; see backends/openvino_backend.py);
+            "openvino-int8[:mode]" for the INT8 engine (its fp32 partner is added when missing).
         batch_sizes: frames per call.
         frame_size: side of the square uint8 input frames (default: the model size, no resize).
         rounds: timed calls per contender (an int, or {batch: rounds}).
@@ -310,7 +391,9 @@ def throughput_benchmark(backbones: Sequence[str] = DEFAULT_BACKBONES, backends:
 
     check_image_size(image_size, "image_size")
     say = progress or (lambda msg: log.info(msg))
+    backends = with_fp32_partners(backends)
     variants = [parse_variant(b) for b in backends]
+    partners = {label: fp32_partner(label) for label, _, _ in variants if fp32_partner(label)}
     threads = torch.get_num_threads()  # the engines get torch's thread count: one contest, equal cores
     frame_size = frame_size or image_size
     results = _new_results(image_size, frame_size, batch_sizes, backends, threads)
@@ -329,7 +412,7 @@ def throughput_benchmark(backbones: Sequence[str] = DEFAULT_BACKBONES, backends:
             results.setdefault("engine_runtimes", {}).update(
                 {f"{backbone}/{label}": str(getattr(eng, "runtime", "python")) for label, eng in engines.items()})
             results["runs"] += _time_runs(backbone, model, engines, batch_sizes, (frame_size, frame_size), rounds,
-                                          bool(stage_reps), say, rng)
+                                          bool(stage_reps), say, rng, partners=partners)
             del engines  # closed before their temporary folder goes
     results["machine"]["loadavg_end"] = _loadavg()
     return results
@@ -369,7 +452,8 @@ def engine_benchmark(engine_dir: str | os.PathLike, batch_sizes: Sequence[int] =
             results["eager_note"] = f"source checkpoint {source} not loadable here: {e}"
     if "eager_note" in results:
         say(f"eager reference not timed: {results['eager_note']}")
-    label = f"{engine.backend_name}"
+    # an INT8 (or fp16) engine's rows say so; fp32 rows keep the backend's name
+    label = engine.backend_name if engine.precision == "fp32" else f"{engine.backend_name}-{engine.precision}"
     results["engine_runtimes"] = {f"engine/{label}": str(getattr(engine, "runtime", "python"))}
     results["runs"] = _time_runs("engine", model, {label: engine}, batch_sizes, frame_hw, rounds,
                                  stages and model is not None, say, np.random.default_rng(0), am)
@@ -447,7 +531,8 @@ def to_markdown(results: dict[str, Any], command: str | None = None) -> str:
     lines = [f"Machine: {m.get('cpu', '?')}, {m.get('cpu_count')} cores ({', '.join(m.get('simd', []))}), "
              f"{m.get('memory_gb', '?')} GB; torch {m['torch']} ({m['torch_threads']} threads), "
              f"OpenVINO {m.get('openvino', '-')}; load average {m.get('loadavg_start')} -> {m.get('loadavg_end')} "
-             f"(shared cores). Model {results['image_size']}², uint8 frames {results['frame_size']}², fp32."]
+             f"(shared cores). Model {results['image_size']}², uint8 frames {results['frame_size']}², "
+             f"{'fp32 except the -int8 rows' if _has_int8(results) else 'fp32'}."]
     if command:
         lines.append(f"Command: `{command}`")
     if results.get("engine_dir"):
@@ -461,15 +546,21 @@ def to_markdown(results: dict[str, Any], command: str | None = None) -> str:
     def ratio(r: dict, key: str) -> str:  # "-" when eager was not timed (bench --engine without its checkpoint)
         return f"{r[key]:.2f}" if key in r else "-"
 
-    lines += ["", "| backbone | batch | pipeline | images/s | p50 ms/call | p99 ms/call | p50 ms/image | "
-                  "x eager (medians) | x eager (paired) |", "|---|---|---|---|---|---|---|---|---|"]
+    int8 = _has_int8(results)
+    head = "| backbone | batch | pipeline | images/s | p50 ms/call | p99 ms/call | p50 ms/image | " \
+           "x eager (medians) | x eager (paired) |"
+    lines += ["", head + (" x fp32 engine (medians) | x fp32 engine (paired) |" if int8 else ""),
+              "|---|---|---|---|---|---|---|---|---|" + ("---|---|" if int8 else "")]
     for run in results["runs"]:
         for name, r in run["results"].items():
             base = name == "eager"
-            lines.append(f"| {run['backbone']} | {run['batch']} | {name} | {r['images_per_s']:.2f} | "
-                         f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['p50_ms'] / run['batch']:.1f} | "
-                         f"{'1.00' if base else ratio(r, 'ratio_vs_eager')} | "
-                         f"{'1.00' if base else ratio(r, 'median_paired_ratio')} |")
+            row = (f"| {run['backbone']} | {run['batch']} | {name} | {r['images_per_s']:.2f} | "
+                   f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['p50_ms'] / run['batch']:.1f} | "
+                   f"{'1.00' if base else ratio(r, 'ratio_vs_eager')} | "
+                   f"{'1.00' if base else ratio(r, 'median_paired_ratio')} |")
+            if int8:
+                row += f" {ratio(r, 'ratio_vs_fp32')} | {ratio(r, 'median_paired_ratio_vs_fp32')} |"
+            lines.append(row)
     stages = [(run, b, st) for run in results["runs"] for b, st in run.get("stages_ms_per_image", {}).items()]
     if stages:
         lines += ["", "Stages, ms per image (median over the same interleaved rounds as the table above; the "
@@ -489,6 +580,10 @@ def to_markdown(results: dict[str, Any], command: str | None = None) -> str:
         for k, v in post["ms_per_image"].items():
             lines.append(f"| {k} | {v:.2f} | {post['speedup_vs_eager'][k]:.1f} |")
     return "\n".join(lines) + "\n"
+
+
+def _has_int8(results: dict[str, Any]) -> bool:
+    return any("ratio_vs_fp32" in r for run in results.get("runs", []) for r in run["results"].values())
 
 
 def write_results(results: dict[str, Any], json_path: str | os.PathLike | None = None,

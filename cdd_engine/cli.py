@@ -301,18 +301,25 @@ def run_train(a: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- eval
 def add_eval(sub) -> None:
     p = sub.add_parser(
-        "eval", formatter_class=_Formatter, help="evaluate a run directory on a labelled test set",
-        description="Compute image AUROC, pixel AUROC, AUPRO and F1-max of a checkpoint on a data set's test "
-                    "images. Images the run injected into its training set (its noise manifest) are left "
-                    "out of the test set automatically. Layout and category default to the run's.",
+        "eval", formatter_class=_Formatter, help="evaluate a run directory or a built engine on a labelled test set",
+        description="Compute image AUROC, pixel AUROC, AUPRO and F1-max of a checkpoint (--checkpoint) or of an "
+                    "engine built from one (--engine: every test image scored by the engine itself from its uint8 "
+                    "pixels, with the engine's resize, normalisation, precision and threshold) on a data set's "
+                    "test images. Images the run injected into its training set (its noise manifest) are left "
+                    "out of the test set automatically (for an engine: when its run directory is still there). "
+                    "Data set, layout and category default to the run's.",
         epilog="examples:\n  cdd-engine eval --checkpoint runs/bottle --data mvtec\n"
-               "  cdd-engine eval --checkpoint runs/bottle --data mvtec --json m.json --overlays heatmaps/")
-    p.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="run directory written by train")
+               "  cdd-engine eval --checkpoint runs/bottle --data mvtec --json m.json --overlays heatmaps/\n"
+               "  cdd-engine eval --engine runs/bottle/engine_openvino_int8 --data mvtec --category bottle")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", metavar="RUN_DIR", help="run directory written by train")
+    src.add_argument("--engine", metavar="ENGINE_DIR", help="engine directory written by build")
     _add_data_options(p, required=False)
     p.add_argument("--teacher-weights", metavar="PATH", default=None,
-                   help="where the teacher's weights are (if not where they were at training time)")
+                   help="--checkpoint: where the teacher's weights are (if not where they were at training time)")
     p.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per network call")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--device", default=None,
+                   help="torch device, e.g. cpu or cuda (default: cpu; --engine: the engine backend's default)")
     _add_output_options(p, "write the metrics and every test image's score and verdict as JSON to FILE")
     p.add_argument("--overlays", metavar="DIR", help="write a heat-map overlay PNG per test image")
     p.add_argument("--overlay", dest="overlays", metavar="DIR", help=argparse.SUPPRESS)  # score's old spelling
@@ -321,13 +328,26 @@ def add_eval(sub) -> None:
 
 
 def run_eval(a: argparse.Namespace) -> int:
-    from .evaluate import evaluate_run
+    from .evaluate import evaluate_engine, evaluate_run
+    if a.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {a.batch_size}")
     cli_io.check_output(a.json, "--json", a.force)
-    m = evaluate_run(a.checkpoint, data=a.data, layout=a.layout, category=a.category,
-                     teacher_weights=a.teacher_weights, batch_size=a.batch_size, device=a.device,
-                     progress=not a.quiet, overlays_dir=a.overlays, skip_bad_images=a.skip_bad_images,
-                     force=a.force)
-    print(f"{m['data']} with {m['checkpoint']}:")
+    if a.engine is not None:
+        if a.teacher_weights is not None:
+            raise ValueError("--teacher-weights is an option of --checkpoint (an engine holds its teacher)")
+        options = {} if a.device is None else {"device": a.device}
+        if a.threads is not None:
+            options["num_threads"] = a.threads
+        m = evaluate_engine(a.engine, data=a.data, layout=a.layout, category=a.category, batch_size=a.batch_size,
+                            progress=not a.quiet, overlays_dir=a.overlays, skip_bad_images=a.skip_bad_images,
+                            force=a.force, **options)
+        print(f"{m['data']} with the {m['backend']} {m['precision']} engine {m['engine']} (runtime {m['runtime']}):")
+    else:
+        m = evaluate_run(a.checkpoint, data=a.data, layout=a.layout, category=a.category,
+                         teacher_weights=a.teacher_weights, batch_size=a.batch_size, device=a.device or "cpu",
+                         progress=not a.quiet, overlays_dir=a.overlays, skip_bad_images=a.skip_bad_images,
+                         force=a.force)
+        print(f"{m['data']} with {m['checkpoint']}:")
     _print_metrics(m)
     _print_skipped(m.get("skipped_images", []))
     if a.overlays:

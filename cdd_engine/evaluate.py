@@ -78,20 +78,13 @@ def evaluate(model, split: DatasetSplit, batch_size: int = 16, device: str | tor
         order, verdict "anomalous"/"ok" (score > threshold) or None without a threshold.
     """
     from .data import ImageDataset, detect_color
-    from .metrics import aupro, f1_at_threshold, f1_max, image_auroc, pixel_auroc
-    test = list(split.test)
-    n_good = sum(s.label == GOOD for s in test)
-    n_bad = sum(s.label == ANOMALOUS for s in test)
-    if n_good == 0 or n_bad == 0 or n_good + n_bad != len(test):
-        raise ValueError(f"evaluation needs a test set of good and anomalous images only; {split.name} has "
-                         f"{n_good} good, {n_bad} anomalous and {len(test) - n_good - n_bad} unlabelled")
+    test, has_masks = _check_test_set(split)
     if color is None:
         color = detect_color(split.train if split.train else test)
     mean, std = model.normalization
     # cache=False: the cache rounds resized images to uint8, and metrics must not depend on
     # whether overlays were asked for (overlays re-read the files).
     # Pixel metrics need a mask for every anomalous image; without them only image metrics.
-    has_masks = all(s.mask_path for s in test if s.label == ANOMALOUS)
     dataset = ImageDataset(test, model.image_size, mean, std, color=color, with_masks=has_masks, cache=False)
     if overlays_dir is not None:  # a folder holding files this tool did not write is refused before scoring
         from .visualize import check_eval_overlays
@@ -99,15 +92,37 @@ def evaluate(model, split: DatasetSplit, batch_size: int = 16, device: str | tor
     t0 = time.perf_counter()
     maps, scores, masks = score_dataset(model, dataset, batch_size, device, mode, sigma, progress, "evaluating")
     seconds = time.perf_counter() - t0
+    return _metrics(split, dataset, maps, scores, masks, seconds, n_injected, threshold, overlays_dir, mean, std)
+
+
+def _check_test_set(split: DatasetSplit) -> tuple[list, bool]:
+    """-> (test samples, whether every anomalous one has a mask); refuses a test set without both classes."""
+    test = list(split.test)
+    n_good = sum(s.label == GOOD for s in test)
+    n_bad = sum(s.label == ANOMALOUS for s in test)
+    if n_good == 0 or n_bad == 0 or n_good + n_bad != len(test):
+        raise ValueError(f"evaluation needs a test set of good and anomalous images only; {split.name} has "
+                         f"{n_good} good, {n_bad} anomalous and {len(test) - n_good - n_bad} unlabelled")
+    return test, all(s.mask_path for s in test if s.label == ANOMALOUS)
+
+
+def _metrics(split: DatasetSplit, dataset, maps: np.ndarray, scores: np.ndarray, masks: np.ndarray | None,
+             seconds: float, n_injected: int | None, threshold: float | None, overlays_dir: str | Path | None,
+             mean, std) -> dict[str, Any]:
+    """The metrics, per-image records and overlays of scored test images (checkpoint and engine alike)."""
+    from .metrics import aupro, f1_at_threshold, f1_max, image_auroc, pixel_auroc
+    test = dataset.samples
     labels = np.array([s.label for s in test], dtype=np.int64)
     if n_injected is None:
         n_injected = sum(s.defect_type not in ("good", "unknown") for s in split.train)
+    has_masks = masks is not None
     result: dict[str, Any] = {
         "image_auroc": float(image_auroc(labels, scores)),
         "pixel_auroc": float(pixel_auroc(masks, maps)) if has_masks else None,
         "aupro": float(aupro(masks, maps)) if has_masks else None,
         "f1_max": float(f1_max(labels, scores)),
-        "n_test": len(test), "n_test_good": n_good, "n_test_anomalous": n_bad,
+        "n_test": len(test), "n_test_good": int((labels == GOOD).sum()),
+        "n_test_anomalous": int((labels == ANOMALOUS).sum()),
         "n_train": len(split.train), "n_injected": int(n_injected),
         "seconds": seconds,
     }
@@ -168,6 +183,103 @@ def evaluate_run(run_dir: str | Path, data: str | Path | None = None, layout: st
                       force=force)
     result["checkpoint"] = str(run_dir)
     result["data"] = split.name
+    if skip_bad_images:
+        result["skipped_images"] = split.skipped
+    return result
+
+
+def score_engine_dataset(engine, dataset, batch_size: int = 16, progress: bool = False,
+                         desc: str = "scoring") -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """:func:`score_dataset` through a built engine: each test image is decoded to a uint8 frame
+    the way evaluation reads it (``dataset``'s decoder and colour) and scored by ``engine.score``,
+    so the engine's own resize, normalisation and network produce the maps (the engine's model
+    resolution). Masks come from ``dataset`` (resized as eval --checkpoint resizes them)."""
+    from tqdm.auto import tqdm
+    n = len(dataset)
+    h, w = engine.image_size
+    maps = np.empty((n, h, w), dtype=np.float32)
+    scores = np.empty(n, dtype=np.float64)
+    masks = np.empty((n, h, w), dtype=np.uint8) if dataset.with_masks else None
+    with tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for start in range(0, n, batch_size):
+            stop = min(n, start + batch_size)
+            frames = []
+            for i in range(start, stop):
+                image, mask = dataset._load(i)  # uint8 (h, w, 3) at the file's size; mask at the model size
+                frames.append(image)
+                if masks is not None:
+                    masks[i] = mask > 0.5
+            r = engine.score(frames)  # a list: test images may differ in size, as camera frames do
+            maps[start:stop] = r.maps
+            scores[start:stop] = r.scores
+            bar.update(stop - start)
+    return maps, scores, masks
+
+
+def evaluate_engine(engine_dir: str | Path, data: str | Path | None = None, layout: str | None = None,
+                    category: str | None = None, batch_size: int = 16, progress: bool = False,
+                    overlays_dir: str | Path | None = None, skip_bad_images: bool = False, force: bool = False,
+                    **engine_options: Any) -> dict[str, Any]:
+    """Evaluate a built engine directory on a labelled test set, as :func:`evaluate_run` evaluates
+    a checkpoint: the same metrics, per-image records (verdicts with the engine's threshold),
+    JSON keys and overlays, with every test image scored by ``cdd_engine.load(engine_dir).score``
+    from its uint8 pixels.
+
+    When the run directory the engine was built from (engine.json ``source_checkpoint.path``) is
+    still here, its data set, layout, category, colour and noise manifest are used as
+    evaluate_run uses them (injected training images are not test images); otherwise ``data``
+    is required, the layout defaults to "mvtec", the colour is detected from the training images
+    and no manifest is applied (``noise_manifest`` None in the result says so).
+
+    ``engine_options`` go to :class:`cdd_engine.Engine` (num_threads, runtime, device, ...).
+
+    Raises:
+        EngineFormatError: ``engine_dir`` is not a readable engine directory.
+        ValueError: no ``data`` and no run directory to take it from; a test set without both classes.
+    """
+    from . import checkpoint as ckpt
+    from .data import ImageDataset, NoiseManifest, detect_color, read_dataset
+    from .runtime.engine import load
+    engine = load(engine_dir, **engine_options)
+    source = engine.manifest.get("source_checkpoint")
+    run_dir = source.get("path") if isinstance(source, dict) else None
+    config = None
+    if run_dir and (Path(run_dir) / ckpt.CONFIG_FILE).is_file():
+        config = ckpt.read_config(run_dir)
+    d = config["data"] if config else {}
+    if data is None and not d:
+        raise ValueError(f"engine {engine_dir}: its run directory ({run_dir or 'none recorded'}) is not here to "
+                         f"say which data set it was trained on; pass --data")
+    split = read_dataset(data if data is not None else d["root"], layout=layout or d.get("layout", "mvtec"),
+                         category=category if category is not None else d.get("category"))
+    manifest_path = None
+    n_injected = None
+    if config is not None:
+        manifest_path = Path(run_dir) / d.get("noise_manifest", ckpt.MANIFEST_FILE)
+        if manifest_path.is_file():
+            manifest = NoiseManifest.load(manifest_path)
+            split = manifest.apply(split)
+            n_injected = len(manifest.injected)
+        else:
+            manifest_path = None
+    if skip_bad_images:
+        from .data.readers import drop_unreadable
+        split = drop_unreadable(split, parts=("test",))
+    test, has_masks = _check_test_set(split)
+    color = d.get("color") or detect_color(split.train if split.train else test)
+    mean, std = engine.manifest["input"]["mean"], engine.manifest["input"]["std"]
+    dataset = ImageDataset(test, engine.image_size, mean, std, color=color, with_masks=has_masks, cache=False)
+    if overlays_dir is not None:  # refused before scoring, as evaluate does
+        from .visualize import check_eval_overlays
+        check_eval_overlays(overlays_dir, test, force=force)
+    t0 = time.perf_counter()
+    maps, scores, masks = score_engine_dataset(engine, dataset, batch_size, progress, "evaluating")
+    seconds = time.perf_counter() - t0
+    result = _metrics(split, dataset, maps, scores, masks, seconds, n_injected, engine.threshold, overlays_dir,
+                      mean, std)
+    result.update({"engine": str(engine_dir), "backend": engine.backend_name, "precision": engine.precision,
+                   "runtime": str(engine.runtime), "checkpoint": run_dir, "data": split.name,
+                   "noise_manifest": str(manifest_path) if manifest_path else None})
     if skip_bad_images:
         result["skipped_images"] = split.skipped
     return result
