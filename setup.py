@@ -40,7 +40,10 @@ EXTRAS = {
     "dev": ["pytest>=8", "pytest-benchmark>=4", "scikit-learn>=1.3", "onnxruntime>=1.18",
             # the clients of tests/test_triton_serving.py; the server itself comes from
             # requirements/tritonserver.txt (installed with --no-deps: see there)
-            "tritonclient[http,grpc]==2.73.0"],
+            "tritonclient[http,grpc]==2.73.0",
+            # tests/test_native_aoti.py builds the library and module with CDD_WITH_AOTI against the
+            # installed torch, outside pip's isolated build environment (which has pybind11 but no torch)
+            "pybind11>=2.12"],
 }
 
 

@@ -326,12 +326,23 @@ def _labelled_test_set(data: Any, run_dir: Any, color: str) -> tuple[list[np.nda
     from ..data.images import load_mask
     from ..data.readers import read_dataset
 
-    category = None
+    from ..checkpoint import MANIFEST_FILE
+    from ..data import NoiseManifest
+
+    category, manifest = None, None
     if isinstance(run_dir, (str, os.PathLike)):
-        cat = (read_config(run_dir).get("data") or {}).get("category")
+        d = read_config(run_dir).get("data") or {}
+        cat = d.get("category")
         if cat and (Path(data) / cat).is_dir():
             category = cat
+        # the run's noise manifest, as `eval` applies it: test images injected into training are
+        # not test images (without it the guard's AUROC counted them and disagreed with eval's)
+        path = Path(run_dir) / d.get("noise_manifest", MANIFEST_FILE)
+        if path.is_file():
+            manifest = NoiseManifest.load(path)
     split = read_dataset(data, "mvtec", category)
+    if manifest is not None:
+        split = manifest.apply(split)
     test = [s for s in split.test if s.label in (0, 1)]
     labels = np.array([s.label for s in test])
     if not test or labels.min() == labels.max():
