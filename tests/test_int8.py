@@ -390,3 +390,18 @@ def test_calibrating_on_the_training_folder_holds_the_guard_out_of_it(run):
     assert p.guard_source == "held-out calibration images"
     key = lambda f: hashlib.sha256(f.tobytes()).hexdigest()  # noqa: E731
     assert not {key(f) for f in p.calibration} & {key(f) for f in p.guard}
+
+
+def test_guard_test_set_leaves_out_the_runs_noise_injected_images(run, tmp_path):
+    # as `eval` does: a test anomaly the run trained on (its noise manifest) is not a test image,
+    # so the guard's AUROC is measured on the same images as `cdd-engine eval --engine`
+    from cdd_engine.data import NoiseManifest
+    run_dir, _, data = run
+    _, labels, _ = int8_guard._labelled_test_set(data, run_dir, "rgb")
+    contaminated = tmp_path / "run"
+    shutil.copytree(run_dir, contaminated)
+    NoiseManifest(noise_ratio=0.05, seed=0, overlap=False,  # floor(0.05 * 30 training images) = 1
+                  injected=["widget/test/spot/000.png"]).save(contaminated / ckpt.MANIFEST_FILE)
+    _, kept, _ = int8_guard._labelled_test_set(data, contaminated, "rgb")
+    assert (len(labels), int(labels.sum())) == (8, 4)
+    assert (len(kept), int(kept.sum())) == (7, 3)
