@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 import cdd_engine  # noqa: E402
+from results_csv import RESULTS_DIR, ResultsWriter  # noqa: E402  (benchmarks/ is this script's directory)
 from cdd_engine.bench import machine_info, speed_only_guard  # noqa: E402
 from cdd_engine.errors import AccuracyGuardError  # noqa: E402
 from cdd_engine.cli import DEMO_DEFAULTS, DEMO_QUICK, main as cli_main  # noqa: E402
@@ -181,6 +182,9 @@ def main(argv=None) -> int:
     p.add_argument("--rebuild", action="store_true", help="build and evaluate the engines again")
     p.add_argument("--progress", action="store_true", help="show training progress bars")
     p.add_argument("--quick", action="store_true", help="the demo's --quick settings (64², 2 epochs, tiny sets)")
+    p.add_argument("--results-csv", default=str(RESULTS_DIR / "int8_accuracy.csv"), metavar="CSV",
+                   help="also append every figure as long-format rows here (results_csv.py); '' for none "
+                        "(--quick: none by default)")
     args = p.parse_args(argv)
     s = dict(DEMO_QUICK if args.quick else DEMO_DEFAULTS)
     if args.threads:
@@ -216,6 +220,12 @@ def main(argv=None) -> int:
     md = markdown(rows, s, sorted({r["seed"] for r in rows}), info, time.perf_counter() - t0, command.strip())
     (out / "int8_accuracy.md").write_text(md, encoding="utf-8")
     print(md)
+    if args.results_csv and not (args.quick and args.results_csv == str(RESULTS_DIR / "int8_accuracy.csv")):
+        w = ResultsWriter("int8_accuracy", args.results_csv)
+        for r in rows:  # one run per category x seed; its strings (paths, guard verdicts) are not figures
+            w.add_dict({k: v for k, v in r.items() if k not in ("category", "seed")}, category=r["category"],
+                       seed=r["seed"])
+        print(f"{len(w.rows)} rows appended to {w.write()}")
     return 0
 
 

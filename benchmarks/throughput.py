@@ -21,6 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cdd_engine.bench import postprocess_benchmark, throughput_benchmark, write_results  # noqa: E402
+from results_csv import RESULTS_DIR, ResultsWriter  # noqa: E402  (benchmarks/ is this script's directory)
 
 
 def main(argv=None) -> int:
@@ -38,6 +39,8 @@ def main(argv=None) -> int:
     ap.add_argument("--stage-reps", type=int, default=2)
     ap.add_argument("--no-postprocess", action="store_true")
     ap.add_argument("--out", default="engine_throughput", help="writes OUT.json and OUT.md")
+    ap.add_argument("--results-csv", default=str(RESULTS_DIR / "throughput.csv"), metavar="CSV",
+                    help="also append every figure as long-format rows here (results_csv.py); '' for none")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     rounds = ({int(k): int(v) for k, v in (x.split(":") for x in a.rounds.split(","))}
@@ -49,6 +52,10 @@ def main(argv=None) -> int:
         results["postprocess"] = postprocess_benchmark()
     command = "python benchmarks/throughput.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(write_results(results, f"{a.out}.json", f"{a.out}.md", command=command.strip()))
+    if a.results_csv:
+        w = ResultsWriter("throughput", a.results_csv)
+        n = w.add_dict(results, image_size=a.image_size)
+        print(f"{n} rows appended to {w.write()}")
     return 0
 
 
