@@ -19,7 +19,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -37,20 +36,10 @@ from cdd_engine.anomaly_map import anomaly_map  # noqa: E402
 from cdd_engine.models.rd import build_rd_model  # noqa: E402
 from cdd_engine.native import load as load_native  # noqa: E402
 from cdd_engine.preprocess import resize_normalize  # noqa: E402
-from results_csv import ResultsWriter  # noqa: E402  (benchmarks/ is this script's directory)
+from results_csv import ResultsWriter, cpu_name  # noqa: E402  (benchmarks/ is this script's directory)
 
 BACKBONE, SIZE, SEED = "wide_resnet50_2", 256, 0
 BEGIN, END = "<!-- bench_native:begin -->", "<!-- bench_native:end -->"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def build_engine(model, batch: int) -> Path:

@@ -434,7 +434,7 @@ def test_the_function_a_cuda_graph_captures_on_the_cpu(tiny_aoti_engine, tiny_ao
     assert rel_err(maps, want_maps) < RTOL and rel_err(scores, want_scores) < RTOL, seed
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the GPU check script runs this path)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; its CPU path is test_score_parity_odd_sizes_and_batches")
 def test_cuda_package_scores_like_the_reference(tmp_path, tiny_aoti_model):  # pragma: no cover - GPU only
     engine = cdd_engine.build(tiny_run_dir(), backend="aoti", precision="fp32", device="cuda",
                               max_batch=MAX_BATCH, output_dir=tmp_path / "cuda")
@@ -471,7 +471,7 @@ def test_bf16_package_on_the_cpu(tiny_aoti_model):
     assert rel_err(got.scores, want_scores) < BF16_RTOL, seed
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the GPU check script runs this path)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; the captured function runs on the CPU in test_the_function_a_cuda_graph_captures_on_the_cpu")
 def test_cuda_default_precision_and_graphs_agree(tmp_path, tiny_aoti_model):  # pragma: no cover - GPU only
     """build(device="cuda") defaults to fp16 (within 2e-3); the CUDA-graph path and the plain
     per-chunk path give the same maps; the caller's TF32 flags are left as they were."""

@@ -90,14 +90,7 @@ def test_an_int8_row_builds_with_precision_and_calibration_frames(tmp_path, monk
     assert calls[-1]["output_dir"].name == "resnet18_64_openvino-winograd"
 
 
-def _openvino_int8_builds() -> bool:
-    from cdd_engine.runtime.build import PRECISIONS
-    return "int8" in PRECISIONS.get("openvino", ())
-
-
-@pytest.mark.skipif(not _openvino_int8_builds(), reason="this build() has no OpenVINO INT8 precision yet")
 def test_int8_rows_beside_fp32_rows_in_one_run(tmp_path):
-    pytest.importorskip("nncf")
     res = throughput_benchmark(["resnet18"], ["openvino-int8"], [2], image_size=64, rounds=2, stage_reps=1,
                                engines_dir=tmp_path)
     run = res["runs"][0]

@@ -24,6 +24,7 @@ anomaly map -- is captured once and replayed:
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from typing import Any, Callable, Sequence
@@ -260,3 +261,21 @@ class CapturedScorer:
             while pending:
                 drain(pending.pop(0))
         return scores_out, maps_out
+
+
+def precision_context(device: torch.device, precision: str) -> Any:
+    """The numerics of one engine call: on CUDA TF32 off (fp32/fp16 engines, the 1e-5 contract) or
+    on (tf32), set and restored around the call; on the CPU nothing."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    from ..export.aoti import tf32_mode
+    return tf32_mode(precision == "tf32")
+
+
+def scorer_for(fn: Callable, device: torch.device, max_batch: int, kernels: Any, cuda_graphs: Any,
+               context: Callable[[], Any]) -> CapturedScorer | None:
+    """The CUDA-graph scorer of a backend that runs ``fn`` (uint8 frames -> scores, maps) on CUDA
+    with the Triton kernels, unless ``cuda_graphs is False``; None otherwise (CPU, no Triton)."""
+    if device.type != "cuda" or kernels is None or cuda_graphs is False:
+        return None
+    return CapturedScorer(fn, Device(device), max_batch, context=context)

@@ -19,7 +19,6 @@ and restoring the process-wide flags.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import zipfile
@@ -30,7 +29,8 @@ import torch
 
 from ...engine_format import check_aoti_runtime
 from ...errors import BackendUnavailable, EngineFormatError
-from ...export.aoti import PACKAGE_FILE, tf32_mode
+from ...export.aoti import PACKAGE_FILE
+from ..cuda_graphs import precision_context, scorer_for
 from ..postprocess import FastAnomalyMap
 
 log = logging.getLogger("cdd_engine.runtime")
@@ -116,18 +116,11 @@ class AOTIBackend:
         self.kernels = import_kernels() if use_triton else None
         self.fused_preprocess: Callable[[torch.Tensor, str], torch.Tensor] | None = (
             self._triton_preprocess if self.kernels is not None else None)
-        self.scorer = None
-        if self.device.type == "cuda" and self.kernels is not None and cuda_graphs is not False:
-            from ..cuda_graphs import CapturedScorer, Device
-
-            self.scorer = CapturedScorer(self._score_frames, Device(self.device), self.max_batch,
-                                         context=self._precision_mode)
+        self.scorer = scorer_for(self._score_frames, self.device, self.max_batch, self.kernels, cuda_graphs,
+                                 self._precision_mode)
 
     def _precision_mode(self) -> Any:
-        """CUDA: TF32 off for fp32 (the 1e-5 contract), on for tf32; set and restored per call."""
-        if self.device.type != "cuda":
-            return contextlib.nullcontext()
-        return tf32_mode(self.precision == "tf32")
+        return precision_context(self.device, self.precision)
 
     def _triton_preprocess(self, frames: torch.Tensor, pixel_format: str) -> torch.Tensor:
         inp = self.manifest["input"]

@@ -18,7 +18,6 @@ no checkpoint, no teacher weights file and no pickle.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 from typing import Any, Callable
@@ -28,6 +27,7 @@ import torch
 from ...models import RDModel, Student, build_teacher
 from ...models.teachers import RANDOM
 from ...errors import BackendUnavailable, EngineFormatError
+from ..cuda_graphs import precision_context, scorer_for
 from ..postprocess import FastAnomalyMap
 
 WEIGHTS_FILE = "model.safetensors"
@@ -148,19 +148,11 @@ class TorchBackend:
         # Engine.score hands uint8 frames to this instead of its CPU pre-processing when set.
         self.fused_preprocess: Callable[[torch.Tensor, str], torch.Tensor] | None = (
             self._triton_preprocess if self.kernels is not None else None)
-        self.scorer = None
-        if self.device.type == "cuda" and self.kernels is not None and cuda_graphs is not False:
-            from ..cuda_graphs import CapturedScorer, Device
-
-            self.scorer = CapturedScorer(self._score_frames, Device(self.device), int(manifest["max_batch"]),
-                                         context=self._precision_mode)
+        self.scorer = scorer_for(self._score_frames, self.device, int(manifest["max_batch"]), self.kernels,
+                                 cuda_graphs, self._precision_mode)
 
     def _precision_mode(self) -> Any:
-        """CUDA: TF32 off for fp32/fp16 engines (the 1e-5 contract), on for tf32; CPU: nothing."""
-        if self.device.type != "cuda":
-            return contextlib.nullcontext()
-        from ...export.aoti import tf32_mode
-        return tf32_mode(self.precision == "tf32")
+        return precision_context(self.device, self.precision)
 
     def _triton_preprocess(self, frames: torch.Tensor, pixel_format: str) -> torch.Tensor:
         inp = self.manifest["input"]
