@@ -57,8 +57,16 @@ def cpu_name() -> str:
 
 
 def machine() -> str:
-    """CPU model and cores; the GPU's name when torch is importable and sees one."""
+    """CPU model and cores; the oneDNN ISA cap when one is set; the GPU's name when torch sees one.
+
+    ``ONEDNN_MAX_CPU_ISA=AVX2`` makes oneDNN (OpenVINO's CPU plugin and torch) dispatch as on a CPU
+    without AVX-512/VNNI: how this project measures AVX2 figures on a newer CPU. Rows so taken
+    must say so, or they read as the CPU's own figures.
+    """
     desc = f"{cpu_name()} x{os.cpu_count()}"
+    isa_cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    if isa_cap:
+        desc += f" (oneDNN ISA capped: {isa_cap})"
     try:
         import torch
         if torch.cuda.is_available():

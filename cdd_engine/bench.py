@@ -76,6 +76,11 @@ def machine_info() -> dict[str, Any]:
         info["openvino"] = openvino.__version__.split("-")[0]
     except ImportError:
         pass
+    # ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN (OpenVINO's CPU plugin, torch) dispatch as on an AVX2 CPU;
+    # figures taken so must say so next to the CPU's own flags
+    isa_cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    if isa_cap:
+        info["onednn_isa_cap"] = isa_cap
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     info["loadavg_start"] = _loadavg()
@@ -528,7 +533,8 @@ def _openvino_post(shapes, image_size, t, s_) -> Callable[[], Any]:
 def to_markdown(results: dict[str, Any], command: str | None = None) -> str:
     """A markdown table of a throughput_benchmark result (+ post-processing when present)."""
     m = results["machine"]
-    lines = [f"Machine: {m.get('cpu', '?')}, {m.get('cpu_count')} cores ({', '.join(m.get('simd', []))}), "
+    cap = f"; oneDNN ISA capped at {m['onednn_isa_cap']}" if m.get("onednn_isa_cap") else ""
+    lines = [f"Machine: {m.get('cpu', '?')}, {m.get('cpu_count')} cores ({', '.join(m.get('simd', []))}{cap}), "
              f"{m.get('memory_gb', '?')} GB; torch {m['torch']} ({m['torch_threads']} threads), "
              f"OpenVINO {m.get('openvino', '-')}; load average {m.get('loadavg_start')} -> {m.get('loadavg_end')} "
              f"(shared cores). Model {results['image_size']}², uint8 frames {results['frame_size']}², "
