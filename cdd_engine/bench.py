@@ -50,6 +50,8 @@ from .preprocess import resize_normalize
 
 log = logging.getLogger("cdd_engine.bench")
 DEFAULT_BACKBONES = ("wide_resnet50_2", "efficientnet_lite0")
+# the fp32 OpenVINO engine and its INT8 twin (NNCF, calibrated on random frames: a speed row only)
+DEFAULT_BACKENDS = ("openvino", "openvino-int8")
 DEFAULT_BATCHES = (1, 8, 32)
 
 
@@ -373,7 +375,7 @@ def _new_results(image_size: Any, frame_size: Any, batch_sizes: Sequence[int], b
             "threads": {"torch": torch.get_num_threads(), "engines": threads}, "runs": []}
 
 
-def throughput_benchmark(backbones: Sequence[str] = DEFAULT_BACKBONES, backends: Sequence[str] = ("openvino",),
+def throughput_benchmark(backbones: Sequence[str] = DEFAULT_BACKBONES, backends: Sequence[str] = DEFAULT_BACKENDS,
                          batch_sizes: Sequence[int] = DEFAULT_BATCHES, image_size: int = 256,
                          frame_size: int | None = None, rounds: int | dict[int, int] = 5,
                          engines_dir: str | os.PathLike | None = None, stage_reps: int = 2,

@@ -314,7 +314,9 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--engine", default=None, metavar="ENGINE_DIR",
                    help="time this engine (built by 'cdd-engine build') instead of random-weight models")
     p.add_argument("--backbones", default="wide_resnet50_2,efficientnet_lite0", help="comma-separated teachers")
-    p.add_argument("--backends", default="openvino", help="comma-separated engine backends to time")
+    p.add_argument("--backends", default="openvino,openvino-int8",  # bench.DEFAULT_BACKENDS (torch-free import)
+                   help="comma-separated engine backends to time: openvino, openvino-int8, torch, ... "
+                        "(see benchmarks/throughput.py --help)")
     p.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 32], metavar="B,B,...",
                    help="frames per call, comma-separated")
     p.add_argument("--image-size", type=_positive_int, default=256, metavar="N",

@@ -170,3 +170,15 @@ def test_build_command_passes_aoti_device_and_precision(tmp_path):
     with pytest.raises(SystemExit):  # not a precision of any backend
         _main(["build", "--checkpoint", str(run), "--precision", "fp8", "--out", str(out), "--quiet"])
     assert not out.exists()
+
+
+def test_bench_defaults_are_the_library_defaults():
+    """`cdd-engine bench` with no --backends/--backbones times what throughput_benchmark() does by
+    default: the fp32 and INT8 OpenVINO engines of both teachers (the CLI keeps literals so that
+    parsing arguments does not import torch)."""
+    from cdd_engine import bench
+    parser = argparse.ArgumentParser(prog="cdd-engine")
+    cli_engine.add_bench_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench"])
+    assert tuple(args.backends.split(",")) == bench.DEFAULT_BACKENDS == ("openvino", "openvino-int8")
+    assert tuple(args.backbones.split(",")) == bench.DEFAULT_BACKBONES
