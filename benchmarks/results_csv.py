@@ -339,6 +339,9 @@ def families(results_dir: str | os.PathLike = RESULTS_DIR) -> list[dict[str, Any
     """Every ``<family>.csv`` of the results folder: rows, runs, first and last date, metrics."""
     out = []
     for p in sorted(Path(results_dir).glob("*.csv")):
+        with open(p, newline="", encoding="utf-8") as f:
+            if tuple(next(csv.reader(f), ())) != COLUMNS:
+                continue  # another kind of CSV (not a family)
         rows = read_rows(p)
         dates = sorted(r["date"] for r in rows if r["date"] != "unknown")
         out.append({"family": p.stem, "rows": len(rows), "runs": len({r["run_id"] for r in rows}),
