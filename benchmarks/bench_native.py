@@ -9,9 +9,10 @@ path; the fused C++ post-processing alone >= 5x the eager reference anomaly map.
 
 Without --engine a random-teacher WRN50 RD engine is built once with cdd_engine.build into
 a cache directory (a few minutes); the eager pipeline runs the very same model, so the script
-also reports how far the native scores are from the eager ones. Results go to
-benchmarks/results/native_<date>.json and to the native section of benchmarks/RESULTS.md
-(other sections are left as they are).
+also reports how far the native scores are from the eager ones. Results are appended as rows to
+benchmarks/results/native.csv (results_csv.py), the run's JSON goes to ``--json`` (default
+native_<time>.json in the current directory), and the native section of benchmarks/RESULTS.md is
+rewritten from the CSV: the latest run in full, then every run (other sections are left as they are).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from cdd_engine.anomaly_map import anomaly_map  # noqa: E402
 from cdd_engine.models.rd import build_rd_model  # noqa: E402
 from cdd_engine.native import load as load_native  # noqa: E402
 from cdd_engine.preprocess import resize_normalize  # noqa: E402
-from results_csv import ResultsWriter, cpu_name  # noqa: E402  (benchmarks/ is this script's directory)
+from results_csv import ResultsWriter, cpu_name, read_rows  # noqa: E402  (benchmarks/ is this script's directory)
 
 BACKBONE, SIZE, SEED = "wide_resnet50_2", 256, 0
 BEGIN, END = "<!-- bench_native:begin -->", "<!-- bench_native:end -->"
@@ -76,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-write", action="store_true", help="print only; do not touch benchmarks/")
     ap.add_argument("--note", default="", help="a remark stored with this run (code version, load, ...)")
     ap.add_argument("--summarize", action="store_true",
-                    help="only rewrite the RESULTS.md section from the runs in benchmarks/results/")
+                    help="only rewrite the RESULTS.md section from the runs in benchmarks/results/native.csv")
+    ap.add_argument("--json", default=None, help="the run's JSON (default: native_<time>.json here)")
     args = ap.parse_args(argv)
     if args.summarize:
         write_markdown()
@@ -166,19 +168,23 @@ def main(argv: list[str] | None = None) -> int:
     }
     result["native_vs_eager_cpu_time"] = cpu_med[eager_k] / cpu_med[nat_k]
     result["native_vs_python_openvino_cpu_time"] = cpu_med[ov_k] / cpu_med[nat_k]
-    result["targets"] = {"native >= 1.7x eager": result["native_vs_eager"] >= 1.7,
-                         "native >= Python OpenVINO": result["native_vs_python_openvino"] >= 1.0,
-                         "fused post-processing >= 5x eager": result["postprocess_speedup"] >= 5.0}
+    result["targets"] = targets(result)
     print(json.dumps(result, indent=1))
     if not args.no_write:
-        out = RESULTS_DIR / f"native_{result['run'].replace(':', '')}.json"
+        out = Path(args.json or f"native_{result['run'].replace(':', '')}.json")
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1))
-        write_markdown()
         csv_path = write_csv(result)
-        print(f"wrote {out.relative_to(ROOT)}, {csv_path.relative_to(ROOT)} and the native section of "
-              f"benchmarks/RESULTS.md")
+        write_markdown(result)
+        print(f"wrote {out}, {csv_path.relative_to(ROOT)} and the native section of benchmarks/RESULTS.md")
     return 0
+
+
+def targets(r: dict) -> dict[str, bool]:
+    """Issue 5's bars against one run's figures."""
+    return {"native >= 1.7x eager": r["native_vs_eager"] >= 1.7,
+            "native >= Python OpenVINO": r["native_vs_python_openvino"] >= 1.0,
+            "fused post-processing >= 5x eager": r["postprocess_speedup"] >= 5.0}
 
 
 RESULTS_DIR = ROOT / "benchmarks" / "results"
@@ -193,12 +199,37 @@ def write_csv(result: dict, path: Path | None = None) -> Path:
     return w.write()
 
 
-def write_markdown() -> None:
-    """The native section of RESULTS.md: the latest run in full, then every run in one table."""
-    runs = [json.loads(p.read_text()) for p in sorted(RESULTS_DIR.glob("native_*.json"))]
-    if not runs:
-        raise SystemExit("no benchmarks/results/native_*.json yet: run the benchmark first")
-    r = runs[-1]
+def runs_from_csv(path: Path | None = None) -> list[dict]:
+    """Every run of native.csv as the result dict it was written from (numbers and settings; the
+    per-batch time lists keep their last item only), in the file's order."""
+    path = path or RESULTS_DIR / "native.csv"
+    if not path.is_file():
+        return []
+    runs: dict[str, dict] = {}
+    for row in read_rows(path):
+        r = runs.get(row["run_id"])
+        if r is None:
+            cpu, _, cores = row["machine"].split(";")[0].rpartition(" x")
+            r = runs[row["run_id"]] = {**row["config"], "run_id": row["run_id"], "run": row["date"].rstrip("Z")[:16], "date": row["date"][:10],
+                                       "machine": {"cpu": cpu or row["machine"], "cores": int(cores) if cores.isdigit()
+                                                   else cores}}
+        top, _, rest = row["metric"].partition(".")  # pipeline names hold dots: split once
+        if rest:
+            r.setdefault(top, {})[rest] = row["value"]
+        else:
+            r[top] = row["value"]
+    for r in runs.values():
+        r.setdefault("native_score_max_rel_diff_vs_eager", None)
+        r["targets"] = targets(r)
+    return list(runs.values())
+
+
+def write_markdown(latest: dict | None = None) -> None:
+    """The native section of RESULTS.md: the latest run in full, then every run of native.csv in one table."""
+    runs = runs_from_csv()
+    if not runs and latest is None:
+        raise SystemExit("no runs in benchmarks/results/native.csv yet: run the benchmark first")
+    r = latest or runs[-1]
     names = list(r["seconds_per_batch_median"])
     lines = [BEGIN, "## Native C++ engine (libcdd_engine, issue 5)", "",
              f"`python benchmarks/bench_native.py` on {r['date']}: {r['machine']['cpu']}, {r['machine']['cores']} cores, "
@@ -228,14 +259,14 @@ def write_markdown() -> None:
               f"the Python OpenVINO path; CPU time: {r['native_vs_eager_cpu_time']:.2f}x and "
               f"{r['native_vs_python_openvino_cpu_time']:.2f}x).", "",
               "Every run (same script and machine; `native` is the engine's best configuration in that run; "
-              "raw JSON in `benchmarks/results/native_*.json`):", "",
-              "| run | load (1 min) | native vs eager | native vs Python OpenVINO | same, CPU time | "
+              "rows in `results/native.csv`, a run_id per run):", "",
+              "| run (run_id) | load (1 min) | native vs eager | native vs Python OpenVINO | same, CPU time | "
               "post-processing speed-up | note |", "|---|---:|---:|---:|---:|---:|---|"]
     def fmt(v, spec: str, unit: str = "") -> str:
         return "n/a" if v is None else f"{v:{spec}}{unit}"
 
-    for x in runs:
-        lines.append(f"| {x.get('run', x['date'])} | {fmt(x.get('load_average_1min_at_end'), '.1f')} | "
+    for x in runs or [r]:
+        lines.append(f"| {'`' + x['run_id'] + '`' if 'run_id' in x else x.get('run', x['date'])} | {fmt(x.get('load_average_1min_at_end'), '.1f')} | "
                      f"{x['native_vs_eager']:.2f}x | {x['native_vs_python_openvino']:.2f}x | "
                      f"{fmt(x.get('native_vs_python_openvino_cpu_time'), '.2f', 'x')} | "
                      f"{x['postprocess_speedup']:.1f}x | {x.get('note', '')} |")

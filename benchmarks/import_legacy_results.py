@@ -151,7 +151,8 @@ def native(path: Path, src: Path) -> Run:
     d = json.loads(path.read_text())
     run = Run("native", run_id_of(path, src), d.get("run") or d.get("date") or stem_date(path.name),
               machine_of(d.get("machine")), commit_in(d.get("note")))
-    run.add({k: v for k, v in d.items() if k not in NATIVE_CONFIG}, **{k: d[k] for k in NATIVE_CONFIG if k in d})
+    run.add({k: v for k, v in d.items() if k not in (*NATIVE_CONFIG, "machine")},  # as bench_native.write_csv
+            **{k: d[k] for k in NATIVE_CONFIG if k in d})
     return run
 
 
