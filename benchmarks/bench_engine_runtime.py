@@ -11,7 +11,10 @@ medians. Wall and process CPU seconds are both kept.
     python benchmarks/bench_engine_runtime.py [--engine DIR] [--batches 8,1] [--rounds 5] [--threads 2]
 
 Without --engine the WRN50 engine of bench_native.py is built once into its cache directory.
-Writes benchmarks/results/engine_runtime_<time>.json and prints a Markdown table.
+Appends every figure (per-call times included) as long-format rows to
+benchmarks/results/engine_runtime.csv (results_csv.py; ``--results-csv ''`` for none), writes the
+run's JSON to ``--json`` (default engine_runtime_<time>.json in the current directory) and prints
+a Markdown table.
 """
 from __future__ import annotations
 
@@ -36,8 +39,21 @@ import cdd_engine  # noqa: E402
 from bench_native import BACKBONE, SEED, SIZE, build_engine  # noqa: E402
 from cdd_engine.bench import eager_pipeline, machine_info  # noqa: E402
 from cdd_engine.models.rd import build_rd_model  # noqa: E402
+from results_csv import RESULTS_DIR, ResultsWriter  # noqa: E402
 
-RESULTS_DIR = ROOT / "benchmarks" / "results"
+CONFIG_KEYS = ("threads", "rounds", "model", "runtime", "note")  # a run's settings: config of its rows
+
+
+def write_csv(out: dict, path: str | os.PathLike | None = None, **writer: object) -> Path:
+    """The run as rows of benchmarks/results/engine_runtime.csv: every number of ``out`` with the
+    batch and the run's settings as config, per-call times included (config ``i`` = round).
+    import_legacy_results.py converts the older engine_runtime_*.json files the same way."""
+    w = ResultsWriter("engine_runtime", path, **writer)
+    base = {k: out[k] for k in CONFIG_KEYS if k in out}
+    for b, res in out["batches"].items():
+        w.add_dict(res, raw_lists=True, batch=int(b), **base)
+    w.add_dict({k: v for k, v in out.items() if k not in ("batches", *base)}, raw_lists=True, **base)
+    return w.write()
 
 
 def run_rounds(contenders: dict, rounds: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
@@ -63,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--note", default="")
+    ap.add_argument("--json", default=None, help="the run's JSON (default: engine_runtime_<time>.json here)")
+    ap.add_argument("--results-csv", default=str(RESULTS_DIR / "engine_runtime.csv"), metavar="CSV",
+                    help="long-format rows appended here (results_csv.py); '' for none")
     args = ap.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
 
@@ -109,11 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"batch {b}: " + ", ".join(f"{k} {v:.3f} s" for k, v in med.items()) + f"; load {os.getloadavg()}",
               flush=True)
     out["loadavg_end"] = list(os.getloadavg())
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"engine_runtime_{out['run'].replace(':', '')}.json"
+    path = Path(args.json or f"engine_runtime_{out['run'].replace(':', '')}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     print(markdown(out))
-    print(f"wrote {path.relative_to(ROOT)}")
+    print(f"wrote {path}")
+    if args.results_csv:
+        print(f"rows appended to {write_csv(out, args.results_csv)}")
     return 0
 
 

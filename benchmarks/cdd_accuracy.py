@@ -13,7 +13,9 @@ same loop, optimiser, initialisation and number of updates; only the target diff
 finished run appends one row to ``<out>/runs_<shard>.csv`` at once, so an interrupted grid
 leaves usable results; ``--summarize`` merges all CSVs into ``summary.csv`` and ``summary.md``
 (mean ± std over seeds). Shards (``--shard i --shards n``) split the jobs between processes
-(e.g. several on one GPU).
+(e.g. several on one GPU). Every finished run is also appended at once as long-format rows to
+``benchmarks/results/cdd_accuracy.csv`` (results_csv.py: one run_id per process, the row's
+settings and CDD options as config; ``--results-csv ''`` for none).
 
 Besides the accuracy metrics every row records, from the training scores alone: the F1 on the
 test set at the threshold rules of cdd_engine.threshold (vs the best F1), and the precision of
@@ -35,6 +37,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from import_legacy_results import cdd_accuracy_rows  # noqa: E402  (the same rows as the converted older files)
+from results_csv import RESULTS_DIR, ResultsWriter, new_run_id  # noqa: E402
 from cdd_engine.anomaly_map import anomaly_map  # noqa: E402
 from cdd_engine.cdd import CDDOptions, train_cdd  # noqa: E402
 from cdd_engine.cdd.trainer import new_student  # noqa: E402
@@ -245,13 +250,17 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=0.005)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--out", default="benchmarks/results/cdd_accuracy")
+    p.add_argument("--out", default="bench_cdd_accuracy",
+                   help="working folder: data, runs_<shard>.csv (resume, --summarize), summary.md")
+    p.add_argument("--results-csv", default=str(RESULTS_DIR / "cdd_accuracy.csv"), metavar="CSV",
+                   help="long-format rows of every finished run appended here (results_csv.py); '' for none")
     p.add_argument("--shard", type=int, default=0)
     p.add_argument("--shards", type=int, default=1)
     p.add_argument("--budget-min", type=float, default=0.0, help="start no new job after this many minutes (0: none)")
     p.add_argument("--no-aupro", action="store_true", help="skip AUPRO (slowest metric on CPU)")
     p.add_argument("--summarize", action="store_true", help="only merge the CSVs under --out into summary.md")
     args = p.parse_args(argv)
+    args.data_given = args.data is not None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.summarize:
@@ -281,9 +290,18 @@ def main(argv=None) -> None:
     if new:
         w.writeheader()
 
+    run_id = new_run_id()
+    source = "data set" if args.data_given else f"{args.demo_generator} demo"
+
     def write(row):
         w.writerow(row)
         fh.flush()
+        if args.results_csv:  # at once, like runs_<shard>.csv: an interrupted grid keeps what finished
+            lw = ResultsWriter("cdd_accuracy", args.results_csv, run_id=run_id)
+            for metric, value, unit, cfg in cdd_accuracy_rows(row):
+                lw.add(metric, value, unit, **cfg, device=args.device, backbone=args.backbone, data=source,
+                       batch_size=args.batch_size, lr=args.lr)
+            lw.write()
 
     start = time.time()
     for i, (cat, noise, seed, methods) in enumerate(jobs(args)):

@@ -8,6 +8,8 @@ model, CPU backends only) so that CI exercises every code path but the CUDA ones
     python benchmarks/engine_gpu_check.py --cpu --quick --out r       # CPU mode (what CI runs)
 
 Writes ``engine_gpu_check.json`` and ``engine_gpu_check.md`` into ``--out`` after every section,
+and at the end appends every figure as long-format rows to ``benchmarks/results/engine_gpu_check.csv``
+(results_csv.py; ``--results-csv ''`` for none; the CPU mode writes none unless asked),
 so a crash or a timeout still leaves what ran. Exit status 0 when every parity row that ran
 passed, 2 when one failed, a step raised or no parity row ran at all.
 
@@ -74,12 +76,14 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import cdd_engine  # noqa: E402
 from cdd_engine.anomaly_map import anomaly_map  # noqa: E402
 from cdd_engine.errors import BackendUnavailable, EngineError  # noqa: E402
 from cdd_engine.models import RDModel, build_rd_model  # noqa: E402
 from cdd_engine.preprocess import resize_normalize  # noqa: E402
+from results_csv import RESULTS_DIR, ResultsWriter  # noqa: E402  (benchmarks/ is this script's directory)
 
 build_mod = importlib.import_module("cdd_engine.runtime.build")  # the module (the package exports the function)
 
@@ -130,7 +134,31 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--image-size", type=int, default=None, help="default: 256 (GPU), 64 (CPU)")
     ap.add_argument("--batches", default=None, help="default: 1,8,32 (GPU), 1,4 (CPU)")
     ap.add_argument("--sweep", default=None, help="extra batches for the best batch; default 64,128 (GPU), 8 (CPU)")
+    ap.add_argument("--results-csv", default=None, metavar="CSV",
+                    help="append every figure as long-format rows here (results_csv.py); default "
+                         "benchmarks/results/engine_gpu_check.csv on a GPU, none in the CPU mode (a CI check, "
+                         "not a measurement); '' for none")
     return ap.parse_args(argv)
+
+
+# meta keys that say what was measured (config of every CSV row); the rest of meta is the machine
+CSV_CONFIG = ("mode", "device", "backbone", "image_size", "perturb", "torch", "cuda", "triton")
+
+
+def write_csv(data: dict, path: str | os.PathLike | None = None) -> Path:
+    """The report's figures as rows of benchmarks/results/engine_gpu_check.csv (results_csv.py).
+
+    Tables (parity, throughput, latency, engines) become one row per number, labelled by their
+    strings and integers (backend, precision, runtime, pipeline, batch); engine directories (paths
+    of the machine that ran it) are left out.
+    """
+    m = data.get("meta", {})
+    w = ResultsWriter("engine_gpu_check", path)
+    result = {k: data[k] for k in ("parity", "throughput", "best_batch", "latency", "targets", "timeline_s",
+                                   "seconds") if k in data}
+    result["engines"] = [{k: v for k, v in e.items() if k != "dir"} for e in data.get("engines", [])]
+    w.add_dict(result, **{k: m[k] for k in CSV_CONFIG if k in m})
+    return w.write()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -726,6 +754,10 @@ def main(argv: list[str] | None = None) -> int:
             work_ctx.cleanup()
     print(markdown(report.data))
     print(f"report: {out / 'engine_gpu_check.json'}, {out / 'engine_gpu_check.md'}")
+    csv_path = args.results_csv if args.results_csv is not None else \
+        (str(RESULTS_DIR / "engine_gpu_check.csv") if gpu_mode else "")
+    if csv_path:
+        print(f"rows appended to {write_csv(report.data, csv_path)}")
     return 0 if report.data["passed"] else 2
 
 
