@@ -1,7 +1,7 @@
 """Throughput and latency through Triton Inference Server against in-process ``Engine.score``,
 in one run (docs/serving.md).
 
-    python benchmarks/serving.py --out benchmarks/results/serving
+    python benchmarks/serving.py --out serving_run     # serving_run.json / .csv; rows appended to results/serving.csv
 
 Builds an OpenVINO engine (random weights: speed does not depend on them; efficientnet_lite0 at
 256² by default), exports it with ``export_triton``, starts the nvidia-pytriton ``tritonserver``
@@ -35,7 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cdd_engine  # noqa: E402
 from cdd_engine.serving import LocalTritonServer, export_triton  # noqa: E402
-from results_csv import RESULTS_DIR, ResultsWriter  # noqa: E402  (benchmarks/ is this script's directory)
+from import_legacy_results import engine_text  # noqa: E402  (benchmarks/ is this script's directory)
+from results_csv import RESULTS_DIR, ResultsWriter  # noqa: E402
 
 MODEL = "bench"
 RESULTS_CSV = RESULTS_DIR / "serving.csv"
@@ -176,7 +177,8 @@ def main(argv=None) -> int:
         lw = ResultsWriter("serving", a.results_csv)
         for r in rows:
             cfg = {"phase": r["phase"], "clients": r["clients"], "batch": a.batch, "protocol": a.protocol,
-                   "instances": a.instances, "max_queue_delay_us": a.max_queue_delay_us, "engine": repr(engine)}
+                   "instances": a.instances, "max_queue_delay_us": a.max_queue_delay_us,
+                   "engine": engine_text(repr(engine))}  # without its temporary directory
             for metric in ("frames_per_s", "p50_ms", "p99_ms", "vs_in_process"):
                 lw.add(metric, r[metric], "x" if metric == "vs_in_process" else None, **cfg)
             lw.add("load1", r["loadavg"][0], "", **cfg)
