@@ -181,8 +181,8 @@ def serving(path: Path, src: Path) -> Run:
     run = Run("serving", run_id_of(path, src), d.get("time_utc") or stem_date(path.name), machine)
     base = {"batch": d.get("batch"), "protocol": d.get("protocol"), "instances": d.get("instances"),
             "max_queue_delay_us": d.get("max_queue_delay_us"), "engine": engine_text(str(d.get("engine", "")))}
-    for r in d.get("rows", []):  # the rows serving.py writes, then what it leaves out (counts, every latency)
-        cfg = {"phase": r["phase"], "clients": r["clients"], **base}
+    for i, r in enumerate(d.get("rows", [])):  # the rows serving.py writes, then the counts and every latency
+        cfg = {"phase": r["phase"], "phase_index": i, "clients": r["clients"], **base}  # in-process ran 4 times
         for metric in ("frames_per_s", "p50_ms", "p99_ms", "vs_in_process"):
             run.rows.append((metric, float(r[metric]), "x" if metric == "vs_in_process" else
                              ("img/s" if metric == "frames_per_s" else "ms"), cfg))

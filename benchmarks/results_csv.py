@@ -299,10 +299,14 @@ def select(rows: Iterable[Mapping[str, Any]], where: Iterable[str] = (), metric:
     return out
 
 
+CELL_CHARS = 60  # a config cell longer than this (every CDD option) is cut: --where still sees all of it
+
+
 def _cell(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.6g}"
-    return v if isinstance(v, str) else json.dumps(v, separators=(",", ":"), default=str)
+    text = v if isinstance(v, str) else json.dumps(v, separators=(",", ":"), default=str)
+    return text if len(text) <= CELL_CHARS else text[:CELL_CHARS - 3] + "..."
 
 
 def format_table(rows: list[Mapping[str, Any]]) -> str:

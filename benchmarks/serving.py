@@ -175,8 +175,8 @@ def main(argv=None) -> int:
                         r["p50_ms"], r["p99_ms"], r["vs_in_process"], round(r["loadavg"][0], 2)])
     if a.results_csv:
         lw = ResultsWriter("serving", a.results_csv)
-        for r in rows:
-            cfg = {"phase": r["phase"], "clients": r["clients"], "batch": a.batch, "protocol": a.protocol,
+        for i, r in enumerate(rows):  # phase_index: the in-process phase runs several times with one config
+            cfg = {"phase": r["phase"], "phase_index": i, "clients": r["clients"], "batch": a.batch, "protocol": a.protocol,
                    "instances": a.instances, "max_queue_delay_us": a.max_queue_delay_us,
                    "engine": engine_text(repr(engine))}  # without its temporary directory
             for metric in ("frames_per_s", "p50_ms", "p99_ms", "vs_in_process"):
