@@ -86,6 +86,16 @@ def machine_of(m: Any) -> str:
     return f"{m['cpu']} x{cores}" if cores else str(m["cpu"])
 
 
+def software(m: Any) -> dict[str, str]:
+    """The versions and ISA a machine/meta dict records (config of the run's rows: RESULTS.md cites them)."""
+    if not isinstance(m, dict):
+        return {}
+    out = {k: str(m[k]) for k in ("torch", "openvino", "triton", "cuda") if m.get(k)}
+    if isinstance(m.get("simd"), list):
+        out["simd"] = ",".join(map(str, m["simd"]))
+    return out
+
+
 def cell(text: str) -> Any:
     """A CSV cell as int, float or the text itself."""
     t = text.strip()
@@ -124,7 +134,12 @@ def throughput(path: Path, src: Path) -> Run:
                 run.rows[i] = (m, v, "x", c)
         return run
     run.machine = machine_of(d.get("machine"))
-    run.add(d, image_size=d.get("image_size"))  # what throughput.py writes: add_dict(results, image_size=...)
+    sw = software(d.get("machine"))
+    run.add(d, image_size=d.get("image_size"), **sw)  # what throughput.py writes: add_dict(results, image_size=...)
+    for pipeline, runtime in (d.get("engine_runtimes") or {}).items():  # text: one marker row (value 1) each
+        backbone, _, backend = pipeline.partition("/")
+        run.rows.append(("engine_runtime", 1.0, "", {"backbone": backbone, "backend": backend, "runtime": runtime,
+                                                      "image_size": d.get("image_size"), **sw}))
     return run
 
 
@@ -133,9 +148,10 @@ def engine_runtime(path: Path, src: Path) -> Run:
     run = Run("engine_runtime", run_id_of(path, src), d.get("run") or stem_date(path.name),
               machine_of(d.get("machine")), commit_in(d.get("note")))
     base = engine_runtime_config(d)
+    sw = software(d.get("machine"))
     for b, res in d.get("batches", {}).items():
-        run.add(res, batch=int(b), **base)
-    run.add({k: v for k, v in d.items() if k not in ("batches", *base)}, **base)
+        run.add(res, batch=int(b), **base, **sw)
+    run.add({k: v for k, v in d.items() if k not in ("batches", *base)}, **base, **sw)
     return run
 
 
@@ -161,7 +177,8 @@ def gpu_check(path: Path, src: Path) -> Run:
     meta = d.get("meta", {})
     run = Run("gpu_check", run_id_of(path, src), stem_date(path.name),
               f"{UNKNOWN}; {meta['gpu']}" if meta.get("gpu") else UNKNOWN, commit_in(meta.get("note")))
-    cfg = {"quick": meta.get("quick"), "device": meta.get("device")}  # as gpu_check.py's add_dict(sections, ...)
+    cfg = {"quick": meta.get("quick"), "device": meta.get("device"),  # as gpu_check.py's add_dict(sections, ...)
+           **software(meta)}
     run.add(d.get("sections", {}), **cfg)
     run.add({"meta": meta}, **cfg)
     return run
@@ -217,7 +234,14 @@ def openvino_probe(path: Path, src: Path) -> Run:
     for kind in ("winograd", "direct"):  # the engine the probe ran, where the file name says
         if f"_{kind}_" in f"_{path.stem}_" and probe != "wino-layers":
             cfg["engine"] = kind
-    run.add(d, **cfg)
+    run.add({k: v for k, v in d.items() if k != "properties"}, **cfg)
+    for variant, props in (d.get("properties") or {}).items():  # compiled-model properties, as text in the file
+        nums = {k: v for k, v in props.items() if re.fullmatch(r"-?\d+(\.\d+)?|True|False", str(v))}
+        text = {k.lower(): str(v) for k, v in props.items() if k not in nums}
+        for k, v in nums.items():
+            value = {"True": 1.0, "False": 0.0}.get(str(v), None)
+            run.rows.append((f"properties.{k}", float(v) if value is None else value, "bool" if value is not None else "",
+                             {**cfg, "variant": variant, **text}))
     return run
 
 
@@ -335,7 +359,7 @@ def check(src: Path, out_dir: Path) -> list[str]:
         rows = rows_by_run.get(run_id, [])
         vals = {r["value"] for r in rows}
         vals |= {n for r in rows for n in _numbers(r["config"])}
-        vals |= {float(t) for r in rows[:1] for t in _printed(r["machine"])}  # core counts: "AMD EPYC x2"
+        vals |= {float(m) for r in rows[:1] for m in re.findall(r" x(\d+)\b", r["machine"])}  # "AMD EPYC x2"
         return vals
 
     missing = []
