@@ -29,6 +29,10 @@ the same dicts), and besides: raw per-call times become rows too (config ``i`` =
 recomputed. A run already present in its family CSV is skipped: running the script twice adds
 nothing. ``--check`` looks up every number of every file (JSON numbers exactly, CSV and markdown
 cells at their printed precision) among the values and config values of its run's rows.
+
+The files were removed from the repository once this check passed on all of them; to run the
+conversion again, check out the commit before their removal
+(``git log --diff-filter=D --oneline -- benchmarks/results``) and run it there.
 """
 from __future__ import annotations
 

@@ -183,7 +183,8 @@ CITATION = re.compile(r"`results/(\w+)\.csv`,? runs? ((?:`[^`]+`(?: \([^)]*\))?(
 
 def _citations():
     text = (RESULTS.parent / "RESULTS.md").read_text()
-    return [(fam, rid) for fam, ids in CITATION.findall(text) for rid in re.findall(r"`([^`]+)`", ids)]
+    return [(fam, rid) for fam, ids in CITATION.findall(text)
+            for rid in re.findall(r"`([^`]+)`", re.sub(r"\([^)]*\)", "", ids))]  # "(run 1)" is no run_id
 
 
 def test_every_results_md_citation_finds_its_rows():
