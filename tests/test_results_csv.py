@@ -385,3 +385,67 @@ def test_converter_reads_what_a_file_records():
     assert legacy.commit_in("code 7a01eca: six outputs") == "7a01eca"
     assert legacy.commit_in("at commit 9b3184f code") == "9b3184f" and legacy.commit_in("no code here") == "unknown"
     assert legacy.machine_of({"cpu": "AMD EPYC", "cores": 2}) == "AMD EPYC x2" and legacy.machine_of(None) == "unknown"
+
+
+# ---------------------------------------------------------------- the scripts moved onto results_csv
+
+def _load_script(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_bench_native_section_is_rebuilt_from_its_csv(tmp_path):
+    """bench_native's RESULTS.md table reads native.csv back: the numbers and settings it wrote."""
+    bn = pytest.importorskip("bench_native")
+    rng = random.Random()
+    f = [rng.uniform(0.5, 40.0) for _ in range(5)]
+    result = {"date": "2026-12-04", "run": "2026-12-04T10:00", "threads": 2, "batch": 8, "iters": 5, "model": "m",
+              "note": "n", "machine": {"cpu": "x", "cores": 2},
+              "images_per_s": {"native C++ engine, num_streams=2 (cdd_engine._native)": f[0]},
+              "native_vs_eager": f[1], "native_vs_python_openvino": f[2], "postprocess_speedup": f[3],
+              "postprocess_ms_per_image": {"fused C++": f[4]}}
+    path = bn.write_csv(result, tmp_path / "native.csv")
+    (run,) = bn.runs_from_csv(path)
+    assert run["images_per_s"] == {"native C++ engine, num_streams=2 (cdd_engine._native)": f[0]}  # dots kept
+    assert (run["native_vs_eager"], run["postprocess_ms_per_image"]["fused C++"]) == (f[1], f[4])
+    assert (run["threads"], run["iters"], run["note"]) == (2, 5, "n") and run["run_id"]
+    assert run["targets"] == bn.targets(result)
+
+
+def test_bench_engine_runtime_writes_its_family_rows(tmp_path):
+    ber = _load_script("bench_engine_runtime")
+    rng = random.Random()
+    wall = [rng.uniform(1, 9) for _ in range(3)]
+    out = {"run": "2026-12-04T10:00", "note": "n", "machine": {"cpu": "x"}, "threads": 2, "rounds": 3, "model": "m",
+           "runtime": "native", "batches": {"8": {"wall_s": {"native": wall}, "median_s": {"native": sorted(wall)[1]},
+                                                  "speedups": {"native vs eager": {"paired_median": wall[0] / wall[1]}}}},
+           "loadavg_end": [1.0, 2.0, 3.0]}
+    rows = rc.read_rows(ber.write_csv(out, tmp_path / "engine_runtime.csv", machine_desc="m x2", commit_id="c"))
+    assert _by(rows, "median_s.native", batch=8)["value"] == sorted(wall)[1]
+    assert [_by(rows, "wall_s.native", i=i)["value"] for i in range(3)] == wall
+    assert _by(rows, "speedups.native vs eager.paired_median")["config"] == {
+        "batch": 8, "threads": 2, "rounds": 3, "model": "m", "runtime": "native", "note": "n"}
+    assert _by(rows, "loadavg_end.15min")["value"] == 3.0
+
+
+def test_engine_gpu_check_writes_its_family_rows(tmp_path):
+    egc = _load_script("engine_gpu_check")
+    rng = random.Random()
+    ips, err, build = rng.uniform(100, 5000), rng.uniform(1e-8, 1e-5), rng.uniform(1, 100)
+    data = {"meta": {"mode": "gpu", "device": "cuda", "backbone": "wide_resnet50_2", "image_size": 256, "perturb": 0.0,
+                     "torch": "2.11"},
+            "engines": [{"backend": "aoti", "precision": "fp16", "dir": "/tmp/w/aoti_fp16", "build_s": build}],
+            "parity": [{"backend": "aoti", "precision": "fp16", "runtime": "python", "status": "passed",
+                        "map_rel_err": err}],
+            "throughput": [{"batch": 32, "pipeline": "aoti_fp16", "images_per_s": ips, "x_python_runtime": None}],
+            "latency": [], "errors": [{"what": "x", "error": "text"}], "seconds": 12.5}
+    rows = rc.read_rows(egc.write_csv(data, tmp_path / "engine_gpu_check.csv"))
+    r = _by(rows, "throughput.images_per_s", batch=32)
+    assert r["value"] == ips and r["config"]["pipeline"] == "aoti_fp16" and r["config"]["torch"] == "2.11"
+    assert _by(rows, "parity.map_rel_err", runtime="python")["value"] == err
+    r = _by(rows, "engines.build_s")
+    assert r["value"] == build and "dir" not in r["config"]  # no machine paths in the repository's CSVs
+    assert _by(rows, "seconds")["value"] == 12.5 and len(rows) == 4
