@@ -48,9 +48,10 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--sections", default="a,b,c,d,e,t", help="comma-separated subset of a,b,c,d,e,t")
     ap.add_argument("--apply-tuned", action="store_true",
                     help="run the tuning sweep first and use its fastest configurations in a-d")
-    ap.add_argument("--results-csv", default="",
-                    help="also append the report's numbers as long-format rows here (results_csv.py), e.g. "
-                         "benchmarks/results/gpu_check.csv")
+    ap.add_argument("--results-csv", default=None,
+                    help="also append the report's numbers as long-format rows here (results_csv.py); default "
+                         "benchmarks/results/gpu_check.csv on a GPU, none with --quick or without one (interpreter "
+                         "checks are no measurement); '' for none")
     return ap.parse_args()
 
 
@@ -624,6 +625,9 @@ def main() -> int:
     e = REPORT["sections"].get("e", {})
     REPORT["passed"] = bool(a.get("passed")) and not REPORT["errors"] and e.get("passed", True)
     write_report()
+    if ARGS.results_csv is None:
+        ARGS.results_csv = str(Path(__file__).resolve().parent / "results" / "gpu_check.csv") \
+            if HAS_CUDA and not ARGS.quick else ""
     if ARGS.results_csv:
         from results_csv import ResultsWriter  # benchmarks/ is this script's directory
         w = ResultsWriter("gpu_check", ARGS.results_csv)
