@@ -42,12 +42,19 @@ import json
 import math
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_csv import COLUMNS, RESULTS_DIR, ResultsWriter, read_rows, rows_from_dict  # noqa: E402
+from results_csv import (  # benchmarks/ on the path
+    COLUMNS,
+    RESULTS_DIR,
+    ResultsWriter,
+    read_rows,
+    rows_from_dict,
+)
 
 UNKNOWN = "unknown"
 Row = tuple  # (metric, value, unit, config)

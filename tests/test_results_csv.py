@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import import_legacy_results as legacy  # noqa: E402
 import results_csv as rc  # noqa: E402
 
 
@@ -233,13 +234,10 @@ def test_figures_cited_in_results_md_are_in_the_rows(fam, run, metric, where, di
 
 # ---------------------------------------------------------------- the converter of the first sessions' files
 
-import import_legacy_results as legacy  # noqa: E402
-
 
 def _legacy_tree(root: Path, rng: random.Random) -> dict:
     """One small file of each kind the converter knows, with fresh random figures; returns them."""
-    u = lambda: rng.uniform(0.05, 50.0)  # noqa: E731
-    f = {k: u() for k in ("p50", "ips", "ratio", "paired", "s0", "s1", "med", "spd", "nat", "fps", "auroc", "px",
+    f = {k: rng.uniform(0.05, 50.0) for k in ("p50", "ips", "ratio", "paired", "s0", "s1", "med", "spd", "nat", "fps", "auroc", "px",
                           "gbps", "eff", "img", "wall")}
     (root / "openvino_probe_2026-11-28").mkdir(parents=True)
     (root / "cdd_accuracy").mkdir()
