@@ -52,6 +52,7 @@ from results_csv import (  # benchmarks/ on the path
     COLUMNS,
     RESULTS_DIR,
     ResultsWriter,
+    config_text,
     read_rows,
     rows_from_dict,
 )
@@ -323,6 +324,33 @@ def write(runs: list[Run], out_dir: Path) -> dict[str, int]:
     return added
 
 
+# ------------------------------------------------------------------ rows written before tables were labelled
+
+def relabel_table_batch(path: Path, table: str = "runs") -> int:
+    """Rows that throughput.py wrote before results_csv took a table's integers as labels: there a
+    ``runs.batch`` row came first in each item of the ``runs`` table, and the item's other rows had
+    no batch in their config. Move that batch into the config of the item's rows (the rows after it,
+    up to the next ``runs.batch`` row of the run) and drop the row: the same number, now a setting.
+    Rewrites ``path``; returns how many rows gained a batch."""
+    rows = read_rows(path)
+    out, batch, moved = [], {}, 0
+    for r in rows:
+        if r["metric"] == f"{table}.batch":
+            batch[r["run_id"]] = int(r["value"])
+            continue
+        if r["metric"].startswith(f"{table}.") and r["run_id"] in batch and "batch" not in r["config"]:
+            r = {**r, "config": {**r["config"], "batch": batch[r["run_id"]]}}
+            moved += 1
+        out.append(r)
+    if moved or len(out) != len(rows):
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
+            w.writeheader()
+            for r in out:
+                w.writerow({**r, "config": config_text(r["config"]), "value": repr(float(r["value"]))})
+    return moved
+
+
 # ------------------------------------------------------------------ the check: nothing left behind
 
 def _numbers(x: Any) -> list[float]:
@@ -408,8 +436,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-dir", default=str(RESULTS_DIR), help="folder of the family CSVs")
     ap.add_argument("--check", action="store_true", help="only check that every number is in the rows")
     ap.add_argument("--dry-run", action="store_true", help="convert and count, write nothing")
+    ap.add_argument("--relabel-batch", metavar="CSV", help="only move the runs.batch rows of a throughput CSV "
+                    "written before table integers became labels into their rows' config (relabel_table_batch)")
     a = ap.parse_args(argv)
     src, out = Path(a.src), Path(a.out_dir)
+    if a.relabel_batch:
+        print(f"{relabel_table_batch(Path(a.relabel_batch))} rows of {a.relabel_batch} gained their batch")
+        return 0
     if a.check:
         missing = check(src, out)
         n = len(legacy_files(src))

@@ -179,7 +179,7 @@ def test_every_committed_family_csv_parses():
             assert isinstance(r["config"], dict) and r["value"] == r["value"], (p.name, r)  # no NaN written
 
 
-CITATION = re.compile(r"`results/(\w+)\.csv`,? runs? ((?:`[^`]+`(?: \([^)]*\))?(?:,\s*|\s+and\s+)?)+)")
+CITATION = re.compile(r"`(?:benchmarks/)?results/(\w+)\.csv`,? runs? ((?:`[^`]+`(?: \([^)]*\))?(?:,\s*|\s+and\s+)?)+)")
 
 
 def _citations():
@@ -190,7 +190,7 @@ def _citations():
 
 def test_every_results_md_citation_finds_its_rows():
     cites = _citations()
-    assert len(cites) >= 30  # the converted runs cited in RESULTS.md
+    assert len(cites) >= 37  # the converted runs and this session's INT8 throughput runs
     rows = {p.stem: rc.read_rows(p) for p in _family_files()}
     for fam, rid in cites:
         assert fam in rows, f"RESULTS.md cites results/{fam}.csv, which does not exist"
@@ -447,3 +447,22 @@ def test_engine_gpu_check_writes_its_family_rows(tmp_path):
     r = _by(rows, "engines.build_s")
     assert r["value"] == build and "dir" not in r["config"]  # no machine paths in the repository's CSVs
     assert _by(rows, "seconds")["value"] == 12.5 and len(rows) == 4
+
+
+def test_relabel_moves_a_table_batch_row_into_its_items_config(tmp_path):
+    """throughput rows written before table integers became labels: runs.batch -> config of the item's rows."""
+    rng = random.Random()
+    v = [rng.uniform(1, 100) for _ in range(4)]
+    w = _writer(tmp_path / "t.csv", "throughput")
+    w.add("machine.cpu_count", 2.0, image_size=256)
+    for batch, (a, b) in ((1, v[:2]), (8, v[2:])):  # how the old rows_from_dict wrote two items of 'runs'
+        w.add("runs.batch", float(batch), "", backbone="wrn", image_size=256)
+        w.add("runs.results.eager.p50_ms", a, backbone="wrn", image_size=256)
+        w.add("runs.results.openvino.p50_ms", b, backbone="wrn", image_size=256)
+    w.write()
+    assert legacy.relabel_table_batch(tmp_path / "t.csv") == 4
+    rows = rc.read_rows(tmp_path / "t.csv")
+    assert [(r["metric"], r["value"], r["config"].get("batch")) for r in rows] == [
+        ("machine.cpu_count", 2.0, None), ("runs.results.eager.p50_ms", v[0], 1), ("runs.results.openvino.p50_ms", v[1], 1),
+        ("runs.results.eager.p50_ms", v[2], 8), ("runs.results.openvino.p50_ms", v[3], 8)]
+    assert legacy.relabel_table_batch(tmp_path / "t.csv") == 0  # nothing left to move
