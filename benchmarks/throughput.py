@@ -4,7 +4,7 @@ Writes JSON (every call's time, the machine, load averages) and a markdown table
 p50/p99 latency, ratios, per-stage costs, the anomaly map alone). The figures recorded in
 benchmarks/RESULTS.md come from:
 
-    python benchmarks/throughput.py --out benchmarks/results/engine_throughput
+    python benchmarks/throughput.py --out OUT    # OUT.json and OUT.md; rows appended to results/throughput.csv
 
 Defaults: wide_resnet50_2 and efficientnet_lite0 (random weights; speed does not depend on
 them) at 256², batch 1, 8, 32, the fp32 and INT8 OpenVINO engines vs eager, 256² uint8 frames. Both
