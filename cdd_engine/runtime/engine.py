@@ -394,6 +394,8 @@ class Engine:
             log.warning("engine %s: non-finite output for %d frame(s), reported as anomalous", self.engine_dir, len(idx))
             scores = scores.copy()
             scores[idx] = np.nan
+        # the verdict of both runtimes, here only (the native path does not use the library's: see
+        # NativeRunner.score); float32 scores against the float64 threshold
         return ScoreResult(scores=scores, maps=maps, is_anomalous=(scores > threshold) | bad, threshold=threshold,
                            non_finite=bad)
 

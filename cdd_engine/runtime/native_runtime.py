@@ -249,6 +249,11 @@ class NativeRunner:
         code, whichever Python class the module maps it to), EngineError for its other failures."""
         engine = self.engine_for(len(arrays))
         try:
+            # The library's verdict and threshold are not used: Engine._result gives the verdict on
+            # both runtimes, so they cannot disagree. The library compares with its float32 copy of
+            # engine.json's threshold; Python compares the float32 scores with engine.threshold, a
+            # float64 that the caller may set: a score equal to float32(t) != t, or a threshold set
+            # after load, would otherwise get another verdict natively (tests/test_engine_options.py).
             scores, maps, _, _ = engine.score(arrays, pixel_format, return_maps, map_size)
         except (NonFiniteOutputError, EngineError):
             raise
