@@ -168,8 +168,9 @@ class Engine:
         self._local = threading.local()
         # one typed object from options= or the keywords, checked once (runtime/options.py)
         self.options = backend_options(self.manifest["backend"], options, use_triton=use_triton,
-                                       openvino_mode=openvino_mode, sub_batch=sub_batch, static_shapes=static_shapes,
-                                       num_streams=num_streams, cuda_graphs=cuda_graphs)
+                                       openvino_mode=openvino_mode, sub_batch=sub_batch,
+                                       static_shapes=static_shapes, num_streams=num_streams,
+                                       cuda_graphs=cuda_graphs)
         self._device, self._num_threads = device, num_threads
         self._backend: Any = None
         self._backend_lock = threading.Lock()

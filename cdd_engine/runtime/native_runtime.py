@@ -24,7 +24,7 @@ import torch
 
 from ..errors import BackendUnavailable, EngineError, EngineFormatError, NonFiniteOutputError
 from .frames import Frames
-from .options import OPENVINO_MODES, PYTHON, BackendOptions, OpenVINOOptions, as_options, check_count  # noqa: F401
+from .options import PYTHON, BackendOptions, OpenVINOOptions, as_options, check_count
 
 RUNTIMES = ("auto", "native", "python")
 # openvino_mode -> C++ inference requests (streams), as the Python OpenVINO backend runs its modes:
@@ -196,12 +196,12 @@ class NativeRunner:
         BackendUnavailable: the C++ engine could not load the model here (RuntimeError).
     """
 
-    def __init__(self, engine_dir: str | os.PathLike, manifest: dict, options: BackendOptions | None = None, *,
-                 device: Any = None, num_threads: int | None = None) -> None:
+    def __init__(self, engine_dir: str | os.PathLike, manifest: dict, options: BackendOptions | None = None,
+                 *, device: Any = None, num_threads: int | None = None) -> None:
         mod = native_module()
         if mod is None:  # choose_runtime checked; the module could only vanish in between
             raise BackendUnavailable("the native module cdd_engine._native is not built")
-        options = as_options(manifest["backend"], options)  # the backend's class (values checked when it was made)
+        options = as_options(manifest["backend"], options)  # the backend's class, values checked when made
         openvino = isinstance(options, OpenVINOOptions)
         mode = (options.mode or "auto") if openvino else "auto"
         static_shapes = options.static_shapes if openvino else None
@@ -215,7 +215,8 @@ class NativeRunner:
         # engine.json (one hashing pass, Python's error messages); the C++ reader still checks the
         # format, the sizes and the model's shapes.
         self._options = dict(num_threads=check_count(num_threads, "num_threads", 0) or 0, device=self._device,
-                             verify_hashes=False, static_shapes=True if static_shapes is None else static_shapes)
+                             verify_hashes=False,
+                             static_shapes=True if static_shapes is None else static_shapes)
         self._mod = mod
         self.engine = self._load(streams)
         self._batch_engine: Any = None

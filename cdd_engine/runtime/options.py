@@ -180,11 +180,11 @@ def backend_options(backend: str, options: Any = None, **keywords: Any) -> Backe
     given = {k: v for k, v in keywords.items() if v is not None}
     if options is not None:
         if not isinstance(options, BackendOptions):
-            raise TypeError(f"options must be one of {', '.join(c.__name__ for c in OPTIONS_CLASSES.values())} "
-                            f"(cdd_engine) or None, got {type(options).__name__}")
+            names = ", ".join(c.__name__ for c in OPTIONS_CLASSES.values())
+            raise TypeError(f"options must be one of {names} (cdd_engine) or None, got {type(options).__name__}")
         if given:
-            raise TypeError(f"options={options!r} and the keyword(s) {sorted(given)} both set engine options: "
-                            f"give each option once, in the options object")
+            raise TypeError(f"options={options!r} and the keyword(s) {sorted(given)} both set engine "
+                            f"options: give each option once, in the options object")
         if type(options) is not cls:
             raise TypeError(f"a {backend!r} engine takes {cls.__name__}, got {type(options).__name__}")
         return options
