@@ -125,8 +125,8 @@ class Engine:
             engine.json (another is a TypeError). Each field's metadata says which runtime honours
             it; values are checked when the object is made. The keywords below are the same
             options, kept: they make the object (``engine.options``). Giving ``options`` and one of
-            them is a TypeError; one another backend does not take is a TypeError
-            ("backend 'torch' does not take option(s) ['mode']"), whatever the runtime.
+            them is a TypeError, and so is a keyword of another backend ("backend 'torch' does not
+            take option(s) ['mode']"), whatever the runtime.
         use_triton: torch/tensorrt/aoti backends: use the Triton kernels (default: on CUDA when present).
         cuda_graphs: torch and aoti backends on CUDA: score uint8 frame batches through CUDA graphs
             captured per batch bucket (default on; runtime/cuda_graphs.py; not run on a GPU here).
