@@ -6,7 +6,8 @@
   within 1e-5 relative of the float64 reference (RTOL, docs/anomaly_map.md);
 - a typed object plus a keyword, an object of another backend's class, and a keyword of another
   backend are TypeErrors;
-- the verdict: one rule (float32 score > float64 threshold, or non-finite) on both runtimes.
+- the verdict: one rule (float32 score > float32(threshold), or non-finite) on both runtimes and in
+  the library's own (unused) verdict.
 """
 from __future__ import annotations
 
@@ -192,22 +193,27 @@ def test_num_streams_on_a_torch_engine_is_ignored_as_before(caplog):
 
 # ----------------------------------------------------------------------------- the verdict
 @needs_native
-def test_one_verdict_rule_on_both_runtimes():
-    """is_anomalous is score > engine.threshold compared in float64 on both runtimes, the native
-    one included: a threshold just below a score that float32 rounds up to that score (the
-    library's own float32 comparison would say "not above") flags the frame on both."""
+def test_one_verdict_rule_on_both_runtimes_and_in_the_library():
+    """is_anomalous is "float32 score > threshold rounded to float32" on both runtimes (Engine._result,
+    the one place) and in the library's own, unused verdict. A threshold one float64 step below or
+    above a score rounds to that score in float32, so the score does not exceed it on any path
+    (a float64 comparison would say it does, for the step below); the median splits the frames."""
     seed, rng = fresh_rng()
     x = odd_frames(rng)
-    for runtime in ("native", "python"):
-        eng = cdd_engine.load(engine_dir("openvino"), runtime=runtime)
-        scores = eng.score(x).scores
-        s = np.float64(scores[0])
-        for t in (np.nextafter(s, -np.inf), s, float(np.median(scores.astype(np.float64)))):
-            eng.threshold = float(t)
-            got = eng.score(x)
-            assert got.threshold == float(t)
-            np.testing.assert_array_equal(got.is_anomalous, got.scores.astype(np.float64) > float(t),
-                                          err_msg=f"{runtime}, threshold {t!r}, seed {seed}")
-            if got.scores[0] == scores[0] and t < s:  # the boundary case (the same score on re-scoring)
-                assert got.is_anomalous[0], f"{runtime}, seed {seed}"
-        assert np.float32(np.nextafter(s, -np.inf)) == scores[0]  # the case the library would decide otherwise
+    engines = {rt: cdd_engine.load(engine_dir("openvino"), runtime=rt) for rt in ("native", "python")}
+    s = np.float64(engines["native"].score(x).scores[0])
+    below, above = np.nextafter(s, -np.inf), np.nextafter(s, np.inf)
+    assert np.float32(below) == np.float32(s) == np.float32(above)  # the boundary this test is about
+    for t in (float(below), float(s), float(above), float(np.median(engines["python"].score(x).scores))):
+        f32 = np.float32(t)
+        lib = NATIVE_MODULE.Engine(str(engine_dir("openvino")), threshold=t, verify_hashes=False)
+        lib_scores, _, lib_anomalous, lib_threshold = lib.score(x, "RGB", False, "model")
+        assert np.float32(lib_threshold) == f32
+        np.testing.assert_array_equal(lib_anomalous, lib_scores > f32, err_msg=f"library, t={t!r}, seed {seed}")
+        for rt, eng in engines.items():
+            eng.threshold = t
+            got = eng.score(x, return_maps=False)
+            assert got.threshold == t
+            np.testing.assert_array_equal(got.is_anomalous, got.scores > f32, err_msg=f"{rt}, t={t!r}, seed {seed}")
+            if got.scores[0] == np.float32(s):
+                assert not got.is_anomalous[0], f"t={t!r} rounds to the score itself: not above it (seed {seed})"

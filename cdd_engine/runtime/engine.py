@@ -396,7 +396,8 @@ class Engine:
             scores = scores.copy()
             scores[idx] = np.nan
         # the verdict of both runtimes, here only (the native path does not use the library's: see
-        # NativeRunner.score); float32 scores against the float64 threshold
+        # NativeRunner.score). NumPy compares the float32 scores with the Python-float threshold in
+        # float32 (NEP 50; same-kind scalars in NumPy 1.x), as the library does with its float32 copy.
         return ScoreResult(scores=scores, maps=maps, is_anomalous=(scores > threshold) | bad, threshold=threshold,
                            non_finite=bad)
 

@@ -251,10 +251,9 @@ class NativeRunner:
         engine = self.engine_for(len(arrays))
         try:
             # The library's verdict and threshold are not used: Engine._result gives the verdict on
-            # both runtimes, so they cannot disagree. The library compares with its float32 copy of
-            # engine.json's threshold; Python compares the float32 scores with engine.threshold, a
-            # float64 that the caller may set: a score equal to float32(t) != t, or a threshold set
-            # after load, would otherwise get another verdict natively (tests/test_engine_options.py).
+            # both runtimes, with the threshold the caller may set after load (the library's is
+            # fixed when it is created) and the on_non_finite rule. The comparison is the library's:
+            # float32 score > the threshold rounded to float32 (tests/test_engine_options.py).
             scores, maps, _, _ = engine.score(arrays, pixel_format, return_maps, map_size)
         except (NonFiniteOutputError, EngineError):
             raise
