@@ -5,6 +5,8 @@ Main entry points (imported lazily so ``import cdd_engine`` stays light):
 
 - :func:`train` -> run directory (checkpoint), :func:`load_checkpoint` -> RD model
 - :func:`build` (checkpoint -> engine directory + Engine), :func:`load` (engine directory -> Engine)
+- :class:`OpenVINOOptions`, :class:`TorchOptions`, :class:`AotiOptions`, :class:`TensorRTOptions`:
+  an engine's backend options as one typed object (``load(engine_dir, options=...)``)
 - :func:`get_cmake_dir` for C++ programs that ``find_package(cdd_engine)``
 """
 from __future__ import annotations
@@ -19,6 +21,10 @@ _LAZY = {
     "build": ("cdd_engine.runtime", "build"),
     "load": ("cdd_engine.runtime", "load"),
     "Engine": ("cdd_engine.runtime", "Engine"),
+    "OpenVINOOptions": ("cdd_engine.runtime.options", "OpenVINOOptions"),
+    "TorchOptions": ("cdd_engine.runtime.options", "TorchOptions"),
+    "AotiOptions": ("cdd_engine.runtime.options", "AotiOptions"),
+    "TensorRTOptions": ("cdd_engine.runtime.options", "TensorRTOptions"),
     "get_cmake_dir": ("cdd_engine.native", "get_cmake_dir"),
 }
 

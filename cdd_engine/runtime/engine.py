@@ -37,7 +37,8 @@ from .backends import make_backend
 from ..engine_format import read_manifest
 from ..errors import BackendUnavailable, EngineError, NonFiniteOutputError
 from .frames import Frames, to_frames
-from .native_runtime import NativeRunner, check_count, choose_runtime, native_arrays
+from .native_runtime import NativeRunner, choose_runtime, native_arrays
+from .options import NATIVE, BackendOptions, backend_options
 from .resize_normalize import Preprocessor
 
 log = logging.getLogger("cdd_engine")
@@ -105,26 +106,6 @@ def _check_on_non_finite(value: Any) -> str:
     return value
 
 
-def _choose_runtime(runtime: str, manifest: dict, device: Any, options: dict[str, Any]) -> tuple[str, str]:
-    """choose_runtime, plus the aoti rules: "auto" runs an aoti engine natively only when the
-    module was built with the AOTInductor backend (``WITH_AOTI``); ``cuda_graphs`` is an option
-    of the Python runtime."""
-    if manifest["backend"] == "aoti" and runtime != "python":
-        from .native_runtime import native_module
-
-        mod = native_module()
-        why_not = None
-        if options.get("cuda_graphs") is not None:
-            why_not = "option cuda_graphs belongs to the Python runtime"
-        elif mod is None or not getattr(mod, "WITH_AOTI", False):
-            why_not = "this build of libcdd_engine has no AOTInductor backend"
-        if why_not is not None:
-            if runtime == "native":
-                raise BackendUnavailable(f"runtime='native' cannot run 'aoti' engine here: {why_not}")
-            return PYTHON_RUNTIME, f"auto: {why_not}"
-    return choose_runtime(runtime, manifest, device, {k: v for k, v in options.items() if k != "cuda_graphs"})
-
-
 class Engine:
     """A loaded engine directory (docs/engine_format.md).
 
@@ -136,9 +117,19 @@ class Engine:
             openvino runs on the CPU; an aoti engine runs on the device kind it was compiled for
             (default: that one; another is an EngineFormatError saying to rebuild).
         num_threads: inference threads (OpenVINO ``INFERENCE_NUM_THREADS``; torch intra-op threads).
+        options: the backend's options as one typed object (runtime/options.py, exported by
+            ``cdd_engine``): :class:`OpenVINOOptions` (mode, sub_batch, static_shapes,
+            num_streams), :class:`TorchOptions` (use_triton, cuda_graphs, num_streams),
+            :class:`AotiOptions` (use_triton, cuda_graphs, num_streams) or
+            :class:`TensorRTOptions` (use_triton, num_streams), the class of the backend in
+            engine.json (another is a TypeError). Each field's metadata says which runtime honours
+            it; values are checked when the object is made. The keywords below are the same
+            options, kept: they make the object (``engine.options``). Giving ``options`` and one of
+            them is a TypeError, and so is a keyword of another backend ("backend 'torch' does not
+            take option(s) ['mode']"), whatever the runtime.
         use_triton: torch/tensorrt/aoti backends: use the Triton kernels (default: on CUDA when present).
-        cuda_graphs: aoti backend on CUDA: score uint8 frame batches through CUDA graphs captured
-            per batch bucket (default on; runtime/cuda_graphs.py; not run on a GPU here).
+        cuda_graphs: torch and aoti backends on CUDA: score uint8 frame batches through CUDA graphs
+            captured per batch bucket (default on; runtime/cuda_graphs.py; not run on a GPU here).
         openvino_mode, sub_batch, static_shapes: how OpenVINO runs a batch: "auto" (default:
             one latency request for a single image, batches split into jobs of ``sub_batch``
             (default 1) images on the plugin's streams), "latency" or "throughput"; static
@@ -166,7 +157,7 @@ class Engine:
                  use_triton: bool | None = None, openvino_mode: str | None = None,
                  sub_batch: int | None = None, static_shapes: bool | None = None,
                  verify_hashes: bool = True, runtime: str = "auto", num_streams: int | None = None,
-                 cuda_graphs: bool | None = None) -> None:
+                 cuda_graphs: bool | None = None, options: BackendOptions | None = None) -> None:
         self.engine_dir = Path(engine_dir)
         self.manifest = read_manifest(self.engine_dir, verify_hashes=verify_hashes)
         self._threshold = check_threshold(self.manifest["threshold"]["value"] if threshold is None else threshold)
@@ -175,33 +166,34 @@ class Engine:
         inp = self.manifest["input"]
         self._pre = Preprocessor(self.image_size, inp["mean"], inp["std"])
         self._local = threading.local()
-        self._backend_options = dict(device=device, num_threads=num_threads, use_triton=use_triton,
-                                     mode=openvino_mode, sub_batch=sub_batch, static_shapes=static_shapes,
-                                     cuda_graphs=cuda_graphs)
+        # one typed object from options= or the keywords, checked once (runtime/options.py)
+        self.options = backend_options(self.manifest["backend"], options, use_triton=use_triton,
+                                       openvino_mode=openvino_mode, sub_batch=sub_batch,
+                                       static_shapes=static_shapes, num_streams=num_streams,
+                                       cuda_graphs=cuda_graphs)
+        self._device, self._num_threads = device, num_threads
         self._backend: Any = None
         self._backend_lock = threading.Lock()
         self._native: NativeRunner | None = None
-        num_streams = check_count(num_streams, "num_streams", 1)
-        name, reason = _choose_runtime(runtime, self.manifest, device,
-                                       {"sub_batch": sub_batch, "use_triton": use_triton, "cuda_graphs": cuda_graphs})
+        name, reason = choose_runtime(runtime, self.manifest, device, self.options)
         if name == "native":
             try:
-                self._native = NativeRunner(self.engine_dir, self.manifest, device=device, num_threads=num_threads,
-                                            num_streams=num_streams, openvino_mode=openvino_mode,
-                                            static_shapes=static_shapes)
+                self._native = NativeRunner(self.engine_dir, self.manifest, self.options, device=device,
+                                            num_threads=num_threads)
             except BackendUnavailable as e:
                 if runtime == "native":
                     raise
                 name, reason = PYTHON_RUNTIME, f"auto: the C++ engine could not load it ({e})"
                 log.warning("engine %s: %s", self.engine_dir, reason)
         if name != "native":
-            if num_streams is not None:
+            for option in self.options.only_for(NATIVE):  # num_streams
                 if runtime == "python":
-                    raise TypeError("num_streams is an option of the native runtime; runtime='python' "
+                    raise TypeError(f"{option} is an option of the native runtime; runtime='python' "
                                     "does not take it")
-                log.warning("num_streams=%d ignored: the Python runtime runs this engine (%s)", num_streams, reason)
+                log.warning("%s=%s ignored: the Python runtime runs this engine (%s)", option,
+                            getattr(self.options, option), reason)
             # the Python runtime builds its backend now, so option and device errors surface at load
-            self._backend = make_backend(self.engine_dir, self.manifest, **self._backend_options)
+            self._backend = self._make_backend()
         log.info("engine %s (%s backend): runtime %s (%s)", self.engine_dir, self.backend_name, self.runtime, reason)
 
     # ------------------------------------------------------------------ properties
@@ -232,8 +224,12 @@ class Engine:
                 if self._backend is None:
                     log.info("engine %s: creating the Python %s backend (frames or a call the native "
                              "runtime does not take)", self.engine_dir, self.backend_name)
-                    self._backend = make_backend(self.engine_dir, self.manifest, **self._backend_options)
+                    self._backend = self._make_backend()
         return self._backend
+
+    def _make_backend(self) -> Any:
+        return make_backend(self.engine_dir, self.manifest, self.options, device=self._device,
+                            num_threads=self._num_threads)
 
     @property
     def precision(self) -> str:
@@ -399,6 +395,9 @@ class Engine:
             log.warning("engine %s: non-finite output for %d frame(s), reported as anomalous", self.engine_dir, len(idx))
             scores = scores.copy()
             scores[idx] = np.nan
+        # the verdict of both runtimes, here only (the native path does not use the library's: see
+        # NativeRunner.score). NumPy compares the float32 scores with the Python-float threshold in
+        # float32 (NEP 50; same-kind scalars in NumPy 1.x), as the library does with its float32 copy.
         return ScoreResult(scores=scores, maps=maps, is_anomalous=(scores > threshold) | bad, threshold=threshold,
                            non_finite=bad)
 
@@ -426,6 +425,6 @@ def _resize_map(m: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(m[None, None], size=size, mode="bilinear", align_corners=False, antialias=True)[0, 0].cpu().numpy()
 
 
-def load(engine_dir: str | os.PathLike, **options: Any) -> Engine:
-    """Load an engine directory: ``Engine(engine_dir, **options)`` (see :class:`Engine`)."""
-    return Engine(engine_dir, **options)
+def load(engine_dir: str | os.PathLike, **kwargs: Any) -> Engine:
+    """Load an engine directory: ``Engine(engine_dir, **kwargs)`` (see :class:`Engine`)."""
+    return Engine(engine_dir, **kwargs)

@@ -24,12 +24,9 @@ import torch
 
 from ..errors import BackendUnavailable, EngineError, EngineFormatError, NonFiniteOutputError
 from .frames import Frames
+from .options import PYTHON, BackendOptions, OpenVINOOptions, as_options, check_count
 
 RUNTIMES = ("auto", "native", "python")
-OPENVINO_MODES = ("auto", "latency", "throughput")
-# Options of the Python backends that the C++ engine has no counterpart for: asking for one makes
-# "auto" pick the Python runtime (the caller asked for a Python-runtime behaviour).
-PYTHON_ONLY_OPTIONS = ("sub_batch", "use_triton")
 # openvino_mode -> C++ inference requests (streams), as the Python OpenVINO backend runs its modes:
 # "latency": one request on all threads; "throughput": a call's frames split over two requests
 # running at once (what the Python runtime's THROUGHPUT hint chose on 2 cores); "auto": single
@@ -69,36 +66,33 @@ def _is_cpu(device: Any) -> bool:
     return device is None or _device_type(device) == "cpu"
 
 
-def check_openvino_mode(mode: Any) -> str:
-    mode = "auto" if mode is None else mode
-    if mode not in OPENVINO_MODES:  # the Python backend's message, so both runtimes say the same
-        raise ValueError(f"OpenVINO mode must be one of {OPENVINO_MODES}, got {mode!r}")
-    return mode
-
-
-def check_count(value: Any, name: str, minimum: int) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or int(value) < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
-def choose_runtime(runtime: str, manifest: dict, device: Any, options: dict[str, Any]) -> tuple[str, str]:
-    """-> ("native" | "python", reason). ``options`` are the Engine's backend options (None = not given).
+def choose_runtime(runtime: str, manifest: dict, device: Any,
+                   options: BackendOptions | dict[str, Any] | None = None) -> tuple[str, str]:
+    """-> ("native" | "python", reason). ``options``: the engine's typed options (runtime/options.py;
+    a dict of the Engine's keywords is made into one).
 
     "auto" picks native when the module is built and can run this engine here: an OpenVINO
     engine on the CPU, a TensorRT engine on a CUDA device with a module built with TensorRT, or
     an aoti engine with a module built with CDD_WITH_AOTI against this process's torch (and
-    CDD_WITH_CUDA for a CUDA package), and no Python-only option was asked for. "native" raises BackendUnavailable when it cannot.
+    CDD_WITH_CUDA for a CUDA package), and no option only the Python runtime honours (a field
+    whose metadata says runtime "python") was given. "native" raises BackendUnavailable when it
+    cannot, and a TypeError for such an option (a BackendUnavailable for an aoti engine's
+    ``cuda_graphs``, as before the options objects).
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     if runtime == "python":
         return "python", "asked for"
     backend = manifest["backend"]
-    python_only = sorted(k for k in PYTHON_ONLY_OPTIONS if options.get(k) is not None)
-    why_not: str | None = None
+    options = as_options(backend, options)
+    if backend == "aoti":
+        why_not = _aoti_module_why_not(options)
+        if why_not is not None:
+            if runtime == "native":
+                raise BackendUnavailable(f"runtime='native' cannot run 'aoti' engine here: {why_not}")
+            return "python", f"auto: {why_not}"
+    python_only = options.only_for(PYTHON)
+    why_not = None
     if backend == "torch":
         why_not = "a torch engine (PyTorch weights) runs on the Python runtime only"
     elif python_only:
@@ -127,6 +121,18 @@ def choose_runtime(runtime: str, manifest: dict, device: Any, options: dict[str,
             raise TypeError(f"runtime='native' does not take option(s) {python_only} (Python runtime only)")
         raise BackendUnavailable(f"runtime='native' cannot run {manifest['backend']!r} engine here: {why_not}")
     return "python", f"auto: {why_not}"
+
+
+def _aoti_module_why_not(options: BackendOptions) -> str | None:
+    """The aoti rules checked before the others (their messages and error type predate the options
+    objects, and tests pin them): ``cuda_graphs`` belongs to the Python runtime, and the module
+    must have the AOTInductor backend."""
+    if getattr(options, "cuda_graphs", None) is not None:
+        return "option cuda_graphs belongs to the Python runtime"
+    mod = native_module()
+    if mod is None or not getattr(mod, "WITH_AOTI", False):
+        return "this build of libcdd_engine has no AOTInductor backend"
+    return None
 
 
 def _aoti_why_not(mod: Any, manifest: dict, device: Any) -> str | None:
@@ -173,11 +179,12 @@ class NativeRunner:
         manifest: its engine.json.
         device: None / "cpu" for OpenVINO (C++ device "CPU"); None / "cuda[:i]" for TensorRT; for aoti
             None (the package's device) or the device it was compiled for (another is refused).
+        options: the engine's typed options (runtime/options.py), already checked; the native
+            runtime reads ``num_streams`` (requests that run at once; None: 1, or from ``mode``)
+            and, for OpenVINO, ``mode`` ("latency" -> 1 stream, "throughput" -> 2, "auto"
+            (default) -> 1 for single frames and 2 for calls of several frames, a second C++
+            engine loaded on first need) and ``static_shapes`` (None = True).
         num_threads: CPU threads; None or 0 = all cores.
-        num_streams: inference requests that run at once (None: from ``openvino_mode``).
-        openvino_mode: "latency" -> 1 stream, "throughput" -> 2, "auto" (default) -> 1 for single
-            frames and 2 for calls of several frames (a second C++ engine, loaded on first need).
-        static_shapes: OpenVINO static-shape networks per batch size (None = True).
 
     TensorRT engines (device "cuda[:i]", a module built with CDD_WITH_TENSORRT) are NOT RUN on the
     development and CI machines (no GPU, docs/where_it_runs.md): that path passes the module's documented
@@ -189,19 +196,16 @@ class NativeRunner:
         BackendUnavailable: the C++ engine could not load the model here (RuntimeError).
     """
 
-    def __init__(self, engine_dir: str | os.PathLike, manifest: dict, *, device: Any = None,
-                 num_threads: int | None = None, num_streams: int | None = None, openvino_mode: str | None = None,
-                 static_shapes: bool | None = None) -> None:
+    def __init__(self, engine_dir: str | os.PathLike, manifest: dict, options: BackendOptions | None = None,
+                 *, device: Any = None, num_threads: int | None = None) -> None:
         mod = native_module()
         if mod is None:  # choose_runtime checked; the module could only vanish in between
             raise BackendUnavailable("the native module cdd_engine._native is not built")
-        openvino = manifest["backend"] == "openvino"
-        if not openvino:  # the Python backends' rule and message
-            given = sorted(k for k, v in (("mode", openvino_mode), ("static_shapes", static_shapes)) if v is not None)
-            if given:
-                raise TypeError(f"backend {manifest['backend']!r} does not take option(s) {given}")
-        mode = check_openvino_mode(openvino_mode)
-        streams = check_count(num_streams, "num_streams", 1)
+        options = as_options(manifest["backend"], options)  # the backend's class, values checked when made
+        openvino = isinstance(options, OpenVINOOptions)
+        mode = (options.mode or "auto") if openvino else "auto"
+        static_shapes = options.static_shapes if openvino else None
+        streams = options.num_streams
         self._adaptive = openvino and streams is None and mode == "auto"
         if streams is None:
             streams = AUTO_SINGLE_STREAMS if self._adaptive or not openvino else STREAMS_FOR_MODE[mode]
@@ -211,7 +215,8 @@ class NativeRunner:
         # engine.json (one hashing pass, Python's error messages); the C++ reader still checks the
         # format, the sizes and the model's shapes.
         self._options = dict(num_threads=check_count(num_threads, "num_threads", 0) or 0, device=self._device,
-                             verify_hashes=False, static_shapes=True if static_shapes is None else bool(static_shapes))
+                             verify_hashes=False,
+                             static_shapes=True if static_shapes is None else static_shapes)
         self._mod = mod
         self.engine = self._load(streams)
         self._batch_engine: Any = None
@@ -245,6 +250,10 @@ class NativeRunner:
         code, whichever Python class the module maps it to), EngineError for its other failures."""
         engine = self.engine_for(len(arrays))
         try:
+            # The library's verdict and threshold are not used: Engine._result gives the verdict on
+            # both runtimes, with the threshold the caller may set after load (the library's is
+            # fixed when it is created) and the on_non_finite rule. The comparison is the library's:
+            # float32 score > the threshold rounded to float32 (tests/test_engine_options.py).
             scores, maps, _, _ = engine.score(arrays, pixel_format, return_maps, map_size)
         except (NonFiniteOutputError, EngineError):
             raise

@@ -6,33 +6,34 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..options import BackendOptions, as_options
 
-def make_backend(engine_dir: str | os.PathLike, manifest: dict, **options: Any) -> Any:
+
+def make_backend(engine_dir: str | os.PathLike, manifest: dict, options: BackendOptions | None = None, *,
+                 device: Any = None, num_threads: int | None = None) -> Any:
     """Instantiate the backend named in ``manifest["backend"]`` (imported only when used).
 
-    options: ``device``, ``num_threads``, ``use_triton`` (torch/tensorrt/aoti), ``cuda_graphs`` (aoti, torch),
-    ``mode``, ``sub_batch`` and ``static_shapes`` (openvino); options a backend does not take are
-    ignored when None.
+    options: the engine's typed options (runtime/options.py: the backend's class, values already
+    checked); the given ones the Python runtime honours become the backend's keyword arguments of
+    the same names. ``device`` and ``num_threads`` go to every backend (OpenVINO: the CPU only).
     """
     name = manifest["backend"]
+    kwargs = as_options(name, options).python_backend_kwargs()
     if name == "openvino":
         from .openvino_backend import OpenVINOBackend as cls
-        allowed = {"num_threads", "mode", "sub_batch", "static_shapes"}
-        device = options.get("device")
         if device not in (None, "cpu"):
             raise ValueError(f"the OpenVINO backend runs on the CPU, got device={device!r}")
     elif name == "torch":
         from .torch_backend import TorchBackend as cls
-        allowed = {"device", "use_triton", "num_threads", "cuda_graphs"}
+        kwargs["device"] = device
     elif name == "aoti":
         from .aoti_backend import AOTIBackend as cls
-        allowed = {"device", "use_triton", "num_threads", "cuda_graphs"}
+        kwargs["device"] = device
     elif name == "tensorrt":
         from .tensorrt_backend import TensorRTBackend as cls
-        allowed = {"device", "use_triton", "num_threads"}
+        kwargs["device"] = device
     else:  # read_manifest already refuses unknown names
         raise ValueError(f"unknown backend {name!r}")
-    unknown = {k for k, v in options.items() if k not in allowed and v is not None and k != "device"}
-    if unknown:
-        raise TypeError(f"backend {name!r} does not take option(s) {sorted(unknown)}")
-    return cls(engine_dir, manifest, **{k: v for k, v in options.items() if k in allowed and v is not None})
+    if num_threads is not None:
+        kwargs["num_threads"] = num_threads
+    return cls(engine_dir, manifest, **{k: v for k, v in kwargs.items() if v is not None})

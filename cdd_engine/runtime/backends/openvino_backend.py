@@ -38,6 +38,7 @@ import torch
 
 from ...engine_format import FEATURE_NAMES
 from ...errors import BackendUnavailable, EngineFormatError
+from ..options import OPENVINO_MODES
 from ..postprocess import FastAnomalyMap
 
 log = logging.getLogger("cdd_engine.runtime")
@@ -169,15 +170,13 @@ class OpenVINOBackend:
     """
 
     name = "openvino"
-    MODES = ("auto", "latency", "throughput")
+    MODES = OPENVINO_MODES
 
     def __init__(self, engine_dir: str | os.PathLike, manifest: dict, *, num_threads: int | None = None,
                  mode: str = "auto", sub_batch: int = 1, static_shapes: bool = True) -> None:
+        # mode, sub_batch and static_shapes come checked from OpenVINOOptions (runtime/options.py,
+        # through make_backend): the one place that validates them, for both runtimes
         ov, _ = _ov()
-        if mode not in self.MODES:
-            raise ValueError(f"OpenVINO mode must be one of {self.MODES}, got {mode!r}")
-        if isinstance(sub_batch, bool) or not isinstance(sub_batch, int) or sub_batch < 1:
-            raise ValueError(f"sub_batch must be a positive integer, got {sub_batch!r}")
         self.device = torch.device("cpu")
         self.manifest = manifest
         self.mode = mode
