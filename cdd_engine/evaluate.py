@@ -16,6 +16,7 @@ import torch
 
 from .anomaly_map import anomaly_map
 from .data.samples import ANOMALOUS, GOOD, DatasetSplit
+from .threshold import is_anomalous
 
 METRIC_KEYS = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
 
@@ -138,11 +139,11 @@ def _metrics(split: DatasetSplit, dataset, maps: np.ndarray, scores: np.ndarray,
 
 
 def per_image_results(test, scores, threshold: float | None) -> list[dict[str, Any]]:
-    """One record per test image: path, score, threshold, verdict (score > threshold, the engine's
-    rule; None without a threshold), label ("good"/"anomalous") and defect (the folder name)."""
+    """One record per test image: path, score, threshold, verdict (threshold.is_anomalous, the
+    engine's rule: NaN is "anomalous"; None without a threshold), label ("good"/"anomalous") and defect (the folder name)."""
     out = []
     for s, v in zip(test, np.asarray(scores, dtype=np.float64).tolist()):
-        verdict = None if threshold is None else ("anomalous" if v > threshold else "ok")
+        verdict = None if threshold is None else ("anomalous" if is_anomalous(v, threshold) else "ok")
         out.append({"path": s.path, "score": v, "threshold": None if threshold is None else float(threshold),
                     "verdict": verdict, "label": "anomalous" if s.label == ANOMALOUS else "good",
                     "defect": s.defect_type})

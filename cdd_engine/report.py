@@ -28,6 +28,7 @@ import torch
 
 from . import checkpoint as ckpt
 from .visualize import CONTACT_SHEET, claim_outputs, record_outputs
+from .threshold import is_anomalous
 
 
 def ranked_training_scores(run_dir: str | Path) -> tuple[list[dict[str, Any]], float]:
@@ -49,7 +50,7 @@ def ranked_training_scores(run_dir: str | Path) -> tuple[list[dict[str, Any]], f
     ranked = []
     for r, i in enumerate(order.tolist(), start=1):
         e = entries[i]
-        ranked.append({"rank": r, "path": e["path"], "score": e["score"], "above_threshold": e["score"] >= threshold,
+        ranked.append({"rank": r, "path": e["path"], "score": e["score"], "above_threshold": is_anomalous(e["score"], threshold),
                        "injected": e["injected"]})
     return ranked, threshold
 

@@ -25,6 +25,22 @@ DEFAULT_RULE = "median_mad"
 DEFAULT_K = 3.0
 
 
+def is_anomalous(scores: float | Sequence[float] | np.ndarray, threshold: float) -> bool | np.ndarray:
+    """The one verdict rule, for every place that says "anomalous"/"ok" (the engine's ScoreResult,
+    ``eval``'s per-image records, overlays, the training-score report):
+
+    - ``score > threshold``, compared in float32: scores are float32 everywhere, and the C++
+      library compares ``float > float`` (csrc/src/engine.cpp), so both runtimes agree at the
+      rounding boundary (a float64 comparison would flip a score equal to float32(threshold));
+    - a non-finite score (NaN, +-inf: a diverged model, bad weights) is anomalous, never "ok".
+
+    A scalar gives a bool, an array a bool array of its shape.
+    """
+    s = np.asarray(scores, dtype=np.float32)
+    verdict = (s > np.float32(threshold)) | ~np.isfinite(s)
+    return bool(verdict) if verdict.ndim == 0 else verdict
+
+
 def _scores(scores: Sequence[float] | np.ndarray) -> np.ndarray:
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
     if s.size == 0:

@@ -22,6 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .threshold import is_anomalous
+
 # (position, (r, g, b)) anchors of the ramp, linearly interpolated.
 _JET = ((0.0, (0.0, 0.0, 0.5)), (0.11, (0.0, 0.0, 1.0)), (0.35, (0.0, 1.0, 1.0)),
         (0.65, (1.0, 1.0, 0.0)), (0.89, (1.0, 0.0, 0.0)), (1.0, (0.5, 0.0, 0.0)))
@@ -93,8 +95,9 @@ def display_size(h: int, w: int, max_side: int = MAX_SIDE, min_side: int = MIN_S
 
 
 def verdict(score: float, threshold: float | None) -> str | None:
-    """"DEFECT" when the score is above the threshold (the engine's rule), "OK" otherwise, None without one."""
-    return None if threshold is None else ("DEFECT" if score > threshold else "OK")
+    """"DEFECT" when threshold.is_anomalous (the engine's rule: above the threshold, or NaN/inf),
+    "OK" otherwise, None without a threshold."""
+    return None if threshold is None else ("DEFECT" if is_anomalous(score, threshold) else "OK")
 
 
 def _resized_rgb(image: np.ndarray, size: tuple[int, int]) -> Image.Image:

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from .backends import make_backend
 from ..engine_format import read_manifest
 from ..errors import BackendUnavailable, EngineError, NonFiniteOutputError
+from ..threshold import is_anomalous
 from .frames import Frames, to_frames
 from .native_runtime import NativeRunner, choose_runtime, native_arrays
 from .options import NATIVE, BackendOptions, backend_options
@@ -396,9 +397,10 @@ class Engine:
             scores = scores.copy()
             scores[idx] = np.nan
         # the verdict of both runtimes, here only (the native path does not use the library's: see
-        # NativeRunner.score). NumPy compares the float32 scores with the Python-float threshold in
-        # float32 (NEP 50; same-kind scalars in NumPy 1.x), as the library does with its float32 copy.
-        return ScoreResult(scores=scores, maps=maps, is_anomalous=(scores > threshold) | bad, threshold=threshold,
+        # NativeRunner.score), by the package's one rule (threshold.is_anomalous: float32 comparison,
+        # as the library's, and non-finite is anomalous); ``bad`` adds frames with a non-finite map
+        return ScoreResult(scores=scores, maps=maps, is_anomalous=is_anomalous(scores, threshold) | bad,
+                           threshold=threshold,
                            non_finite=bad)
 
     def features(self, images: Any, pixel_format: str = "RGB", *,
