@@ -260,11 +260,17 @@ def make_engine(out: str | os.PathLike, frames_dir: str | os.PathLike | None = N
 
 
 def cached_engine(micro: bool = False, root: str | os.PathLike | None = None, int8: bool = False) -> dict:
-    """:func:`make_engine` into a cache directory keyed by this script's content, so test
+    """:func:`make_engine` into a cache directory keyed by this script's and the package's content, so test
     sessions reuse an engine instead of exporting it again (~10 s). Returns make_engine's dict
     plus "frames" (not for micro)."""
     import tempfile
-    key = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    # keyed by this script AND the package's Python sources: the engine and its reference scores
+    # come from the build and the Python runtime, so a cache made before a runtime change (e.g. the
+    # INT8 engine's inference precision) must not be reused after it
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    for src in sorted((ROOT / "cdd_engine").rglob("*.py")):
+        digest.update(src.relative_to(ROOT).as_posix().encode() + b"\0" + src.read_bytes())
+    key = digest.hexdigest()[:12]
     kind = "micro" if micro else "int8" if int8 else "tiny"
     base = Path(root or tempfile.gettempdir()) / f"cdd_native_test_{kind}_{key}"
     done = base / "done.json"
