@@ -35,7 +35,7 @@ with a larger map error (mean 0.0042 vs 0.0032). build() records ``winograd: fal
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -48,6 +48,20 @@ NNCF_REQUIREMENT = "nncf>=3.4,<3.5"  # the version the figures below were measur
 # Layers kept in float32 (NNCF ignored scope); the default by the measurements in the docstring.
 KEEP_FP32_CHOICES = ("none", "student_last", "student")
 KEEP_FP32_DEFAULT = "none"
+# NNCF presets: "performance" = symmetric activations, "mixed" = asymmetric activations (both
+# symmetric per-channel weights).
+PRESETS = ("performance", "mixed")
+# Bias correction after quantization: "fast" (NNCF's fast_bias_correction=True), "full" (the
+# slower layer-by-layer BiasCorrection), "none".
+BIAS_CORRECTIONS = ("fast", "full", "none")
+# How activation ranges come from the calibration statistics (nncf.RangeEstimatorParametersSet);
+# "default" leaves NNCF's choice (min / max over all images for the CPU target).
+ACTIVATION_RANGES = ("default", "minmax", "mean_minmax", "median_minmax", "mean_quantile", "histogram")
+# accuracy_control: None, or the largest drop of the Spearman correlation of INT8 vs fp32 image
+# scores on validation images that nncf.quantize_with_accuracy_control may leave (it reverts the
+# quantizers that hurt it most to fp32 until the drop is within this).
+QUANTIZATION_DEFAULTS = {"preset": "performance", "bias_correction": "fast", "activation_range": "default",
+                         "keep_fp32": KEEP_FP32_DEFAULT, "accuracy_control": None}
 CONV_TYPES = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul")
 
 
@@ -119,8 +133,92 @@ def fp32_scope(model: Any, keep_fp32: str) -> list[str]:
     return sorted(set(names))
 
 
-def quantize_openvino(model: Any, calibration: Sequence[np.ndarray], *, keep_fp32: str = KEEP_FP32_DEFAULT,
-                      fast_bias_correction: bool = True) -> tuple[Any, dict[str, Any]]:
+def check_quantization(settings: Any) -> dict[str, str]:
+    """Validate OpenVINO INT8 quantization settings (a mapping with some of the keys of
+    :data:`QUANTIZATION_DEFAULTS`) -> the full settings, defaults filled in; ValueError names the
+    bad key and its choices."""
+    if settings is None:
+        settings = {}
+    if not isinstance(settings, dict):
+        raise ValueError(f"quantization settings must be a dict with keys {sorted(QUANTIZATION_DEFAULTS)}, "
+                         f"got {type(settings).__name__}")
+    unknown = sorted(set(settings) - set(QUANTIZATION_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown quantization setting(s) {unknown}: the settings are {sorted(QUANTIZATION_DEFAULTS)}")
+    out = dict(QUANTIZATION_DEFAULTS)
+    out.update({k: v for k, v in settings.items() if v is not None})
+    ac = out["accuracy_control"]
+    if ac is not None and (isinstance(ac, bool) or not isinstance(ac, (int, float)) or not 0.0 < ac < 1.0):
+        raise ValueError(f"quantization accuracy_control must be None or a Spearman drop in (0, 1), got {ac!r}")
+    for key, choices in (("preset", PRESETS), ("bias_correction", BIAS_CORRECTIONS),
+                         ("activation_range", ACTIVATION_RANGES), ("keep_fp32", KEEP_FP32_CHOICES)):
+        if out[key] not in choices:
+            raise ValueError(f"quantization {key} must be one of {choices}, got {out[key]!r}")
+    return out
+
+
+def _advanced_parameters(nncf: Any, settings: dict[str, str]) -> Any:
+    """nncf.AdvancedQuantizationParameters for ``settings`` (None when NNCF's defaults apply)."""
+    kw: dict[str, Any] = {}
+    if settings["bias_correction"] == "none":
+        kw["disable_bias_correction"] = True
+    if settings["activation_range"] != "default":
+        from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+        kw["activations_range_estimator_params"] = getattr(RangeEstimatorParametersSet,
+                                                           settings["activation_range"].upper())
+    return nncf.AdvancedQuantizationParameters(**kw) if kw else None
+
+
+def _as_items(images: Sequence[np.ndarray], what: str) -> list[np.ndarray]:
+    items = []
+    for x in images:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or x.shape[:2] != (1, 3):
+            raise ValueError(f"{what} images must be (3, H, W) or (1, 3, H, W) float32, got {x.shape}")
+        items.append(x)
+    return items
+
+
+def _score_agreement(model: Any, validation: Sequence[np.ndarray], score_fn: Callable[[dict], float],
+                     ) -> Callable[[Any, Any], tuple[float, list[float]]]:
+    """The validation function of nncf.quantize_with_accuracy_control: Spearman correlation of the
+    model's image scores with the fp32 network's on the validation images (1.0 for the fp32
+    network itself; labels are not needed). NNCF passes data items ``(index, image)``; the
+    per-item values (minus the score error over the fp32 scores' spread) only choose its ranking
+    subset."""
+    from ..runtime.int8_guard import spearman
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(model, "CPU")
+    ref = np.array([score_fn(_named(compiled, x)) for x in validation], dtype=np.float64)
+    spread = max(float(np.std(ref)), 1e-12)
+
+    def validate(compiled_model: Any, items: Any) -> tuple[float, list[float]]:
+        idx, got = [], []
+        for i, x in items:
+            idx.append(i)
+            got.append(score_fn(_named(compiled_model, x)))
+        r, g = ref[idx], np.array(got, dtype=np.float64)
+        per_item = (-np.abs(g - r) / spread).tolist()
+        rho = spearman(r, g) if len(idx) >= 3 else np.nan
+        if np.isnan(rho):  # one or two images, or constant scores: no rank order, the score error stands in
+            return 1.0 + float(np.mean(per_item)), per_item
+        return rho, per_item
+
+    return validate
+
+
+def _named(compiled: Any, x: np.ndarray) -> dict[str, np.ndarray]:
+    res = compiled(x)
+    return {out.get_any_name(): res[out] for out in compiled.outputs}
+
+
+def quantize_openvino(model: Any, calibration: Sequence[np.ndarray], settings: dict[str, Any] | None = None,
+                      validation: Sequence[np.ndarray] | None = None,
+                      score_fn: Callable[[dict], float] | None = None) -> tuple[Any, dict[str, Any]]:
     """NNCF post-training INT8 quantization of an ``openvino.Model`` (the RD feature network).
 
     Args:
@@ -128,39 +226,51 @@ def quantize_openvino(model: Any, calibration: Sequence[np.ndarray], *, keep_fp3
         calibration: pre-processed images, each (3, H, W) or (1, 3, H, W) float32; NNCF sees them
             one at a time, in this order (the order and the set fix the result: a build is
             reproducible).
-        keep_fp32: which layers stay in float32 (:func:`fp32_scope`).
-        fast_bias_correction: NNCF's fast bias correction (True) or none.
+        settings: :data:`QUANTIZATION_DEFAULTS` keys (:func:`check_quantization`): the NNCF preset,
+            the bias correction, the activation range estimator, the layers kept in float32
+            (:func:`fp32_scope`), the accuracy control.
+        validation, score_fn: accuracy control only: pre-processed images (as ``calibration``) and
+            a function of the network's outputs ({name: array} of one image) -> its image score.
 
     Returns:
         (quantized ``openvino.Model`` holding FakeQuantize operations, a JSON-able record of the
         NNCF settings used).
     """
+    settings = check_quantization(settings)
     nncf = import_nncf()
-    items = []
-    for x in calibration:
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        if x.ndim == 3:
-            x = x[None]
-        if x.ndim != 4 or x.shape[:2] != (1, 3):
-            raise ValueError(f"calibration images must be (3, H, W) or (1, 3, H, W) float32, got {x.shape}")
-        items.append(x)
+    items = _as_items(calibration, "calibration")
     if not items:
         raise ValueError("INT8 quantization needs at least one calibration image")
-    ignored = fp32_scope(model, keep_fp32)
-    # Preset PERFORMANCE = symmetric activations (the CPU plugin's fastest int8 kernels); model_type
-    # stays None (a CNN, not a transformer); target CPU matches the backend; subset_size = every
-    # image given (the caller picks the subset, seeded).
-    quantized = nncf.quantize(
-        model, nncf.Dataset(items), preset=nncf.QuantizationPreset.PERFORMANCE,
-        target_device=nncf.TargetDevice.CPU, subset_size=len(items), fast_bias_correction=fast_bias_correction,
-        ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None)
+    ignored = fp32_scope(model, settings["keep_fp32"])
+    # model_type stays None (a CNN, not a transformer); target CPU matches the backend;
+    # subset_size = every image given (the caller picks the subset, seeded).
+    common = dict(preset=getattr(nncf.QuantizationPreset, settings["preset"].upper()),
+                  target_device=nncf.TargetDevice.CPU, subset_size=len(items),
+                  fast_bias_correction=settings["bias_correction"] != "full",
+                  ignored_scope=nncf.IgnoredScope(names=ignored) if ignored else None)
+    if settings["accuracy_control"] is None:
+        quantized = nncf.quantize(model, nncf.Dataset(items), advanced_parameters=_advanced_parameters(nncf, settings),
+                                  **common)
+    else:
+        if not validation or score_fn is None:
+            raise ValueError("quantization accuracy_control needs validation images and a score function")
+        val = _as_items(validation, "validation")
+        quantized = nncf.quantize_with_accuracy_control(
+            model, nncf.Dataset(items), nncf.Dataset(list(enumerate(val)), lambda item: item[1]),
+            _score_agreement(model, val, score_fn), max_drop=float(settings["accuracy_control"]),
+            drop_type=nncf.DropType.ABSOLUTE, advanced_quantization_parameters=_advanced_parameters(nncf, settings),
+            **common)
     n_fq = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
+    fp32_convs = sum(op.get_type_name() in CONV_TYPES and op.input(1).get_source_output().get_node().get_type_name()
+                     != "FakeQuantize" for op in quantized.get_ops())
     if n_fq == 0:
         raise RuntimeError("NNCF inserted no FakeQuantize operation: nothing was quantized")
-    record = {"preset": "performance", "target_device": "CPU", "subset_size": len(items),
-              "fast_bias_correction": bool(fast_bias_correction), "keep_fp32": keep_fp32,
-              "fp32_layers": len(ignored), "fake_quantize_ops": n_fq}
-    log.info("NNCF INT8: %d FakeQuantize ops, %d layers kept in fp32 (%s)", n_fq, len(ignored), keep_fp32)
+    record = {**settings, "target_device": "CPU", "subset_size": len(items),
+              "fast_bias_correction": settings["bias_correction"] == "fast",
+              "fp32_layers": len(ignored), "fake_quantize_ops": n_fq, "fp32_convolutions": int(fp32_convs)}
+    if settings["accuracy_control"] is not None:
+        record["validation_images"] = len(validation or [])
+    log.info("NNCF INT8: %d FakeQuantize ops, %d layers kept in fp32 (%s)", n_fq, len(ignored), settings)
     return quantized, record
 
 
