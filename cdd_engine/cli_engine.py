@@ -89,7 +89,7 @@ def add_build_parser(sub) -> None:
                    help="int8: build fp32 instead when the accuracy guard fails (default: refuse the build)")
     p.add_argument("--data", default=None, metavar="DIR",
                    help="int8: labelled MVTec-layout data set; the guard then also compares image/pixel AUROC")
-    p.add_argument("--keep-fp32", default=None, choices=("none", "student_last", "student"),
+    p.add_argument("--keep-fp32", default=None, choices=("none", "student_last", "student", "teacher_first", "teacher"),
                    help="OpenVINO int8: layers left in float32 (default none: measured no better, slower)")
     p.add_argument("--int8-quantization", action="append", default=None, metavar="KEY=VALUE",
                    help="OpenVINO int8: an NNCF setting, repeatable: preset=performance|mixed, "

@@ -232,7 +232,7 @@ def test_bad_int8_options_are_refused_before_any_work(run, tmp_path, monkeypatch
     cases = [dict(calibration_size=0), dict(calibration_size=-3), dict(calibration_size=True),
              dict(calibration_size=2.5), dict(calibration_seed=-1), dict(int8_fallback="yes"),
              dict(calibration_frames=str(tmp_path / "missing")), dict(calibration_frames=str(empty)),
-             dict(data=str(tmp_path / "missing")), dict(keep_fp32="teacher")]
+             dict(data=str(tmp_path / "missing")), dict(keep_fp32="decoder")]
     for kw in cases:
         with pytest.raises(ValueError, match="calibration_size|calibration_seed|int8_fallback|calibration directory"
                                              "|data|keep_fp32"):
@@ -360,9 +360,11 @@ def test_native_and_python_runtimes_agree_on_the_int8_engine(int8_engine):
         np.testing.assert_allclose(b.maps, a.maps, rtol=NATIVE_INT8_RTOL, atol=NATIVE_INT8_RTOL * float(a.maps.max()))
 
 
-def test_fp32_scope_names_student_layers_only(tmp_path):
+def test_fp32_scope_names_student_or_teacher_layers_only(tmp_path):
     """keep_fp32: "student_last" and "student" name the micro student's three 1x1 convolutions (its
-    whole student), never a teacher convolution; "none" nothing; anything else is refused."""
+    whole student), never a teacher convolution; "teacher" the teacher's three 3x3 convolutions,
+    "teacher_first" the first of them (the only one feeding teacher_0); "none" nothing; anything
+    else is refused."""
     import openvino as ov
     from native_helpers import mte
     from cdd_engine.export.onnx import export_onnx
@@ -376,9 +378,13 @@ def test_fp32_scope_names_student_layers_only(tmp_path):
     for keep in ("student_last", "student"):
         names = fp32_scope(net, keep)
         assert len(names) == 3 and all(kernels[n] == (1, 1) for n in names)  # the teacher's are 3x3
+    teacher = fp32_scope(net, "teacher")
+    assert len(teacher) == 3 and all(kernels[n] == (3, 3) for n in teacher)
+    first = fp32_scope(net, "teacher_first")
+    assert len(first) == 1 and first[0] == convs[0].get_friendly_name()
     assert fp32_scope(net, "none") == []
     with pytest.raises(ValueError, match="keep_fp32"):
-        fp32_scope(net, "teacher")
+        fp32_scope(net, "decoder")
 
 
 def test_calibrating_on_the_training_folder_holds_the_guard_out_of_it(run):

@@ -46,7 +46,7 @@ log = logging.getLogger("cdd_engine.export")
 
 NNCF_REQUIREMENT = "nncf>=3.4,<3.5"  # the version the figures below were measured with (setup.py pins it)
 # Layers kept in float32 (NNCF ignored scope); the default by the measurements in the docstring.
-KEEP_FP32_CHOICES = ("none", "student_last", "student")
+KEEP_FP32_CHOICES = ("none", "student_last", "student", "teacher_first", "teacher")
 KEEP_FP32_DEFAULT = "none"
 # NNCF presets: "performance" = symmetric activations, "mixed" = asymmetric activations (both
 # symmetric per-channel weights).
@@ -111,7 +111,9 @@ def fp32_scope(model: Any, keep_fp32: str) -> list[str]:
 
     "none": quantize everything; "student_last": the last convolution before each student
     output; "student": every weighted operation that does not feed the (frozen) teacher's
-    outputs, i.e. the bottleneck and the student decoder.
+    outputs, i.e. the bottleneck and the student decoder; "teacher_first": the teacher's first
+    stage (every weighted operation feeding its first feature output); "teacher": the whole
+    teacher (everything feeding a teacher output).
     """
     if keep_fp32 not in KEEP_FP32_CHOICES:
         raise ValueError(f"keep_fp32 must be one of {KEEP_FP32_CHOICES}, got {keep_fp32!r}")
@@ -125,9 +127,12 @@ def fp32_scope(model: Any, keep_fp32: str) -> list[str]:
     student = [by_name[n] for n in FEATURE_NAMES[3:]]
     if keep_fp32 == "student_last":
         names = [n for o in student for n in _last_convolutions(o)]
+    elif keep_fp32.startswith("teacher"):
+        names = list(_ancestors(teacher[:1] if keep_fp32 == "teacher_first" else teacher))
     else:
         in_teacher = _ancestors(teacher)
         names = [n for n in _ancestors(student) if n not in in_teacher]
+    if keep_fp32 != "student_last":
         names = [op.get_friendly_name() for op in model.get_ordered_ops()
                  if op.get_type_name() in CONV_TYPES and op.get_friendly_name() in set(names)]
     return sorted(set(names))
