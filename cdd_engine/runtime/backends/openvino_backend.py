@@ -10,9 +10,10 @@ fused kernels, and the 14.7 MB/image of WRN50 features never reach Python. Measu
 7.5 ms/image in the graph against 13.2 ms/image for the torch separable path and 85 ms for the
 eager reference.
 
-That is for fp32 engines (compiled with inference precision f32). An fp16 engine's graph ends
-with the cosine distances instead and the rest of the map runs in float32 in torch, as in the C++
-engine: in the graph it would run at the plugin's reduced default precision (see DISTANCE_OUTPUTS).
+That is for fp32 engines. A reduced-precision engine's graph (fp16, int8) ends with the cosine
+distances instead and the rest of the map runs in float32 in torch, as in the C++ engine (see
+DISTANCE_OUTPUTS). Every engine is compiled with inference precision f32, so only what the IR
+itself quantizes (an INT8 engine's FakeQuantize'd convolutions) runs below float32.
 
 The IR itself may hold Winograd F(2x2, 3x3) subgraphs in place of its wide 3x3 convolutions
 (written by the export, export/openvino.py, export/openvino_winograd.py): nothing to do here,
@@ -202,9 +203,12 @@ class OpenVINOBackend:
             self._post = FastAnomalyMap(tuple(manifest["image_size"]), am["mode"], am["sigma"], am["truncate"],
                                         am["eps"])
         base: dict[str, Any] = {}
-        if manifest["precision"] == "fp32":
-            # CPUs with bf16/AMX default to bf16 inference; fp32 engines must stay fp32 (docs/anomaly_map.md)
-            base["INFERENCE_PRECISION_HINT"] = "f32"
+        # CPUs with AVX512-BF16/AMX default to bf16 inference; every engine computes in f32 except
+        # what its IR quantizes: an INT8 engine's FakeQuantize'd convolutions run in int8 whatever the
+        # hint, and the hint keeps its other layers and the distance graph out of bf16. (On an
+        # AVX512-BF16 CPU the INT8 engine without it ran the cosine distances in bf16, and capped to
+        # AVX2 its bf16 reorders took 41 of 96 ms; benchmarks/RESULTS.md.) docs/anomaly_map.md
+        base["INFERENCE_PRECISION_HINT"] = "f32"
         if num_threads:
             base["INFERENCE_NUM_THREADS"] = int(num_threads)
         # Threads not pinned to cores: on cores shared with other processes a pinned thread waits for

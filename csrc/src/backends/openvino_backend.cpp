@@ -338,8 +338,10 @@ std::vector<std::unique_ptr<Worker>> make_openvino_workers(const Manifest& m, co
             // the others wait for it at every layer (WRN50 RD, batch 1, 2 shared cores at load 2.4-4.5:
             // unpinned 1.14-1.25x faster, within 2 % when quiet; benchmarks/RESULTS.md, issue 4)
             config[ov::hint::enable_cpu_pinning.name()] = false;
-            // fp32 engines must stay fp32 on CPUs whose default would be bf16 (AMX / AVX512-BF16)
-            if (m.precision == "fp32") config[ov::hint::inference_precision.name()] = ov::element::f32;
+            // f32 on CPUs whose default would be bf16 (AMX / AVX512-BF16), for every precision: an INT8
+            // engine's FakeQuantize'd convolutions run in int8 whatever the hint, and the hint keeps its
+            // other layers and the distance graph out of bf16 (as the Python backend)
+            config[ov::hint::inference_precision.name()] = ov::element::f32;
         }
         sh->distances_in_graph = options.distances_in_network;
         sh->model = options.distances_in_network ? with_distances(model, m) : model;
