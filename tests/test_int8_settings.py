@@ -67,7 +67,7 @@ def test_non_default_settings_build_record_themselves_and_change_the_network(def
 def test_accuracy_control_builds_and_records_its_validation(tmp_path):
     e = _build(tmp_path / "ac", {"accuracy_control": 0.02})
     q = e.manifest["int8"]["quantization"]
-    assert q["accuracy_control"] == 0.02 and q["validation_images"] == 20  # 24 frames - 4 held out by the guard
+    assert q["accuracy_control"] == 0.02 and q["validation_images"] == 16  # 24 frames - 8 held out by the guard
     assert q["fake_quantize_ops"] > 0 and e.manifest["int8"]["guard"]["passed"]
     x = frames(3, 41, 29, seed=90)
     np.testing.assert_allclose(e.score(x).scores, reference(mte.micro_model(), x)[1], rtol=SCORE_RTOL)

@@ -138,6 +138,21 @@ def fp32_scope(model: Any, keep_fp32: str) -> list[str]:
     return sorted(set(names))
 
 
+def _int8_weights(op: Any) -> bool:
+    """Whether a weighted operation's weights are quantized: a FakeQuantize, or (after NNCF's
+    weight compression) an int8 Constant behind Convert / Subtract / Multiply."""
+    node = op.input(1).get_source_output().get_node()
+    while True:
+        kind = node.get_type_name()
+        if kind == "FakeQuantize":
+            return True
+        if kind == "Constant":
+            return node.get_element_type().get_type_name() in ("i8", "u8")
+        if kind not in ("Convert", "Subtract", "Multiply", "Reshape", "Transpose") or node.get_input_size() == 0:
+            return False
+        node = node.input(0).get_source_output().get_node()
+
+
 def check_quantization(settings: Any) -> dict[str, str]:
     """Validate OpenVINO INT8 quantization settings (a mapping with some of the keys of
     :data:`QUANTIZATION_DEFAULTS`) -> the full settings, defaults filled in; ValueError names the
@@ -266,8 +281,7 @@ def quantize_openvino(model: Any, calibration: Sequence[np.ndarray], settings: d
             drop_type=nncf.DropType.ABSOLUTE, advanced_quantization_parameters=_advanced_parameters(nncf, settings),
             **common)
     n_fq = sum(op.get_type_name() == "FakeQuantize" for op in quantized.get_ops())
-    fp32_convs = sum(op.get_type_name() in CONV_TYPES and op.input(1).get_source_output().get_node().get_type_name()
-                     != "FakeQuantize" for op in quantized.get_ops())
+    fp32_convs = sum(op.get_type_name() in CONV_TYPES and not _int8_weights(op) for op in quantized.get_ops())
     if n_fq == 0:
         raise RuntimeError("NNCF inserted no FakeQuantize operation: nothing was quantized")
     record = {**settings, "target_device": "CPU", "subset_size": len(items),
