@@ -25,7 +25,7 @@ from native_helpers import mte
 # build measured within 0.4 %; 2 % leaves room for the other settings without hiding a broken one
 # (a constant-colour calibration is off by > 50 %).
 SCORE_RTOL = 0.02
-NON_DEFAULT = {"preset": "mixed", "bias_correction": "full", "activation_range": "mean_quantile"}
+NON_DEFAULT = {"preset": "mixed", "bias_correction": "fast", "activation_range": "mean_quantile"}
 
 
 def _build(out, quantization=None, calibration=None, **kw):
@@ -44,7 +44,9 @@ def test_default_settings_are_recorded(default_engine):
     m = default_engine.manifest
     q = m["int8"]["quantization"]
     assert {k: q[k] for k in QUANTIZATION_DEFAULTS} == QUANTIZATION_DEFAULTS
-    assert q["fast_bias_correction"] is True and q["fake_quantize_ops"] > 0 and q["fp32_convolutions"] == 0
+    # teacher_first: the micro teacher's first convolution (the only one feeding teacher_0) stays fp32
+    assert q["fast_bias_correction"] is False and q["fake_quantize_ops"] > 0 and q["fp32_convolutions"] == 1
+    assert q["fp32_layers"] == 1
     assert m["build"]["options"]["quantization"] == {k: v for k, v in QUANTIZATION_DEFAULTS.items() if k != "keep_fp32"}
 
 
@@ -52,7 +54,7 @@ def test_non_default_settings_build_record_themselves_and_change_the_network(def
     e = _build(tmp_path / "mixed", NON_DEFAULT)
     m = json.loads((e.engine_dir / "engine.json").read_text())
     q = m["int8"]["quantization"]
-    assert {k: q[k] for k in NON_DEFAULT} == NON_DEFAULT and q["fast_bias_correction"] is False
+    assert {k: q[k] for k in NON_DEFAULT} == NON_DEFAULT and q["fast_bias_correction"] is True
     assert m["build"]["options"]["quantization"] == dict(NON_DEFAULT, accuracy_control=None)
     assert m["int8"]["guard"]["passed"]
     # other ranges / zero points: other weights file
@@ -73,10 +75,14 @@ def test_accuracy_control_builds_and_records_its_validation(tmp_path):
     np.testing.assert_allclose(e.score(x).scores, reference(mte.micro_model(), x)[1], rtol=SCORE_RTOL)
 
 
-@pytest.mark.parametrize("q", [NON_DEFAULT, {"accuracy_control": 0.01}])
-def test_guard_refuses_a_broken_calibration_under_the_settings(q, tmp_path):
+@pytest.mark.parametrize("q, why", [({}, "FAILED"), (NON_DEFAULT, "FAILED"),
+                                    ({"accuracy_control": 0.01}, "reverted every quantized layer")])
+def test_guard_refuses_a_broken_calibration_under_the_settings(q, why, tmp_path):
+    """Constant-colour calibration of the micro model: the guard refuses it under the default and
+    other settings; the accuracy control, validating on the same flat images, reverts every layer
+    and refuses the build itself."""
     flat = np.full((12, 32, 32, 3), 200, np.uint8)  # one colour: every activation range collapses
-    with pytest.raises(AccuracyGuardError, match=r"refusing the INT8 engine.*FAILED"):
+    with pytest.raises(AccuracyGuardError, match=rf"refusing the INT8 engine.*{why}"):
         _build(tmp_path / "o", q, calibration=flat)
     assert not (tmp_path / "o").exists()
 
