@@ -30,9 +30,12 @@ full BC + teacher_first (new)    0.866   9             +0.0080 / 0.983 / 0.111  
 
 On AVX2 the error comes from the teacher's first stage (the saturating int8 kernels on its
 wide-range activations): keeping it in fp32 brings AVX2 to the VNNI figures; full bias
-correction then halves the remaining error. The whole teacher in fp32 is no more accurate and
-leaves no speed-up; NNCF's accuracy control (50 calibration images as validation) chose 3
-layers that fit its validation images (guard 0.931) but not the test set, at 12x the build time.
+correction then lowers the rest (err 0.150 -> 0.111 VNNI, 0.168 -> 0.145 AVX2). The whole
+teacher in fp32 is no more accurate and leaves no speed-up (1.06x fp32); NNCF's accuracy
+control (50 calibration images as validation) left 3 convolutions in fp32 that fit its
+validation images (guard 0.931) but not the test set, at 12x the build time. Keeping the
+student or its last convolutions in fp32 measured no better earlier (brick: image AUROC
+0.9937 in all three, slower; benchmarks/RESULTS.md).
 
 The new default against the old on all nine runs (means over the three seeds of each category;
 rho / err / image AUROC delta / pixel AUROC delta, INT8 - fp32):
@@ -49,13 +52,12 @@ gravel     new  0.988 / 0.100 / +0.0030 / -0.0012      0.977 / 0.147 / +0.0050 /
 =========  ===  ====================================  ====================================
 
 The new default agrees better with fp32 on every run and both ISAs (score error halved on
-VNNI, a third of the old on AVX2), the guard's Spearman rises from 0.874-0.967 to 0.964-0.996
-(grass seed 1: 0.866, still refused), and the pixel AUROC stays within 0.004 of fp32 everywhere
-(old, AVX2: -0.0102 on gravel seed 0). The image AUROC delta of the near-chance categories
+VNNI, a third of the old on AVX2), the guard's Spearman rises from 0.874-0.967 (as recorded
+at the old builds) to 0.964-0.996 (grass seed 1: 0.866, still refused), and the pixel AUROC
+stays within 0.004 of fp32 everywhere (old, AVX2: -0.0102 on gravel seed 0). The image AUROC delta of the near-chance categories
 (grass, gravel: AUROC 0.55-0.67) is not smaller: there the good and defective scores interleave
 so closely that a score error of 0.1 std still moves AUROC by up to 0.02 either way. Cost:
-the INT8 builds took 21-40 s (19-23 s for the old default, measured earlier on a quieter
-machine); the batch-8 engine call (grass seed 1, native runtime, paired medians of 15) went
+the INT8 builds took 21-40 s on a busy machine (the old default: 15-31 s as recorded); the batch-8 engine call (grass seed 1, native runtime, paired medians of 15) went
 from 28.8 to 30.8-34.1 ms on VNNI (fp32 49.7 ms: 1.72x -> 1.46-1.61x) and stayed at 1.16-1.25x
 fp32 on AVX2. ``keep_fp32="none"`` with ``bias_correction="fast"`` is the old, fastest setting.
 
