@@ -11,6 +11,8 @@ engine metrics, deltas, the INT8 build's guard figures and build times) and
     python benchmarks/int8_accuracy.py --out bench_int8 --seeds 0        # one seed per category
     python benchmarks/int8_accuracy.py --out bench_int8 --train-only     # train now, engines later
     python benchmarks/int8_accuracy.py --out bench_int8 --quick          # a tiny smoke run
+    python benchmarks/int8_accuracy.py --out bench_int8 --int8-quantization keep_fp32=none \
+        --int8-quantization bias_correction=fast   # other NNCF settings, engines beside the default ones
 
 Settings are the demo's (``cdd-engine demo``: efficientnet_lite0 with its packaged weights, 256²,
 30 epochs, 200 train / 100 good + 100 defective test images, noise ratio 0.1), except that one
