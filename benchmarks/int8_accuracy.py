@@ -11,6 +11,8 @@ engine metrics, deltas, the INT8 build's guard figures and build times) and
     python benchmarks/int8_accuracy.py --out bench_int8 --seeds 0        # one seed per category
     python benchmarks/int8_accuracy.py --out bench_int8 --train-only     # train now, engines later
     python benchmarks/int8_accuracy.py --out bench_int8 --quick          # a tiny smoke run
+    python benchmarks/int8_accuracy.py --out bench_int8 --int8-quantization keep_fp32=none \
+        --int8-quantization bias_correction=fast   # other NNCF settings, engines beside the default ones
 
 Settings are the demo's (``cdd-engine demo``: efficientnet_lite0 with its packaged weights, 256²,
 30 epochs, 200 train / 100 good + 100 defective test images, noise ratio 0.1), except that one
@@ -64,14 +66,16 @@ def train_one(data: Path, out: Path, category: str, seed: int, s: dict, progress
     return run_dir
 
 
-def build_one(run_dir: Path, precision: str, rebuild: bool) -> tuple[Path, float | None]:
+def build_one(run_dir: Path, precision: str, rebuild: bool, quantization: dict | None = None,
+              tag: str = "") -> tuple[Path, float | None]:
     """-> (engine dir, build seconds or None when an earlier build was reused).
 
     An INT8 build the accuracy guard refuses is built again with the guard recorded but not
     enforced, so that its AUROC can still be measured; ``guard_refused.txt`` beside it keeps
     the refusal (the row says so)."""
-    out = run_dir / f"engine_openvino_{precision}"
-    refused = run_dir / f"guard_refused_{precision}.txt"
+    out = run_dir / f"engine_openvino_{precision}{tag}"
+    refused = run_dir / f"guard_refused_{precision}{tag}.txt"
+    q = {"quantization": quantization} if quantization else {}
     if (out / "engine.json").is_file() and not rebuild:
         return out, None
     if out.exists():
@@ -79,11 +83,12 @@ def build_one(run_dir: Path, precision: str, rebuild: bool) -> tuple[Path, float
     refused.unlink(missing_ok=True)
     t0 = time.perf_counter()
     try:
-        cdd_engine.build(run_dir, backend="openvino", precision=precision, output_dir=out)
+        cdd_engine.build(run_dir, backend="openvino", precision=precision, output_dir=out, **q)
     except AccuracyGuardError as e:
         print(f"{run_dir.name}: {e}; building it again with the guard not enforced, to measure it", flush=True)
         refused.write_text(str(e) + "\n", encoding="utf-8")
-        cdd_engine.build(run_dir, backend="openvino", precision=precision, output_dir=out, guard=speed_only_guard())
+        cdd_engine.build(run_dir, backend="openvino", precision=precision, output_dir=out, guard=speed_only_guard(),
+                         **q)
     return out, time.perf_counter() - t0
 
 
@@ -97,15 +102,16 @@ def eval_engine(engine_dir: Path, rebuilt: bool) -> dict:
     return json.loads(path.read_text())
 
 
-def row_for(category: str, seed: int, run_dir: Path, rebuild: bool) -> dict:
+def row_for(category: str, seed: int, run_dir: Path, rebuild: bool, quantization: dict | None = None,
+            tag: str = "") -> dict:
     eager = json.loads((run_dir / "metrics.json").read_text())
     fp32_dir, fp32_s = build_one(run_dir, "fp32", rebuild)
-    int8_dir, int8_s = build_one(run_dir, "int8", rebuild)
+    int8_dir, int8_s = build_one(run_dir, "int8", rebuild, quantization, tag)
     fp32 = eval_engine(fp32_dir, fp32_s is not None)
     int8 = eval_engine(int8_dir, int8_s is not None)
     manifest = json.loads((int8_dir / "engine.json").read_text())
     guard = (manifest.get("int8") or {}).get("guard")
-    refused_file = run_dir / "guard_refused_int8.txt"
+    refused_file = run_dir / f"guard_refused_int8{tag}.txt"
     if refused_file.is_file():   # the default guard refused this engine; it was measured anyway
         guard = {"refused_by_default_guard": refused_file.read_text(encoding="utf-8").strip(), **(guard or {})}
     changed = sum(a["verdict"] != b["verdict"] for a, b in zip(fp32["images"], int8["images"]))
@@ -130,7 +136,8 @@ def _ms(values: list[float], digits: int = 4) -> str:
     return f"{statistics.mean(values):+.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def markdown(rows: list[dict], s: dict, seeds: list[int], info: dict, total_s: float, command: str) -> str:
+def markdown(rows: list[dict], s: dict, seeds: list[int], info: dict, total_s: float, command: str,
+             quantization: dict | None = None) -> str:
     ok_img = all(abs(r["d_image_auroc"]) <= IMAGE_BAR for r in rows)
     ok_px = all(abs(r["d_pixel_auroc"]) <= PIXEL_BAR for r in rows)
     lines = [
@@ -140,7 +147,8 @@ def markdown(rows: list[dict], s: dict, seeds: list[int], info: dict, total_s: f
         f"defective test images per category, noise ratio {s['noise_ratio']}), RD with efficientnet_lite0 "
         f"(packaged weights), {s['image_size']}², {s['epochs']} epochs, seeds {', '.join(map(str, seeds))}. "
         f"Engines: OpenVINO fp32 and INT8 built from each run (INT8 calibrated on the run's training images, "
-        f"the build's default), both evaluated with `cdd-engine eval --engine`. cdd-engine {__version__}, "
+        f"the build's default; NNCF settings {quantization or 'the defaults'}), both evaluated with "
+        f"`cdd-engine eval --engine`. cdd-engine {__version__}, "
         f"torch {torch.__version__}, OpenVINO {info.get('openvino', '?')}; {info.get('cpu', '?')} "
         f"({', '.join(info.get('simd', []))}), load average {info.get('loadavg_start')} -> "
         f"{info.get('loadavg_end')}. Total wall time {total_s / 60:.1f} min.",
@@ -181,12 +189,20 @@ def main(argv=None) -> int:
     p.add_argument("--train-only", action="store_true", help="train the runs (seed-major order) and stop")
     p.add_argument("--rebuild", action="store_true", help="build and evaluate the engines again")
     p.add_argument("--progress", action="store_true", help="show training progress bars")
+    p.add_argument("--int8-quantization", action="append", default=None, metavar="KEY=VALUE",
+                   help="NNCF settings of the INT8 engines, as `cdd-engine build --int8-quantization` (repeatable); "
+                        "the engines then go to engine_openvino_int8_<setting> beside the default one")
     p.add_argument("--quick", action="store_true", help="the demo's --quick settings (64², 2 epochs, tiny sets)")
     p.add_argument("--results-csv", default=str(RESULTS_DIR / "int8_accuracy.csv"), metavar="CSV",
                    help="also append every figure as long-format rows here (results_csv.py); '' for none "
                         "(--quick: none by default)")
     args = p.parse_args(argv)
     s = dict(DEMO_QUICK if args.quick else DEMO_DEFAULTS)
+    quantization, tag = None, ""
+    if args.int8_quantization:
+        from cdd_engine.cli_engine import _quantization_settings
+        quantization = _quantization_settings(args.int8_quantization)
+        tag = "_" + "_".join(f"{k}-{v}" for k, v in sorted(quantization.items()))
     if args.threads:
         torch.set_num_threads(args.threads)
     info = machine_info()
@@ -204,7 +220,7 @@ def main(argv=None) -> int:
         if args.train_only:
             print(f"{c} seed {seed}: trained ({run_dir})", flush=True)
             continue
-        r = row_for(c, seed, run_dir, args.rebuild)
+        r = row_for(c, seed, run_dir, args.rebuild, quantization, tag)
         rows.append(r)
         print(f"{c} seed {seed}: image AUROC fp32 {r['fp32_image_auroc']:.4f} INT8 {r['int8_image_auroc']:.4f} "
               f"({r['d_image_auroc']:+.4f}); pixel AUROC fp32 {r['fp32_pixel_auroc']:.4f} INT8 "
@@ -212,13 +228,14 @@ def main(argv=None) -> int:
     if args.train_only:
         return 0
     info["loadavg_end"] = [round(v, 2) for v in os.getloadavg()]
-    with open(out / "int8_accuracy.csv", "w", newline="") as f:
+    with open(out / f"int8_accuracy{tag}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
         w.writerows(rows)
     command = "python benchmarks/int8_accuracy.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    md = markdown(rows, s, sorted({r["seed"] for r in rows}), info, time.perf_counter() - t0, command.strip())
-    (out / "int8_accuracy.md").write_text(md, encoding="utf-8")
+    md = markdown(rows, s, sorted({r["seed"] for r in rows}), info, time.perf_counter() - t0, command.strip(),
+                  quantization)
+    (out / f"int8_accuracy{tag}.md").write_text(md, encoding="utf-8")
     print(md)
     if args.results_csv and not (args.quick and args.results_csv == str(RESULTS_DIR / "int8_accuracy.csv")):
         w = ResultsWriter("int8_accuracy", args.results_csv)

@@ -89,8 +89,15 @@ def add_build_parser(sub) -> None:
                    help="int8: build fp32 instead when the accuracy guard fails (default: refuse the build)")
     p.add_argument("--data", default=None, metavar="DIR",
                    help="int8: labelled MVTec-layout data set; the guard then also compares image/pixel AUROC")
-    p.add_argument("--keep-fp32", default=None, choices=("none", "student_last", "student"),
-                   help="OpenVINO int8: layers left in float32 (default none: measured no better, slower)")
+    p.add_argument("--keep-fp32", default=None, choices=("none", "student_last", "student", "teacher_first", "teacher"),
+                   help="OpenVINO int8: layers left in float32 (default teacher_first: the teacher's first stage, "
+                        "measured closer to fp32 on every demo run; none: everything int8, fastest)")
+    p.add_argument("--int8-quantization", action="append", default=None, metavar="KEY=VALUE",
+                   help="OpenVINO int8: an NNCF setting, repeatable: preset=performance|mixed, "
+                        "bias_correction=fast|full|none, activation_range=default|minmax|mean_minmax|median_minmax|"
+                        "mean_quantile|histogram, accuracy_control=DROP (revert the quantizers that hurt the "
+                        "Spearman of INT8 vs fp32 scores most until it drops by at most DROP; slower build); "
+                        "defaults and their measurements: cdd_engine/export/quantize.py")
     p.add_argument("--timing-cache", default=None, metavar="FILE", help="TensorRT timing cache (read and updated)")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check of the exported graph "
                    "(the NaN/inf check of the weights and of a probe batch always runs)")
@@ -99,6 +106,24 @@ def add_build_parser(sub) -> None:
     p.add_argument("--force", action="store_true",
                    help="replace --out even if it is a non-empty folder that is not an engine")
     p.set_defaults(handler=run_build)
+
+
+def _quantization_settings(pairs: list[str]) -> dict[str, object]:
+    """--int8-quantization KEY=VALUE ... -> the quantization dict of build() (checked there)."""
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"--int8-quantization takes KEY=VALUE, got {pair!r}")
+        if key == "accuracy_control":
+            try:
+                out[key] = float(value)
+            except ValueError:
+                raise ValueError(f"--int8-quantization accuracy_control takes a number (a Spearman drop), "
+                                 f"got {value!r}") from None
+        else:
+            out[key] = value
+    return out
 
 
 def run_build(a: argparse.Namespace) -> int:
@@ -120,8 +145,11 @@ def run_build(a: argparse.Namespace) -> int:
         int8 = dict(calibration_frames=a.calibration, calibration_size=a.calibration_size,
                     calibration_seed=a.calibration_seed, int8_fallback=a.int8_fallback, data=a.data,
                     keep_fp32=a.keep_fp32)
-    elif a.calibration or a.int8_fallback or a.data or a.keep_fp32:
-        raise ValueError("--calibration, --int8-fallback, --data and --keep-fp32 are for --precision int8")
+        if a.int8_quantization:
+            int8["quantization"] = _quantization_settings(a.int8_quantization)
+    elif a.calibration or a.int8_fallback or a.data or a.keep_fp32 or a.int8_quantization:
+        raise ValueError("--calibration, --int8-fallback, --data, --keep-fp32 and --int8-quantization are for "
+                         "--precision int8")
     t0 = time.perf_counter()
     level = build_log.level
     build_log.setLevel(logging.WARNING)

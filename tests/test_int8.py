@@ -88,7 +88,10 @@ def int8_engine(run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fallback_engine(run, tmp_path_factory):
-    """CLI build calibrated on constant-colour frames with --int8-fallback: the guard fails, fp32 is built."""
+    """CLI build calibrated on constant-colour frames with --int8-fallback: the guard fails, fp32 is built.
+    --keep-fp32 none: with the default teacher_first the fp32 first stage absorbs a constant-colour
+    calibration on this model (measured: Spearman 1.0, mean map error 0.005, a good engine), so
+    the every-layer-int8 network is the one such a calibration breaks."""
     run_dir, _, _ = run
     d = tmp_path_factory.mktemp("flat")
     for i in range(8):
@@ -97,6 +100,7 @@ def fallback_engine(run, tmp_path_factory):
     # the real entry point in a child (NNCF's progress display swaps sys.stdout, so capture it whole)
     proc = subprocess.run([sys.executable, "-m", "cdd_engine.cli", "build", "--checkpoint", str(run_dir),
                            "--backend", "openvino", "--precision", "int8", "--calibration", str(d),
+                           "--keep-fp32", "none",
                            "--calibration-size", "8", "--int8-fallback", "--max-batch", "4", "--no-verify",
                            "--threads", "1", "--out", str(out), "--quiet"],
                           capture_output=True, text=True, timeout=600)
@@ -123,7 +127,8 @@ def test_int8_engine_section_and_scores_against_fp32_reference(run, int8_engine)
     assert 0 < g["map_rel_error_mean"] <= g["map_rel_error_max"] <= 0.75
     opts = m["build"]["options"]
     assert opts["winograd"] is False and opts["calibration_size"] == 300 and opts["calibration_seed"] == 0
-    assert sec["quantization"]["keep_fp32"] == "none" and sec["quantization"]["fake_quantize_ops"] > 10
+    assert sec["quantization"]["keep_fp32"] == "teacher_first" and sec["quantization"]["fake_quantize_ops"] > 10
+    assert sec["quantization"]["bias_correction"] == "full" and sec["quantization"]["fp32_convolutions"] > 0
     # the AUROC figures recorded are those of metrics on the fp32 reference pipeline
     from cdd_engine.data.readers import read_dataset
     from cdd_engine.data.images import load_image
@@ -181,9 +186,10 @@ def test_broken_calibration_is_refused_and_previous_engine_untouched(run, int8_e
     out = Path(shutil.copytree(int8_engine, tmp_path / "eng"))
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     flat = np.full((12, 64, 64, 3), 200, np.uint8)  # one colour: every activation range collapses
+    # keep_fp32 "none": the default's fp32 first stage absorbs this calibration here (fallback_engine)
     with pytest.raises(AccuracyGuardError, match=r"refusing the INT8 engine.*Spearman.*FAILED.*--int8-fallback"):
         cdd_engine.build(run[0], backend="openvino", precision="int8", max_batch=4, output_dir=out, verify=False,
-                         calibration_frames=flat, runtime="python")
+                         calibration_frames=flat, runtime="python", keep_fp32="none")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eng"]  # no temporary directory left
 
@@ -232,7 +238,7 @@ def test_bad_int8_options_are_refused_before_any_work(run, tmp_path, monkeypatch
     cases = [dict(calibration_size=0), dict(calibration_size=-3), dict(calibration_size=True),
              dict(calibration_size=2.5), dict(calibration_seed=-1), dict(int8_fallback="yes"),
              dict(calibration_frames=str(tmp_path / "missing")), dict(calibration_frames=str(empty)),
-             dict(data=str(tmp_path / "missing")), dict(keep_fp32="teacher")]
+             dict(data=str(tmp_path / "missing")), dict(keep_fp32="decoder")]
     for kw in cases:
         with pytest.raises(ValueError, match="calibration_size|calibration_seed|int8_fallback|calibration directory"
                                              "|data|keep_fp32"):
@@ -360,9 +366,11 @@ def test_native_and_python_runtimes_agree_on_the_int8_engine(int8_engine):
         np.testing.assert_allclose(b.maps, a.maps, rtol=NATIVE_INT8_RTOL, atol=NATIVE_INT8_RTOL * float(a.maps.max()))
 
 
-def test_fp32_scope_names_student_layers_only(tmp_path):
+def test_fp32_scope_names_student_or_teacher_layers_only(tmp_path):
     """keep_fp32: "student_last" and "student" name the micro student's three 1x1 convolutions (its
-    whole student), never a teacher convolution; "none" nothing; anything else is refused."""
+    whole student), never a teacher convolution; "teacher" the teacher's three 3x3 convolutions,
+    "teacher_first" the first of them (the only one feeding teacher_0); "none" nothing; anything
+    else is refused."""
     import openvino as ov
     from native_helpers import mte
     from cdd_engine.export.onnx import export_onnx
@@ -376,9 +384,13 @@ def test_fp32_scope_names_student_layers_only(tmp_path):
     for keep in ("student_last", "student"):
         names = fp32_scope(net, keep)
         assert len(names) == 3 and all(kernels[n] == (1, 1) for n in names)  # the teacher's are 3x3
+    teacher = fp32_scope(net, "teacher")
+    assert len(teacher) == 3 and all(kernels[n] == (3, 3) for n in teacher)
+    first = fp32_scope(net, "teacher_first")
+    assert len(first) == 1 and first[0] == convs[0].get_friendly_name()
     assert fp32_scope(net, "none") == []
     with pytest.raises(ValueError, match="keep_fp32"):
-        fp32_scope(net, "teacher")
+        fp32_scope(net, "decoder")
 
 
 def test_calibrating_on_the_training_folder_holds_the_guard_out_of_it(run):

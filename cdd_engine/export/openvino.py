@@ -52,14 +52,16 @@ def _openvino():
 def convert_to_openvino(onnx_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                         precision: str = "fp32", name: str = "model",
                         winograd: bool = True, calibration: Sequence[Any] | None = None,
-                        keep_fp32: str | None = None) -> OpenVINOFiles:
+                        quantization: dict[str, Any] | None = None, validation: Sequence[Any] | None = None,
+                        score_fn: Any = None) -> OpenVINOFiles:
     """Convert ``onnx_path`` to ``out_dir/name.xml`` + ``.bin``.
 
     precision: "fp32" (float32 weights), "fp16" (weights compressed to fp16) or "int8" (NNCF
         post-training quantization on ``calibration``: pre-processed (3, H, W) float32 images).
     winograd: rewrite the eligible 3x3 convolutions as Winograd F(2x2, 3x3) (see the module
         docstring); must be False for int8.
-    keep_fp32: int8 only: which layers stay float32 (export/quantize.py, default there).
+    quantization: int8 only: NNCF settings (export/quantize.py: check_quantization; defaults there).
+    validation, score_fn: int8 with accuracy control only (export/quantize.py: quantize_openvino).
     """
     if precision not in ("fp32", "fp16", "int8"):
         raise ValueError(f"OpenVINO export supports precision 'fp32', 'fp16' or 'int8', got {precision!r}")
@@ -78,9 +80,9 @@ def convert_to_openvino(onnx_path: str | os.PathLike, out_dir: str | os.PathLike
         log.info("OpenVINO IR: %d 3x3 convolutions rewritten as Winograd F(2x2, 3x3)", n)
     record = None
     if precision == "int8":
-        from .quantize import KEEP_FP32_DEFAULT, quantize_openvino
+        from .quantize import quantize_openvino
 
-        model, record = quantize_openvino(model, calibration, keep_fp32=keep_fp32 or KEEP_FP32_DEFAULT)
+        model, record = quantize_openvino(model, calibration, quantization, validation=validation, score_fn=score_fn)
     xml = out / f"{name}.xml"
     ov.save_model(model, str(xml), compress_to_fp16=(precision == "fp16"))
     return OpenVINOFiles(xml, xml.with_suffix(".bin"), n, record)

@@ -239,13 +239,34 @@ def _calibration_batches(model: RDModel, frames: Iterable[Any], max_batch: int) 
     return out
 
 
+# Validation images of NNCF's accuracy control: the first ones of the (seeded) calibration order,
+# not the guard's held-out images (the guard stays an independent check). 50: each quantizer
+# group NNCF ranks costs a pass over them.
+ACCURACY_CONTROL_IMAGES = 50
+
+
+def _accuracy_control_inputs(model: RDModel, am: dict, calib: list[np.ndarray]) -> dict[str, Any]:
+    """validation images + score function (network outputs of one image -> image score, the
+    anomaly map of docs/anomaly_map.md) for OpenVINO INT8 with accuracy control."""
+    from ..anomaly_map import anomaly_map
+    from ..engine_format import FEATURE_NAMES
+
+    def score(outputs: dict) -> float:
+        feats = [torch.from_numpy(np.asarray(outputs[n], dtype=np.float32)) for n in FEATURE_NAMES]
+        _, sc = anomaly_map(feats[:3], feats[3:], tuple(model.image_size), am["mode"], am["sigma"])
+        return float(sc[0])
+
+    return {"validation": calib[:ACCURACY_CONTROL_IMAGES], "score_fn": score}
+
+
 def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precision: str | None = None,
           max_batch: int = 32, output_dir: str | os.PathLike | None = None, threshold: float | None = None, *,
           teacher_weights: str | None = None, map_mode: str | None = None, sigma: float | None = None,
           verify: bool = True, calibration_frames: Iterable[Any] | None = None, timing_cache: str | None = None,
           overwrite: bool = False, winograd: bool = True, calibration_size: int = 300, calibration_seed: int = 0,
           int8_fallback: bool = False, guard: Any = None, data: str | os.PathLike | None = None,
-          keep_fp32: str | None = None, **engine_options: Any) -> Engine:
+          keep_fp32: str | None = None, quantization: dict[str, Any] | None = None,
+          **engine_options: Any) -> Engine:
     """Build an engine directory from a checkpoint and load it.
 
     Args:
@@ -276,8 +297,11 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
             when None).
         data: INT8: a labelled MVTec-layout data set; the guard then also compares image and pixel
             AUROC of the INT8 engine and the fp32 reference on its test images.
-        keep_fp32: OpenVINO INT8: layers left in float32 ("none", "student_last", "student";
-            export/quantize.py).
+        keep_fp32: OpenVINO INT8: layers left in float32 ("teacher_first" by default, "none",
+            "student_last", "student", "teacher"; export/quantize.py).
+        quantization: OpenVINO INT8: NNCF settings, a dict with some of the keys "preset",
+            "bias_correction", "activation_range", "keep_fp32" (export/quantize.py:
+            QUANTIZATION_DEFAULTS; the measurements behind the defaults are there).
         timing_cache: TensorRT timing cache file (read and updated).
         overwrite: replace ``output_dir`` even when it is a non-empty directory that is not an
             engine (or holds files its engine.json does not list). An engine directory is always
@@ -316,7 +340,7 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
         raise ValueError(f"winograd must be True or False, got {winograd!r}")
     if precision == "int8":
         thresholds = _check_int8_options(checkpoint, calibration_frames, calibration_size, calibration_seed,
-                                         int8_fallback, guard, data, keep_fp32)
+                                         int8_fallback, guard, data, keep_fp32, quantization)
     elif calibration_frames is not None and name == "openvino":
         raise ValueError(f"calibration_frames are for precision 'int8', not {precision!r}")
     _check_settings(checkpoint, max_batch, threshold, map_mode, sigma)
@@ -353,7 +377,7 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
     plan = None
     if precision == "int8":
         from .int8_guard import plan_calibration
-        from ..export.quantize import KEEP_FP32_DEFAULT
+        from ..export.quantize import check_quantization
 
         options.update(calibration=calibration_frames if isinstance(calibration_frames, (str, os.PathLike, type(None)))
                        else "frames", calibration_size=int(calibration_size), calibration_seed=int(calibration_seed),
@@ -361,7 +385,9 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
         if options["calibration"] is not None:
             options["calibration"] = str(options["calibration"])
         if name == "openvino":
-            options["keep_fp32"] = keep_fp32 or KEEP_FP32_DEFAULT
+            q = check_quantization(dict(quantization or {}, **({"keep_fp32": keep_fp32} if keep_fp32 else {})))
+            options["keep_fp32"] = q.pop("keep_fp32")
+            options["quantization"] = q
         plan = plan_calibration(checkpoint, calibration_frames, int(calibration_size), int(calibration_seed))
         log.info("INT8: %d calibration images (%s), %d guard images", len(plan.calibration),
                  plan.record["source"], len(plan.guard))
@@ -382,10 +408,10 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
 
 
 def _check_int8_options(checkpoint: Any, calibration_frames: Any, calibration_size: Any, calibration_seed: Any,
-                        int8_fallback: Any, guard: Any, data: Any, keep_fp32: Any) -> Any:
+                        int8_fallback: Any, guard: Any, data: Any, keep_fp32: Any, quantization: Any) -> Any:
     """Refuse bad INT8 options before any work; -> the guard thresholds."""
     from .int8_guard import GuardThresholds, check_calibration_options, images_in_dir
-    from ..export.quantize import KEEP_FP32_CHOICES
+    from ..export.quantize import KEEP_FP32_CHOICES, check_quantization
 
     check_calibration_options(calibration_size, calibration_seed)
     if not isinstance(int8_fallback, bool):
@@ -395,6 +421,10 @@ def _check_int8_options(checkpoint: Any, calibration_frames: Any, calibration_si
                         f"{type(guard).__name__}")
     if keep_fp32 is not None and keep_fp32 not in KEEP_FP32_CHOICES:
         raise ValueError(f"keep_fp32 must be one of {KEEP_FP32_CHOICES}, got {keep_fp32!r}")
+    check_quantization(quantization)
+    if keep_fp32 is not None and (quantization or {}).get("keep_fp32") not in (None, keep_fp32):
+        raise ValueError(f"keep_fp32={keep_fp32!r} and quantization['keep_fp32']={quantization['keep_fp32']!r} "
+                         f"disagree: give one")
     if isinstance(calibration_frames, (str, os.PathLike)):
         images_in_dir(calibration_frames)
     elif calibration_frames is None and isinstance(checkpoint, RDModel):
@@ -491,8 +521,11 @@ def _write_engine(out: Path, model: RDModel, name: str, precision: str, max_batc
         if name == "openvino":
             from ..export.openvino import convert_to_openvino
             calib = None if plan is None else _calibration_batches(model, plan.calibration, 1)
+            q = None if calib is None else dict(options.get("quantization") or {}, keep_fp32=options.get("keep_fp32"))
             ir = convert_to_openvino(onnx_path, out, precision=precision, winograd=options["winograd"],
-                                     calibration=calib, keep_fp32=options.get("keep_fp32"))
+                                     calibration=calib, quantization=q,
+                                     **(_accuracy_control_inputs(model, am, calib) if q and
+                                        q.get("accuracy_control") is not None else {}))
             extra["build"]["winograd_convolutions"] = ir.winograd_convolutions
             if precision == "int8":  # moved to the top-level "int8" section once the guard has run
                 from ..export.quantize import nncf_version
