@@ -17,7 +17,7 @@ broken ones calibrate on 16 frames of saturated noise or of one colour:
 figure                     good INT8      saturated-noise calib.  constant-colour calib.  threshold
 =========================  =============  ======================  ======================  =========
 Spearman (held-out scores)  0.979 / 0.960       0.775                   -0.157             >= 0.90
-map rel. error, mean        0.068 / 0.100       0.185                    0.845             <= 0.25
+map rel. error, mean        0.068 / 0.100       0.185                    0.845             <= 0.12
 map rel. error, max         0.27 / 0.41         0.27                     0.98              <= 0.75
 image AUROC fp32 -> int8    0.987->0.994        0.987->0.982            0.987->0.514     drop <= 0.005
 pixel AUROC fp32 -> int8    0.972->0.974        0.972->0.964            0.972->0.601     drop <= 0.01
@@ -27,6 +27,17 @@ Spearman over normal images is the guard's main test without labels: it separate
 (0.96-0.98) from broken ranges (< 0.8) with room on both sides. The map error bars only catch
 gross failures: a good build's map differs by 10 % of the score on average and still ranks
 test images as well as fp32 (the AUROC columns).
+
+Measured again after two changes (benchmarks/RESULTS.md, "INT8 quantization settings"): engines
+now compute everything outside the int8 convolutions in f32 (before, in bf16 on AVX512-BF16
+CPUs), and the default quantization keeps the teacher's first stage in fp32 with full bias
+correction. The nine demo runs (brick, grass, gravel x 3 seeds, 50 held-out images each) then
+measure Spearman 0.964-0.996 (grass seed 1: 0.866, refused) and mean map error 0.013-0.037.
+Calibrations of brick seed 0 on 16 broken frames: one colour, Spearman 0.18 and mean map error
+0.77 (refused); saturated noise, Spearman 0.907 and mean map error 0.165, which passed the old
+mean bar of 0.25. The mean bar is now 0.12: it refuses that build (1.4x margin) and passes
+every good build (3.2x margin over 0.037; 0.082-0.100 measured for the old all-int8 setting,
+``keep_fp32="none"``, also pass).
 
 The map error of one image is ``max |m_int8 - m_fp32| / max m_fp32`` (the score scale: a
 difference the size of the score itself is a different verdict). The AUROC bars are those
@@ -58,8 +69,9 @@ class GuardThresholds:
 
     # rank order of normal images' scores: good INT8 measured 0.960-0.979; broken ranges < 0.8
     min_spearman: float = 0.90
-    # mean over images of max|diff| / max(ref map): good 0.068-0.100; a constant-colour calibration 0.85
-    max_map_rel_error_mean: float = 0.25
+    # mean over images of max|diff| / max(ref map): good 0.013-0.037 (default settings; 0.068-0.100
+    # all-int8); saturated-noise calibration 0.165, constant-colour 0.77-0.85 (module docstring)
+    max_map_rel_error_mean: float = 0.12
     # the worst image: good 0.27-0.41; a constant-colour calibration 0.98
     max_map_rel_error_max: float = 0.75
     # issue 14's accuracy bar for INT8 engines (only with a labelled test set)
