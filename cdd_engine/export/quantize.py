@@ -97,8 +97,13 @@ ACTIVATION_RANGES = ("default", "minmax", "mean_minmax", "median_minmax", "mean_
 # accuracy_control: None, or the largest drop of the Spearman correlation of INT8 vs fp32 image
 # scores on validation images that nncf.quantize_with_accuracy_control may leave (it reverts the
 # quantizers that hurt it most to fp32 until the drop is within this).
+# NNCF's overflow fix (nncf.OverflowFix): int8 multiply-adds without VNNI (AVX2, AVX-512 without
+# VNNI) sum u8 x s8 pairs into saturating int16; "enable" quantizes every convolution's weights
+# to 7 bits so the sums cannot saturate, "first_layer" (NNCF's default) only the input's first
+# convolutions, "disable" none.
+OVERFLOW_FIXES = ("first_layer", "enable", "disable")
 QUANTIZATION_DEFAULTS = {"preset": "performance", "bias_correction": "full", "activation_range": "default",
-                         "keep_fp32": KEEP_FP32_DEFAULT, "accuracy_control": None}
+                         "keep_fp32": KEEP_FP32_DEFAULT, "accuracy_control": None, "overflow_fix": "first_layer"}
 CONV_TYPES = ("Convolution", "GroupConvolution", "ConvolutionBackpropData", "MatMul")
 
 
@@ -208,7 +213,8 @@ def check_quantization(settings: Any) -> dict[str, str]:
     if ac is not None and (isinstance(ac, bool) or not isinstance(ac, (int, float)) or not 0.0 < ac < 1.0):
         raise ValueError(f"quantization accuracy_control must be None or a Spearman drop in (0, 1), got {ac!r}")
     for key, choices in (("preset", PRESETS), ("bias_correction", BIAS_CORRECTIONS),
-                         ("activation_range", ACTIVATION_RANGES), ("keep_fp32", KEEP_FP32_CHOICES)):
+                         ("activation_range", ACTIVATION_RANGES), ("keep_fp32", KEEP_FP32_CHOICES),
+                         ("overflow_fix", OVERFLOW_FIXES)):
         if out[key] not in choices:
             raise ValueError(f"quantization {key} must be one of {choices}, got {out[key]!r}")
     return out
@@ -224,6 +230,10 @@ def _advanced_parameters(nncf: Any, settings: dict[str, str]) -> Any:
 
         kw["activations_range_estimator_params"] = getattr(RangeEstimatorParametersSet,
                                                            settings["activation_range"].upper())
+    if settings["overflow_fix"] != "first_layer":
+        from nncf.quantization.advanced_parameters import OverflowFix
+
+        kw["overflow_fix"] = OverflowFix(settings["overflow_fix"])
     return nncf.AdvancedQuantizationParameters(**kw) if kw else None
 
 
