@@ -95,8 +95,8 @@ def add_build_parser(sub) -> None:
     p.add_argument("--int8-quantization", action="append", default=None, metavar="KEY=VALUE",
                    help="OpenVINO int8: an NNCF setting, repeatable: preset=performance|mixed, "
                         "bias_correction=fast|full|none, activation_range=default|minmax|mean_minmax|median_minmax|"
-                        "mean_quantile|histogram, overflow_fix=first_layer|enable|disable (7-bit weights against "
-                        "int16 saturation on CPUs without VNNI), accuracy_control=DROP (revert the quantizers that hurt the "
+                        "mean_quantile|histogram, overflow_fix=enable|first_layer|disable (default enable: 7-bit "
+                        "weights, no int16 saturation on CPUs without VNNI, the same scores on every CPU), accuracy_control=DROP (revert the quantizers that hurt the "
                         "Spearman of INT8 vs fp32 scores most until it drops by at most DROP; slower build); "
                         "defaults and their measurements: cdd_engine/export/quantize.py")
     p.add_argument("--timing-cache", default=None, metavar="FILE", help="TensorRT timing cache (read and updated)")

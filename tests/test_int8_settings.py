@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +30,7 @@ from native_helpers import mte
 # (a constant-colour calibration is off by > 50 %).
 SCORE_RTOL = 0.02
 NON_DEFAULT = {"preset": "mixed", "bias_correction": "fast", "activation_range": "mean_quantile",
-               "overflow_fix": "enable"}
+               "overflow_fix": "first_layer"}
 
 
 def _build(out, quantization=None, calibration=None, **kw):
@@ -163,3 +167,44 @@ def test_cli_passes_int8_quantization(tmp_path, monkeypatch):
     a = _parse(["build", "--checkpoint", "r", "--out", "o", "--int8-quantization", "preset=mixed"])
     with pytest.raises(ValueError, match="are for --precision int8"):
         a.handler(a)
+
+
+_SCORE_IN_CHILD = ("import sys, numpy as np, cdd_engine; r = cdd_engine.Engine(sys.argv[1]).score(np.load(sys.argv[2])); "
+                   "np.save(sys.argv[3], np.concatenate([r.scores, r.maps.ravel()]))")
+
+
+def _scores_and_maps(engine_dir, x_path, out, isa_cap=None):
+    """Scores then maps of the engine in a child process, its oneDNN ISA capped when asked
+    (ONEDNN_MAX_CPU_ISA is read once, at start-up)."""
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
+    if isa_cap:
+        env["ONEDNN_MAX_CPU_ISA"] = isa_cap
+    subprocess.run([sys.executable, "-c", _SCORE_IN_CHILD, str(engine_dir), str(x_path), str(out)], env=env,
+                   check=True, timeout=300)
+    return np.load(out)
+
+
+def _has_vnni() -> bool:
+    try:
+        flags = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags"))
+    except (OSError, StopIteration):
+        return False
+    return " avx512_vnni" in flags or " avx_vnni" in flags
+
+
+def test_default_overflow_fix_scores_the_same_on_avx2_and_native_kernels(default_engine, tmp_path):
+    """With the default overflow_fix="enable" (7-bit weights) the int8 kernels cannot saturate, so
+    the engine scores the same with oneDNN capped at AVX2 (no VNNI) as natively: what the build's
+    guard measured holds on any CPU. NNCF's "first_layer" engine, measured on this test model:
+    1.3 % apart on a VNNI machine (on a CPU without VNNI both runs take the same kernels)."""
+    x = np.stack(frames(6, 32, 32, seed=77))
+    np.save(tmp_path / "x.npy", x)
+    native = _scores_and_maps(default_engine.engine_dir, tmp_path / "x.npy", tmp_path / "n.npy")
+    capped = _scores_and_maps(default_engine.engine_dir, tmp_path / "x.npy", tmp_path / "a.npy", "AVX2")
+    assert np.isfinite(native).all() and native[:6].min() > 0
+    np.testing.assert_allclose(capped, native, rtol=1e-6, atol=1e-6 * float(np.abs(native).max()))
+    if _has_vnni():  # the contrast: without the fix the two kernel paths disagree here
+        fl = _build(tmp_path / "first_layer", {"overflow_fix": "first_layer"})
+        n2 = _scores_and_maps(fl.engine_dir, tmp_path / "x.npy", tmp_path / "n2.npy")
+        a2 = _scores_and_maps(fl.engine_dir, tmp_path / "x.npy", tmp_path / "a2.npy", "AVX2")
+        assert np.max(np.abs(a2[:6] - n2[:6]) / np.abs(n2[:6])) > 1e-3
