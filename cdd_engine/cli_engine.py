@@ -90,7 +90,7 @@ def add_build_parser(sub) -> None:
     p.add_argument("--data", default=None, metavar="DIR",
                    help="int8: labelled MVTec-layout data set; the guard then also compares image/pixel AUROC")
     p.add_argument("--keep-fp32", default=None, choices=("none", "student_last", "student", "teacher_first", "teacher"),
-                   help="OpenVINO int8: layers left in float32 (default teacher_first: the teacher's first stage, "
+                   help="OpenVINO int8: layers left in float32 (default none: everything int8, fastest; teacher_first: the teacher's first stage, "
                         "measured closer to fp32 on every demo run; none: everything int8, fastest)")
     p.add_argument("--int8-quantization", action="append", default=None, metavar="KEY=VALUE",
                    help="OpenVINO int8: an NNCF setting, repeatable: preset=performance|mixed, "

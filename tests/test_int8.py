@@ -89,9 +89,9 @@ def int8_engine(run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def fallback_engine(run, tmp_path_factory):
     """CLI build calibrated on constant-colour frames with --int8-fallback: the guard fails, fp32 is built.
-    --keep-fp32 none: with the default teacher_first the fp32 first stage absorbs a constant-colour
-    calibration on this model (measured: Spearman 1.0, mean map error 0.005, a good engine), so
-    the every-layer-int8 network is the one such a calibration breaks."""
+    --keep-fp32 none (the default, given explicitly): with teacher_first the fp32 first stage
+    absorbs a constant-colour calibration on this model (measured: Spearman 1.0, mean map error
+    0.005, a good engine), so the every-layer-int8 network is the one such a calibration breaks."""
     run_dir, _, _ = run
     d = tmp_path_factory.mktemp("flat")
     for i in range(8):
@@ -127,8 +127,9 @@ def test_int8_engine_section_and_scores_against_fp32_reference(run, int8_engine)
     assert 0 < g["map_rel_error_mean"] <= g["map_rel_error_max"] <= 0.75
     opts = m["build"]["options"]
     assert opts["winograd"] is False and opts["calibration_size"] == 300 and opts["calibration_seed"] == 0
-    assert sec["quantization"]["keep_fp32"] == "teacher_first" and sec["quantization"]["fake_quantize_ops"] > 10
-    assert sec["quantization"]["bias_correction"] == "full" and sec["quantization"]["fp32_convolutions"] > 0
+    assert sec["quantization"]["keep_fp32"] == "none" and sec["quantization"]["fake_quantize_ops"] > 10
+    assert sec["quantization"]["bias_correction"] == "full" and sec["quantization"]["fp32_convolutions"] == 0
+    assert sec["quantization"]["overflow_fix"] == "enable"
     # the AUROC figures recorded are those of metrics on the fp32 reference pipeline
     from cdd_engine.data.readers import read_dataset
     from cdd_engine.data.images import load_image

@@ -49,9 +49,9 @@ def test_default_settings_are_recorded(default_engine):
     m = default_engine.manifest
     q = m["int8"]["quantization"]
     assert {k: q[k] for k in QUANTIZATION_DEFAULTS} == QUANTIZATION_DEFAULTS
-    # teacher_first: the micro teacher's first convolution (the only one feeding teacher_0) stays fp32
-    assert q["fast_bias_correction"] is False and q["fake_quantize_ops"] > 0 and q["fp32_convolutions"] == 1
-    assert q["fp32_layers"] == 1
+    # keep_fp32 "none": every convolution int8
+    assert q["fast_bias_correction"] is False and q["fake_quantize_ops"] > 0 and q["fp32_convolutions"] == 0
+    assert q["fp32_layers"] == 0
     assert m["build"]["options"]["quantization"] == {k: v for k, v in QUANTIZATION_DEFAULTS.items() if k != "keep_fp32"}
 
 

@@ -297,7 +297,7 @@ def build(checkpoint: str | os.PathLike | RDModel, backend: str = "auto", precis
             when None).
         data: INT8: a labelled MVTec-layout data set; the guard then also compares image and pixel
             AUROC of the INT8 engine and the fp32 reference on its test images.
-        keep_fp32: OpenVINO INT8: layers left in float32 ("teacher_first" by default, "none",
+        keep_fp32: OpenVINO INT8: layers left in float32 ("none" by default, "teacher_first",
             "student_last", "student", "teacher"; export/quantize.py).
         quantization: OpenVINO INT8: NNCF settings, a dict with some of the keys "preset",
             "bias_correction", "activation_range", "keep_fp32" (export/quantize.py:
