@@ -83,7 +83,7 @@ Agreement with fp32 lies between the "new" row's VNNI and AVX2 figures (score er
 guard Spearman 0.966-0.992, grass seed 1 0.875), the pixel AUROC stays within 0.0017, and the
 kernels, hence the speed, are those of the 8-bit weights (benchmarks/RESULTS.md). The overflow
 fix on the all-int8 setting (``keep_fp32="none"``) was also ISA-independent but agreed less
-(grass rho 0.941-0.964). So the default is the new setting with ``overflow_fix="enable"``;
+(grass rho 0.941-0.964). So ``overflow_fix="enable"`` is the default;
 ``overflow_fix="first_layer"`` (NNCF's own default) gives the "new" rows. On the micro test
 model the default engine's scores are bit-identical with oneDNN capped at AVX2 and natively;
 with "first_layer" they are 1.3 % apart (tests/test_int8_settings.py).
