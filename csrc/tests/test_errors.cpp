@@ -324,7 +324,8 @@ TEST_CASE("engine.json ranges (the rules shared with the Python reader)") {
         REQUIRE_THROWS(Engine(dir, fast()), ErrorCode::EngineFormat, c.fragment);
     }
     // "1.0" and "1e0" are numbers but not JSON integers (the Python reader: float, refused)
-    const std::string v10 = variant("version_1_0", [](Value&) {});
+    // (the maker's engine has whatever version the package writes: set 1, then spell it 1.0)
+    const std::string v10 = variant("version_1_0", [](Value& m) { m.object["format_version"] = variants::number(1); });
     rewrite(v10, "\"format_version\":1", "\"format_version\":1.0");
     REQUIRE_THROWS(Engine(v10, fast()), ErrorCode::EngineFormat, "format_version");
     const std::string b1e0 = variant("batch_1e0", [](Value&) {});
