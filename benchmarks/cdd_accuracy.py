@@ -38,8 +38,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from import_legacy_results import cdd_accuracy_rows  # noqa: E402  (the same rows as the converted older files)
-from results_csv import RESULTS_DIR, ResultsWriter, new_run_id  # noqa: E402
+from results_csv import RESULTS_DIR, ResultsWriter, cdd_accuracy_rows, new_run_id  # noqa: E402
 from cdd_engine.anomaly_map import anomaly_map  # noqa: E402
 from cdd_engine.cdd import CDDOptions, train_cdd  # noqa: E402
 from cdd_engine.cdd.trainer import new_student  # noqa: E402

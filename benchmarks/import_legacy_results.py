@@ -52,7 +52,9 @@ from results_csv import (  # benchmarks/ on the path
     COLUMNS,
     RESULTS_DIR,
     ResultsWriter,
+    cdd_accuracy_rows,
     config_text,
+    engine_text,
     read_rows,
     rows_from_dict,
 )
@@ -196,14 +198,6 @@ def gpu_check(path: Path, src: Path) -> Run:
     return run
 
 
-ENGINE_PATH = re.compile(r"^(Engine\()'[^']*',\s*")
-
-
-def engine_text(engine_repr: str) -> str:
-    """An Engine's repr without its directory (a temporary path of the machine that ran it)."""
-    return ENGINE_PATH.sub(r"\1", engine_repr)
-
-
 def serving(path: Path, src: Path) -> Run:
     d = json.loads(path.read_text())
     machine = f"{d['machine']} x{d['cpus']}" if d.get("machine") else UNKNOWN
@@ -255,25 +249,6 @@ def openvino_probe(path: Path, src: Path) -> Run:
             run.rows.append((f"properties.{k}", float(v) if value is None else value, "bool" if value is not None else "",
                              {**cfg, "variant": variant, **text}))
     return run
-
-
-CDD_CONFIG = ("category", "noise", "seed", "method", "epochs", "image_size", "n_train", "n_injected",
-              "n_test_good", "n_test_anomalous")
-CDD_RATIOS = ("f1_mad3", "f1_mad2", "f1_q_noise", "report_precision")  # unitless, like the AUROCs
-
-
-def cdd_accuracy_rows(row: dict[str, Any]) -> list[Row]:
-    """(metric, value, unit, config) of one cdd_accuracy.py row (shared with cdd_accuracy.py)."""
-    cfg = {k: row[k] for k in CDD_CONFIG if k in row}
-    if "noise" in cfg:
-        cfg["noise"] = float(cfg["noise"])
-    opts = row.get("options")
-    if opts not in (None, ""):
-        cfg["options"] = json.loads(opts) if isinstance(opts, str) else opts
-    out = []
-    for m, v, u, _ in rows_from_dict({k: v for k, v in row.items() if k not in CDD_CONFIG and k != "options"}):
-        out.append((m, v, "1" if m in CDD_RATIOS else u, cfg))
-    return out
 
 
 def cdd_accuracy(path: Path, src: Path) -> Run:

@@ -39,6 +39,7 @@ import json
 import math
 import os
 import platform
+import re
 import secrets
 import subprocess
 import sys
@@ -131,6 +132,33 @@ def _load_names(name: str, v: Any) -> list[tuple[str, float]] | None:
     if isinstance(v, list) and len(v) == 2 and all(triple(x) for x in v):
         return [(f"{name}.{when}.{m}min", float(x)) for when, t in zip(("start", "end"), v) for m, x in zip((1, 5, 15), t)]
     return None
+
+
+# ------------------------------------------------------------------ rows of one family, shared by its script
+# and by import_legacy_results.py (which converted that family's older files the same way)
+ENGINE_PATH = re.compile(r"^(Engine\()'[^']*',\s*")
+CDD_CONFIG = ("category", "noise", "seed", "method", "epochs", "image_size", "n_train", "n_injected",
+              "n_test_good", "n_test_anomalous")
+CDD_RATIOS = ("f1_mad3", "f1_mad2", "f1_q_noise", "report_precision")  # unitless, like the AUROCs
+
+
+def engine_text(engine_repr: str) -> str:
+    """An Engine's repr without its directory (a temporary path of the machine that ran it): serving rows."""
+    return ENGINE_PATH.sub(r"\1", engine_repr)
+
+
+def cdd_accuracy_rows(row: Mapping[str, Any]) -> list[tuple[str, float, str, dict[str, Any]]]:
+    """(metric, value, unit, config) of one cdd_accuracy.py result row."""
+    cfg = {k: row[k] for k in CDD_CONFIG if k in row}
+    if "noise" in cfg:
+        cfg["noise"] = float(cfg["noise"])
+    opts = row.get("options")
+    if opts not in (None, ""):
+        cfg["options"] = json.loads(opts) if isinstance(opts, str) else opts
+    out = []
+    for m, v, u, _ in rows_from_dict({k: v for k, v in row.items() if k not in CDD_CONFIG and k != "options"}):
+        out.append((m, v, "1" if m in CDD_RATIOS else u, cfg))
+    return out
 
 
 def _is_number(v: Any) -> bool:

@@ -35,8 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cdd_engine  # noqa: E402
 from cdd_engine.serving import LocalTritonServer, export_triton  # noqa: E402
-from import_legacy_results import engine_text  # noqa: E402  (benchmarks/ is this script's directory)
-from results_csv import RESULTS_DIR, ResultsWriter  # noqa: E402
+from results_csv import RESULTS_DIR, ResultsWriter, engine_text  # noqa: E402  (benchmarks/: this script's directory)
 
 MODEL = "bench"
 RESULTS_CSV = RESULTS_DIR / "serving.csv"
