@@ -89,15 +89,18 @@ def add_build_parser(sub) -> None:
                    help="int8: build fp32 instead when the accuracy guard fails (default: refuse the build)")
     p.add_argument("--data", default=None, metavar="DIR",
                    help="int8: labelled MVTec-layout data set; the guard then also compares image/pixel AUROC")
+    # the choices here and in --int8-quantization's help are export/quantize.py's lists, written out
+    # so that parsing does not import torch (tests/test_int8_settings.py ties them together)
     p.add_argument("--keep-fp32", default=None, choices=("none", "student_last", "student", "teacher_first", "teacher"),
-                   help="OpenVINO int8: layers left in float32 (default none: everything int8, fastest; teacher_first: the teacher's first stage, "
-                        "measured closer to fp32 on every demo run; none: everything int8, fastest)")
+                   help="OpenVINO int8: layers left in float32 (default none: everything int8, fastest; "
+                        "teacher_first: the teacher's first stage, closer to fp32, slower)")
     p.add_argument("--int8-quantization", action="append", default=None, metavar="KEY=VALUE",
                    help="OpenVINO int8: an NNCF setting, repeatable: preset=performance|mixed, "
                         "bias_correction=fast|full|none, activation_range=default|minmax|mean_minmax|median_minmax|"
                         "mean_quantile|histogram, overflow_fix=enable|first_layer|disable (default enable: 7-bit "
-                        "weights, no int16 saturation on CPUs without VNNI, the same scores on every CPU), accuracy_control=DROP (revert the quantizers that hurt the "
-                        "Spearman of INT8 vs fp32 scores most until it drops by at most DROP; slower build); "
+                        "weights, no int16 saturation on CPUs without VNNI, the same scores on every CPU), "
+                        "accuracy_control=DROP (revert the quantizers that hurt the Spearman of INT8 vs fp32 "
+                        "scores most until it drops by at most DROP; slower build); "
                         "defaults and their measurements: cdd_engine/export/quantize.py")
     p.add_argument("--timing-cache", default=None, metavar="FILE", help="TensorRT timing cache (read and updated)")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check of the exported graph "

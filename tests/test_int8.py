@@ -7,7 +7,6 @@ Cost (2 cores): three full builds of the resnet18 64x64 test model (dynamo expor
 of the three-convolution micro model."""
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import shutil
@@ -21,7 +20,7 @@ from PIL import Image
 
 import cdd_engine
 from cdd_engine import checkpoint as ckpt
-from cdd_engine import cli_engine
+from cdd_engine.cli import build_parser
 from cdd_engine.engine_format import read_manifest, sha256_file
 from cdd_engine.errors import AccuracyGuardError, EngineFormatError
 from cdd_engine.metrics import image_auroc
@@ -38,15 +37,8 @@ INT8_SCORE_RTOL = 0.02
 
 
 def _main(argv):
-    parser = argparse.ArgumentParser(prog="cdd-engine")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true")
-    common.add_argument("--quiet", action="store_true")
-    sub = parser.add_subparsers(dest="command")
-    real = sub.add_parser
-    sub.add_parser = lambda name, **kw: real(name, parents=[common], **kw)
-    cli_engine.add_build_parser(sub)
-    args = parser.parse_args(argv)
+    """The CLI's own parser, then the command's handler (its exceptions not turned into exit codes)."""
+    args = build_parser().parse_args(argv)
     return args.handler(args)
 
 

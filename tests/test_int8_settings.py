@@ -18,6 +18,7 @@ import pytest
 
 import cdd_engine
 from cdd_engine import cli_engine
+from cdd_engine.cli import build_parser
 from cdd_engine.engine_format import sha256_file
 from cdd_engine.errors import AccuracyGuardError
 from cdd_engine.export.quantize import QUANTIZATION_DEFAULTS, check_quantization
@@ -135,15 +136,7 @@ def test_bad_settings_are_refused_before_any_work(tmp_path, monkeypatch):
 
 
 def _parse(argv):
-    parser = argparse.ArgumentParser(prog="cdd-engine")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true")
-    common.add_argument("--quiet", action="store_true")
-    sub = parser.add_subparsers(dest="command")
-    real = sub.add_parser
-    sub.add_parser = lambda name, **kw: real(name, parents=[common], **kw)
-    cli_engine.add_build_parser(sub)
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def test_cli_passes_int8_quantization(tmp_path, monkeypatch):
@@ -208,3 +201,20 @@ def test_default_overflow_fix_scores_the_same_on_avx2_and_native_kernels(default
         n2 = _scores_and_maps(fl.engine_dir, tmp_path / "x.npy", tmp_path / "n2.npy")
         a2 = _scores_and_maps(fl.engine_dir, tmp_path / "x.npy", tmp_path / "a2.npy", "AVX2")
         assert np.max(np.abs(a2[:6] - n2[:6]) / np.abs(n2[:6])) > 1e-3
+
+
+def test_cli_lists_the_quantizers_choices():
+    """The CLI writes the choice lists out (parsing must not import torch): they must be
+    export/quantize.py's, in --keep-fp32's choices and in --int8-quantization's help."""
+    from cdd_engine.export import quantize
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    cli_engine.add_build_parser(sub)
+    actions = {a.dest: a for a in sub.choices["build"]._actions}
+    assert tuple(actions["keep_fp32"].choices) == quantize.KEEP_FP32_CHOICES
+    help_text = actions["int8_quantization"].help
+    for key, choices in (("preset", quantize.PRESETS), ("bias_correction", quantize.BIAS_CORRECTIONS),
+                         ("activation_range", quantize.ACTIVATION_RANGES), ("overflow_fix", quantize.OVERFLOW_FIXES)):
+        listed = help_text.split(f"{key}=", 1)[1].split(" ", 1)[0].rstrip(",")
+        assert set(listed.split("|")) == set(choices), (key, listed)
+    assert f"default {quantize.QUANTIZATION_DEFAULTS['overflow_fix']}" in help_text

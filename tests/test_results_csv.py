@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bench_native as bn  # noqa: E402
 import import_legacy_results as legacy  # noqa: E402
 import results_csv as rc  # noqa: E402
 
@@ -83,7 +84,6 @@ def test_bad_input_is_refused(tmp_path):
 
 def test_bench_native_writes_its_family_file(tmp_path):
     """bench_native.py's result dict -> rows of native.csv with its settings as config."""
-    bn = pytest.importorskip("bench_native")
     result = {"date": "2026-12-04", "threads": 2, "batch": 8, "iters": 5, "model": "m", "note": "",
               "machine": {"cpu": "x", "cores": 2}, "images_per_s": {"native": 41.0, "eager": 20.5},
               "native_vs_eager": 2.0, "targets": {"native >= 1.7x eager": True}}
@@ -397,7 +397,6 @@ def _load_script(name):
 
 def test_bench_native_section_is_rebuilt_from_its_csv(tmp_path):
     """bench_native's RESULTS.md table reads native.csv back: the numbers and settings it wrote."""
-    bn = pytest.importorskip("bench_native")
     rng = random.Random()
     f = [rng.uniform(0.5, 40.0) for _ in range(5)]
     result = {"date": "2026-12-04", "run": "2026-12-04T10:00", "threads": 2, "batch": 8, "iters": 5, "model": "m",
