@@ -305,7 +305,7 @@ def _score_agreement(model: Any, validation: Sequence[np.ndarray], score_fn: Cal
     network itself; labels are not needed). NNCF passes data items ``(index, image)``; the
     per-item values (minus the score error over the fp32 scores' spread) only choose its ranking
     subset."""
-    from ..runtime.int8_guard import spearman
+    from ..metrics import spearman
     import openvino as ov
 
     # f32 as the engines run it (a CPU with bf16 support would otherwise compute the reference in

@@ -50,9 +50,11 @@ import hashlib
 import math
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
+
+from ..metrics import spearman
 
 # Held-out guard images taken from the pool before calibration: a quarter of the pool, at least
 # MIN_GUARD_IMAGES and at most MAX_GUARD_IMAGES (enough for a stable Spearman; each costs one fp32
@@ -121,31 +123,6 @@ def split_pool(n: int, calibration_size: int, seed: int, hold_out: bool = True) 
     if not calib:
         raise ValueError("no calibration image left")
     return calib, perm[:k]
-
-
-def spearman(a: Sequence[float], b: Sequence[float]) -> float:
-    """Spearman rank correlation (Pearson correlation of the average ranks; ties share a rank).
-    NaN when either side is constant (no order to compare)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 1 or a.size < 2:
-        raise ValueError(f"spearman needs two 1-D sequences of equal length >= 2, got {a.shape} and {b.shape}")
-    ra, rb = _ranks(a), _ranks(b)
-    ra -= ra.mean()
-    rb -= rb.mean()
-    den = math.sqrt(float((ra * ra).sum() * (rb * rb).sum()))
-    return float((ra * rb).sum() / den) if den > 0 else math.nan
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="stable")
-    xs = x[order]
-    # the first and last position of every run of equal values -> the run's mean rank
-    starts = np.flatnonzero(np.r_[True, xs[1:] != xs[:-1]])
-    ends = np.r_[starts[1:], xs.size]
-    mean_rank = (starts + ends - 1) / 2.0
-    ranks = np.empty(x.size, dtype=np.float64)
-    ranks[order] = np.repeat(mean_rank, ends - starts)
-    return ranks
 
 
 def map_rel_errors(ref_maps: np.ndarray, maps: np.ndarray) -> np.ndarray:
