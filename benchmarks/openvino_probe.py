@@ -8,7 +8,7 @@
 
 DIR: an OpenVINO engine directory of wide_resnet50_2 at 256² (``cdd_engine.build``; build it with
 ``winograd=False`` or ``cdd-engine build --no-winograd`` for ``wino-net``, which rewrites the direct
-IR itself). Every contender is timed round by round with the order rotated (time_interleaved): the
+IR itself). Every contender is timed round by round in a random order (time_interleaved): the
 cores are shared, so read the paired ratios and the load averages printed beside them. ``--json``
 keeps every call's time. The figures are in benchmarks/RESULTS.md (issue 4, CPU).
 """

@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import platform
+import random
 import tempfile
 import time
 from pathlib import Path
@@ -133,17 +134,24 @@ def _percentile(v: Sequence[float], q: float) -> float:
     return float(np.percentile(np.asarray(v), q))
 
 
-def time_interleaved(contenders: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1
+def time_interleaved(contenders: dict[str, Callable[[], Any]], rounds: int, warmup: int = 1, seed: int = 0
                      ) -> dict[str, list[float]]:
-    """Seconds per call of each contender, ``rounds`` calls each, interleaved with the order
-    rotated every round (so neither side always runs right after the other)."""
+    """Seconds per call of each contender, ``rounds`` calls each, interleaved: every round runs each
+    contender once, in a new random order (seeded, so a run can be repeated).
+
+    Random, not rotated: a rotation keeps every contender right behind the same one, and the one
+    behind the eager pipeline pays for torch's OpenMP threads still spinning after it returns.
+    Measured (2 shared cores, efficientnet_lite0 batch 8, six runs, benchmarks/RESULTS.md "Frames
+    per request"): the fp32 engine in that slot took 3-18 % longer than the very same engine
+    elsewhere in the round."""
     names = list(contenders)
     for _ in range(warmup):
         for name in names:
             contenders[name]()
     times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        order = rng.sample(names, len(names))
         for name in order:
             t0 = time.perf_counter()
             contenders[name]()
@@ -265,12 +273,20 @@ def parse_variant(spec: str) -> tuple[str, str, dict[str, Any]]:
     "openvino-direct[:mode]": the OpenVINO engine built without the Winograd rewrite of its 3x3
     convolutions (export/openvino.py), to time both in the same run; "openvino-int8[:mode]": the
     INT8 OpenVINO engine (NNCF post-training quantization), timed beside its fp32 counterpart
-    (:func:`fp32_partner`); a trailing "@python" or "@native" picks the Engine's runtime
-    (default: native where it is built).
+    (:func:`fp32_partner`); "/N" after the backend and mode runs N frames per request when a batch is
+    split over streams (``sub_batch``; "openvino-int8:throughput/4"); a trailing "@python" or
+    "@native" picks the Engine's runtime (default: native where it is built).
     """
     spec_main, _, runtime = spec.partition("@")
+    spec_main, slash, sub_batch = spec_main.partition("/")
     backend, _, mode = spec_main.partition(":")
     options: dict[str, Any] = {}
+    if slash:
+        if backend not in ("openvino", "openvino-direct", "openvino-int8") or not sub_batch.isdigit() \
+                or int(sub_batch) < 1:
+            raise ValueError(f"frames per request are an OpenVINO option, as openvino[-int8][:mode]/N with "
+                             f"N >= 1, got {spec!r}")
+        options["sub_batch"] = int(sub_batch)
     if runtime:
         if runtime not in ("native", "python"):
             raise ValueError(f"runtime must be @native or @python, got {spec!r}")
@@ -291,11 +307,13 @@ def parse_variant(spec: str) -> tuple[str, str, dict[str, Any]]:
 
 def fp32_partner(spec: str) -> str | None:
     """The fp32 variant an INT8 variant is compared with ("openvino-int8:latency@native" ->
-    "openvino:latency@native"), None for variants that are not INT8."""
+    "openvino:latency@native"), None for variants that are not INT8. A "/N" (frames per request)
+    is dropped: INT8 settings are compared with the fp32 engine as it runs by default."""
     label, _, options = parse_variant(spec)
     if options.get("_precision") != "int8":
         return None
-    return spec.replace("openvino-int8", "openvino", 1)
+    main, _, runtime = spec.partition("@")
+    return main.partition("/")[0].replace("openvino-int8", "openvino", 1) + (f"@{runtime}" if runtime else "")
 
 
 def with_fp32_partners(specs: Sequence[str]) -> list[str]:

@@ -29,6 +29,23 @@ def test_eager_stages_add_up_to_the_timed_call():
     assert np.median(sums / np.asarray(times)) > 0.9
 
 
+def test_interleaving_puts_every_contender_behind_every_other():
+    """A rotated order kept each contender behind the same one (the one behind the eager pipeline
+    paid for torch's spinning threads): every round runs each contender once, in a seeded random
+    order, and over the rounds each one follows each other one."""
+    log: list[str] = []
+    names = ["eager", "a", "b", "c"]
+    times = time_interleaved({n: (lambda n=n: log.append(n)) for n in names}, rounds=40, warmup=1)
+    assert all(len(v) == 40 for v in times.values())
+    rounds = [log[i:i + 4] for i in range(4, len(log), 4)]  # after the warm-up round
+    assert all(sorted(r) == sorted(names) for r in rounds)
+    follows = {(r[i], r[i + 1]) for r in rounds for i in range(3)}
+    assert follows == {(x, y) for x in names for y in names if x != y}
+    log.clear()
+    time_interleaved({n: (lambda n=n: log.append(n)) for n in names}, rounds=40, warmup=1)
+    assert [log[i:i + 4] for i in range(4, len(log), 4)] == rounds  # seeded: the same order again
+
+
 def test_tables_agree_and_no_temporary_engine_is_left(tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))        # where the bench's temporary folder goes
     res = throughput_benchmark(["resnet18"], ["torch"], [2], image_size=64, rounds=3, stage_reps=1)
