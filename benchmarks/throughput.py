@@ -30,7 +30,9 @@ def main(argv=None) -> int:
     ap.add_argument("--backends", default="openvino,openvino-int8",
                     help="comma-separated: openvino, torch, openvino:latency, openvino:throughput, "
                          "openvino-direct[:mode] (built without the Winograd rewrite), openvino-int8[:mode] "
-                         "(INT8, NNCF; its fp32 engine is added to the same rounds), any of them @python or @native")
+                         "(INT8, NNCF; its fp32 engine is added to the same rounds), an OpenVINO one with /N "
+                         "(N frames per request when a batch is split over streams: openvino-int8:throughput/4), "
+                         "any of them @python or @native")
     ap.add_argument("--batch-sizes", default="1,8,32")
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--frame-size", type=int, default=None)

@@ -30,6 +30,8 @@ def test_int8_rows_are_openvino_only(spec):
 
 def test_fp32_partners_are_added_before_their_int8_row():
     assert fp32_partner("openvino-int8:latency@native") == "openvino:latency@native"
+    assert fp32_partner("openvino-int8:throughput/4@native") == "openvino:throughput@native"
+    assert fp32_partner("openvino-int8/1") == "openvino"
     assert fp32_partner("openvino") is None and fp32_partner("openvino-direct") is None
     assert with_fp32_partners(["openvino-int8"]) == ["openvino", "openvino-int8"]
     assert with_fp32_partners(["torch", "openvino-int8", "openvino"]) == ["torch", "openvino-int8", "openvino"]

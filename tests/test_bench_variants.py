@@ -14,6 +14,9 @@ from cdd_engine.bench import parse_variant
     ("openvino-direct:throughput@python", "openvino",
      {"_winograd": False, "openvino_mode": "throughput", "runtime": "python"}),
     ("openvino@native", "openvino", {"runtime": "native"}),
+    ("openvino/2", "openvino", {"sub_batch": 2}),
+    ("openvino-int8:throughput/4@python", "openvino",
+     {"_precision": "int8", "openvino_mode": "throughput", "sub_batch": 4, "runtime": "python"}),
 ])
 def test_variants(spec, backend, options):
     label, got_backend, got_options = parse_variant(spec)
@@ -21,7 +24,9 @@ def test_variants(spec, backend, options):
 
 
 @pytest.mark.parametrize("spec,match", [("torch:latency", "only openvino takes a mode"),
-                                        ("openvino@gpu", "runtime must be")])
+                                        ("openvino@gpu", "runtime must be"),
+                                        ("torch/2", "frames per request are an OpenVINO option"),
+                                        ("openvino/0", "N >= 1"), ("openvino/two", "N >= 1")])
 def test_bad_variants(spec, match):
     with pytest.raises(ValueError, match=match):
         parse_variant(spec)

@@ -248,5 +248,8 @@ def test_openvino_mode_is_checked():
         cdd_engine.load(engine_dir("openvino"), openvino_mode="fastest")
     with pytest.raises(ValueError, match="sub_batch must be a positive integer"):
         cdd_engine.load(engine_dir("openvino"), sub_batch=0)
+    for runtime in ("python", "auto"):  # a request holds at most max_batch frames, on both runtimes
+        with pytest.raises(ValueError, match=f"sub_batch must be at most the engine's max_batch={MAX_BATCH}, got 5"):
+            cdd_engine.load(engine_dir("openvino"), runtime=runtime, sub_batch=MAX_BATCH + 1)
     with pytest.raises(TypeError, match="does not take option"):
         cdd_engine.load(engine_dir("torch"), sub_batch=2)

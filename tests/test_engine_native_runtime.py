@@ -122,8 +122,6 @@ def test_runtime_arguments_are_checked():
         cdd_engine.load(engine_dir("openvino"), runtime="c++")
     with pytest.raises(BackendUnavailable, match="torch engine .* Python runtime only"):
         cdd_engine.load(engine_dir("torch"), runtime="native")
-    with pytest.raises(TypeError, match=r"runtime='native' does not take option\(s\) \['sub_batch'\]"):
-        cdd_engine.load(engine_dir("openvino"), runtime="native", sub_batch=2)
     with pytest.raises(TypeError, match="num_streams is an option of the native runtime"):
         cdd_engine.load(engine_dir("openvino"), runtime="python", num_streams=2)
     with pytest.raises(ValueError, match="num_streams must be an integer >= 1, got 0"):
@@ -133,7 +131,6 @@ def test_runtime_arguments_are_checked():
     with pytest.raises(BackendUnavailable, match="OpenVINO backend runs on the CPU, got device='cuda'"):
         cdd_engine.load(engine_dir("openvino"), runtime="native", device="cuda")
     assert cdd_engine.load(engine_dir("torch")).runtime == "python"  # auto: torch engines are Python only
-    assert cdd_engine.load(engine_dir("openvino"), sub_batch=2).runtime == "python"  # a Python-only option
 
 
 @needs_native

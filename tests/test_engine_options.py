@@ -73,7 +73,7 @@ def test_values_are_normalised_once_and_frozen():
 
 def test_each_field_says_which_runtime_honours_it():
     want = {
-        OpenVINOOptions: {"mode": BOTH, "sub_batch": PYTHON, "static_shapes": BOTH, "num_streams": NATIVE},
+        OpenVINOOptions: {"mode": BOTH, "sub_batch": BOTH, "static_shapes": BOTH, "num_streams": NATIVE},
         TorchOptions: {"use_triton": PYTHON, "cuda_graphs": PYTHON, "num_streams": NATIVE},
         AotiOptions: {"use_triton": PYTHON, "cuda_graphs": PYTHON, "num_streams": NATIVE},
         TensorRTOptions: {"use_triton": PYTHON, "num_streams": NATIVE},
@@ -81,25 +81,31 @@ def test_each_field_says_which_runtime_honours_it():
     for cls, fields in want.items():
         assert {f.name: f.metadata["runtime"] for f in dataclasses.fields(cls)} == fields, cls
     o = OpenVINOOptions(mode="latency", sub_batch=2, num_streams=3)
-    assert o.only_for(PYTHON) == ["sub_batch"] and o.only_for(NATIVE) == ["num_streams"]
+    assert o.only_for(PYTHON) == [] and o.only_for(NATIVE) == ["num_streams"]
+    assert TensorRTOptions(use_triton=True, num_streams=2).only_for(PYTHON) == ["use_triton"]
     # the Python backend gets what it honours, under its own argument names
     assert o.python_backend_kwargs() == {"mode": "latency", "sub_batch": 2}
 
 
-@pytest.mark.parametrize("options,want", [
-    (OpenVINOOptions(), "native"), (OpenVINOOptions(mode="throughput", static_shapes=False, num_streams=3), "native"),
-    (OpenVINOOptions(sub_batch=2), "python"), ({"sub_batch": 2}, "python"), ({}, "native"),
+@pytest.mark.parametrize("backend,device,options,want", [
+    ("openvino", None, OpenVINOOptions(), "native"),
+    ("openvino", None, OpenVINOOptions(mode="throughput", static_shapes=False, num_streams=3), "native"),
+    ("openvino", None, OpenVINOOptions(sub_batch=2), "native"), ("openvino", None, {"sub_batch": 2}, "native"),
+    ("openvino", None, {}, "native"),
+    ("tensorrt", "cuda", TensorRTOptions(num_streams=2), "native"),
+    ("tensorrt", "cuda", TensorRTOptions(use_triton=True), "python"), ("tensorrt", "cuda", {"use_triton": True}, "python"),
 ])
-def test_choose_runtime_asks_the_object(monkeypatch, options, want):
-    """A stand-in module built with OpenVINO: only an option the Python runtime alone honours moves
-    "auto" to it, and "native" refuses it with the message the keywords gave."""
-    monkeypatch.setattr(native_runtime, "native_module", lambda: SimpleNamespace(WITH_OPENVINO=True))
-    name, reason = native_runtime.choose_runtime("auto", {"backend": "openvino"}, None, options)
+def test_choose_runtime_asks_the_object(monkeypatch, backend, device, options, want):
+    """A stand-in module built with OpenVINO and TensorRT: only an option the Python runtime alone
+    honours moves "auto" to it, and "native" refuses it with the message the keywords gave."""
+    monkeypatch.setattr(native_runtime, "native_module",
+                        lambda: SimpleNamespace(WITH_OPENVINO=True, WITH_TENSORRT=True))
+    name, reason = native_runtime.choose_runtime("auto", {"backend": backend}, device, options)
     assert name == want and reason.startswith("auto")
     if want == "python":
-        assert "['sub_batch'] belong to the Python runtime" in reason
-        with pytest.raises(TypeError, match=r"runtime='native' does not take option\(s\) \['sub_batch'\]"):
-            native_runtime.choose_runtime("native", {"backend": "openvino"}, None, options)
+        assert "['use_triton'] belong to the Python runtime" in reason
+        with pytest.raises(TypeError, match=r"runtime='native' does not take option\(s\) \['use_triton'\]"):
+            native_runtime.choose_runtime("native", {"backend": backend}, device, options)
 
 
 def test_keywords_map_onto_the_backends_class():
@@ -134,7 +140,7 @@ def model():
     ("openvino", dict(runtime="python", openvino_mode="latency", static_shapes=False),
      OpenVINOOptions(mode="latency", static_shapes=False)),
     ("openvino", dict(openvino_mode="throughput", num_streams=2), OpenVINOOptions(mode="throughput", num_streams=2)),
-    ("openvino", dict(sub_batch=2), OpenVINOOptions(sub_batch=2)),  # auto -> the Python runtime
+    ("openvino", dict(sub_batch=2), OpenVINOOptions(sub_batch=2)),  # native: frames_per_request
     ("torch", dict(use_triton=False, cuda_graphs=False), TorchOptions(use_triton=False, cuda_graphs=False)),
 ])
 def test_keywords_and_typed_objects_score_the_same(model, backend, keywords, typed):

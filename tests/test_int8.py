@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +28,7 @@ from cdd_engine.errors import AccuracyGuardError, EngineFormatError
 from cdd_engine.metrics import image_auroc
 from cdd_engine.runtime import int8_guard
 from cdd_engine.runtime.int8_guard import GuardThresholds, plan_calibration, spearman
+from cdd_engine.runtime.options import INT8_SUB_BATCH, default_sub_batch
 from engine_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 from engine_helpers import frames, reference, tiny_model, write_run_dir
 from rd_fixtures import write_tiny_mvtec
@@ -357,6 +360,59 @@ def test_native_and_python_runtimes_agree_on_the_int8_engine(int8_engine):
         a, b = py.score(batch, pixel_format=fmt), nat.score(batch, pixel_format=fmt)
         np.testing.assert_allclose(b.scores, a.scores, rtol=NATIVE_INT8_RTOL)
         np.testing.assert_allclose(b.maps, a.maps, rtol=NATIVE_INT8_RTOL, atol=NATIVE_INT8_RTOL * float(a.maps.max()))
+
+
+def test_int8_engines_run_four_frames_per_request_and_every_split_scores_the_same(int8_engine):
+    """A batch split over streams runs up to 4 frames per request on an INT8 engine unless told otherwise,
+    on both runtimes (options.default_sub_batch, the library's kInt8FramesPerRequest: measured faster,
+    benchmarks/RESULTS.md), and how a batch is split does not change a frame's result."""
+    from cdd_engine.runtime.backends.openvino_backend import OpenVINOBackend
+    assert default_sub_batch("int8", 8) == INT8_SUB_BATCH == 4 and default_sub_batch("int8", 2) == 2
+    assert default_sub_batch("fp32", 4) == default_sub_batch("fp16", 4) == 1
+    manifest = cdd_engine.Engine(int8_engine, runtime="python").manifest
+    assert OpenVINOBackend(int8_engine, manifest).sub_batch == 4  # the engine's max_batch is 4
+    assert OpenVINOBackend(int8_engine, manifest, sub_batch=3).sub_batch == 3
+    rng = np.random.default_rng(7)
+    x = [frames(1, h, w, seed=int(rng.integers(1 << 30)))[0] for h, w in [(64, 64), (77, 51), (40, 90), (64, 64)]]
+    want = cdd_engine.Engine(int8_engine, runtime="python", openvino_mode="throughput", sub_batch=1).score(x)
+    mod = _native_or_none()
+    runtimes = ["python"] + (["native"] if mod is not None else [])
+    if mod is not None:
+        assert mod.Engine(str(int8_engine), num_streams=2).frames_per_request == 4
+        assert mod.Engine(str(int8_engine), num_streams=2, frames_per_request=3).frames_per_request == 3
+    for runtime in runtimes:
+        rtol = 1e-6 if runtime == "python" else NATIVE_INT8_RTOL  # see NATIVE_INT8_RTOL
+        for sub_batch in (None, 1, 2, 3, 4):
+            got = cdd_engine.Engine(int8_engine, runtime=runtime, openvino_mode="throughput",
+                                    sub_batch=sub_batch).score(x)
+            np.testing.assert_allclose(got.scores, want.scores, rtol=rtol, err_msg=f"{runtime} {sub_batch}")
+            np.testing.assert_allclose(got.maps, want.maps, rtol=rtol, atol=rtol * float(want.maps.max()))
+
+
+def test_a_batch_is_never_split_into_fewer_requests_than_streams(int8_engine):
+    """Up to 4 frames per request, but never fewer requests than streams: 4 frames on 2 streams run as
+    2 + 2, not as one request of 4 beside an idle stream. Native: the library's CDD_TRACE lines say
+    each request's size; Python: the job size the throughput pool is asked for."""
+    from cdd_engine.runtime.backends.openvino_backend import OpenVINOBackend
+    backend = OpenVINOBackend(int8_engine, cdd_engine.Engine(int8_engine, runtime="python").manifest,
+                              mode="throughput")
+    asked: list[int] = []
+    pool_for = backend._async_requests
+    backend._async_requests = lambda batch: asked.append(batch) or pool_for(batch)
+    streams = len(pool_for(1))
+    for n in (4, 3, 2):
+        asked.clear()
+        backend._run_scored(np.random.default_rng(n).standard_normal((n, 3, 64, 64)).astype(np.float32))
+        assert asked[-1] == min(4, -(-n // streams)), (n, streams, asked)
+    if _native_or_none() is None:
+        return
+    code = ("import sys, numpy as np, cdd_engine._native as m; e = m.Engine(sys.argv[1], num_streams=2); "
+            "e.score(np.random.default_rng(0).integers(0, 256, (int(sys.argv[2]), 64, 64, 3), dtype=np.uint8))")
+    for n, want in ((4, [2, 2]), (3, [1, 2]), (8, [4, 4]), (1, [1])):
+        proc = subprocess.run([sys.executable, "-c", code, str(int8_engine), str(n)], capture_output=True, text=True,
+                              env={**os.environ, "CDD_TRACE": "1"}, timeout=300, check=True)
+        sizes = sorted(int(m) for m in re.findall(r"cdd openvino batch (\d+):", proc.stderr))
+        assert sizes == want, (n, proc.stderr)
 
 
 def test_fp32_scope_names_student_or_teacher_layers_only(tmp_path):

@@ -132,13 +132,13 @@ class Engine:
         cuda_graphs: torch and aoti backends on CUDA: score uint8 frame batches through CUDA graphs
             captured per batch bucket (default on; runtime/cuda_graphs.py; not run on a GPU here).
         openvino_mode, sub_batch, static_shapes: how OpenVINO runs a batch: "auto" (default:
-            one latency request for a single image, batches split into jobs of ``sub_batch``
-            (default 1) images on the plugin's streams), "latency" or "throughput"; static
-            shapes per batch size (default). See backends/openvino_backend.py.
-            On the native runtime ``openvino_mode`` sets the C++ inference requests ("latency": 1,
-            "throughput": 2, "auto": 1 for single frames and 2 for several, as the Python modes;
-            see native_runtime.STREAMS_FOR_MODE) and ``sub_batch`` has no counterpart (asking for
-            it selects the Python runtime under "auto").
+            one latency request for a single image, batches split into requests of ``sub_batch``
+            images at most on the plugin's streams; default 4 for INT8 engines, 1 otherwise, at
+            most max_batch), "latency" or "throughput"; static shapes per batch size (default). See
+            backends/openvino_backend.py. On the native runtime ``openvino_mode`` sets the C++
+            inference requests ("latency": 1, "throughput": 2, "auto": 1 for single frames and 2
+            for several, as the Python modes; see native_runtime.STREAMS_FOR_MODE) and
+            ``sub_batch`` is the library's ``frames_per_request``.
         verify_hashes: check every file's SHA-256 against engine.json (sizes are always checked).
             Done once, here, for both runtimes (the C++ reader is told not to hash again).
         runtime: "auto" (default: native when ``cdd_engine.native.available()`` and the engine is
@@ -172,6 +172,9 @@ class Engine:
                                        openvino_mode=openvino_mode, sub_batch=sub_batch,
                                        static_shapes=static_shapes, num_streams=num_streams,
                                        cuda_graphs=cuda_graphs)
+        sub_batch = getattr(self.options, "sub_batch", None)
+        if sub_batch is not None and sub_batch > self.max_batch:  # both runtimes: the C++ library's rule
+            raise ValueError(f"sub_batch must be at most the engine's max_batch={self.max_batch}, got {sub_batch}")
         self._device, self._num_threads = device, num_threads
         self._backend: Any = None
         self._backend_lock = threading.Lock()

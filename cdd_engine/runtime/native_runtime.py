@@ -183,7 +183,8 @@ class NativeRunner:
             runtime reads ``num_streams`` (requests that run at once; None: 1, or from ``mode``)
             and, for OpenVINO, ``mode`` ("latency" -> 1 stream, "throughput" -> 2, "auto"
             (default) -> 1 for single frames and 2 for calls of several frames, a second C++
-            engine loaded on first need) and ``static_shapes`` (None = True).
+            engine loaded on first need), ``static_shapes`` (None = True) and ``sub_batch`` (the
+            library's ``frames_per_request``; None = by precision).
         num_threads: CPU threads; None or 0 = all cores.
 
     TensorRT engines (device "cuda[:i]", a module built with CDD_WITH_TENSORRT) are NOT RUN on the
@@ -217,6 +218,8 @@ class NativeRunner:
         self._options = dict(num_threads=check_count(num_threads, "num_threads", 0) or 0, device=self._device,
                              verify_hashes=False,
                              static_shapes=True if static_shapes is None else static_shapes)
+        if openvino:  # None: the library's rule by precision, the same as options.default_sub_batch
+            self._options["frames_per_request"] = options.sub_batch or 0
         self._mod = mod
         self.engine = self._load(streams)
         self._batch_engine: Any = None

@@ -281,14 +281,16 @@ PYBIND11_MODULE(_native, m) {
 
     py::class_<cdd::Engine>(m, "Engine", R"doc(
 Engine(engine_dir, num_threads=0, num_streams=1, device="CPU", threshold=None, sensitivity=None,
-       verify_hashes=True, static_shapes=True, distances_in_network=True)
+       verify_hashes=True, static_shapes=True, distances_in_network=True, frames_per_request=0)
 
 The C++ engine on an engine directory. Thread-safe; the GIL is released while scoring.
 num_threads: CPU threads (0 = all cores); num_streams: inference requests in the pool;
+frames_per_request: the most frames per request when a call is split over several streams
+(0: 4 for INT8 engines, 1 otherwise; at most max_batch);
 threshold overrides the calibrated threshold; sensitivity divides it instead.)doc")
         .def(py::init([](const std::string& engine_dir, int num_threads, int num_streams, const std::string& device,
                          std::optional<float> threshold, std::optional<float> sensitivity, bool verify_hashes,
-                         bool static_shapes, bool distances_in_network) {
+                         bool static_shapes, bool distances_in_network, int frames_per_request) {
                  cdd::EngineOptions o;
                  o.num_threads = num_threads;
                  o.num_streams = num_streams;
@@ -298,12 +300,14 @@ threshold overrides the calibrated threshold; sensitivity divides it instead.)do
                  o.verify_hashes = verify_hashes;
                  o.static_shapes = static_shapes;
                  o.distances_in_network = distances_in_network;
+                 o.frames_per_request = frames_per_request;
                  py::gil_scoped_release release;  // compiling the model takes a while
                  return new cdd::Engine(engine_dir, o);
              }),
              py::arg("engine_dir"), py::arg("num_threads") = 0, py::arg("num_streams") = 1, py::arg("device") = "CPU",
              py::arg("threshold") = py::none(), py::arg("sensitivity") = py::none(), py::arg("verify_hashes") = true,
-             py::arg("static_shapes") = true, py::arg("distances_in_network") = true)
+             py::arg("static_shapes") = true, py::arg("distances_in_network") = true,
+             py::arg("frames_per_request") = 0)
         .def("score", &score, py::arg("images"), py::arg("pixel_format") = "RGB", py::arg("return_maps") = true,
              py::arg("map_size") = "model", R"doc(
 score(images, pixel_format="RGB", return_maps=True, map_size="model")
@@ -323,6 +327,7 @@ resolution for map_size="model"; a list of (h_i, w_i) arrays at each frame's siz
         .def_property_readonly("device", [](const cdd::Engine& e) { return e.info().device; })
         .def_property_readonly("model_file", [](const cdd::Engine& e) { return e.info().model_file; })
         .def_property_readonly("num_streams", [](const cdd::Engine& e) { return e.info().num_streams; })
+        .def_property_readonly("frames_per_request", [](const cdd::Engine& e) { return e.info().frames_per_request; })
         .def_property_readonly("num_threads", [](const cdd::Engine& e) { return e.info().num_threads; })
         .def_property_readonly("engine_dir", [](const cdd::Engine& e) { return e.info().engine_dir; })
         .def("__repr__", [](const cdd::Engine& e) {

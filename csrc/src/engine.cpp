@@ -180,6 +180,13 @@ Engine::Engine(const std::string& engine_dir, const EngineOptions& options) : im
     info.image_width = m.image_w;
     info.max_batch = m.max_batch;
     info.num_streams = options.num_streams;
+    if (options.frames_per_request < 0 || options.frames_per_request > m.max_batch)
+        throw Error(ErrorCode::InvalidArgument, "frames_per_request must be in [0, max_batch = " +
+                                                    std::to_string(m.max_batch) + "] (0 = by precision), got " +
+                                                    std::to_string(options.frames_per_request));
+    info.frames_per_request = options.frames_per_request > 0 ? options.frames_per_request
+                              : m.precision == "int8"       ? std::min(kInt8FramesPerRequest, m.max_batch)
+                                                            : 1;
     info.num_threads = detail::resolve_threads(options.num_threads);
     info.calibrated_threshold = m.threshold;
     info.threshold = options.threshold ? *options.threshold
@@ -236,17 +243,21 @@ void Engine::score_into(const ImageView* views, std::size_t n, const ScoreOption
     const int H = im.info.image_height, W = im.info.image_width;
     const std::size_t full = static_cast<std::size_t>(H) * W;
     const std::size_t batch = static_cast<std::size_t>(im.info.max_batch);
-    // One stream: pieces of at most max_batch frames, one request each. Several streams: one
-    // frame per request, the workers taking turns (a batch of 8 on 2 streams: 2 x 1 at a time),
-    // as the Python runtime's auto mode does: on CPUs a request over several frames is no faster
-    // per frame (activations outgrow the caches), and single-frame requests keep every stream
-    // busy to the end (benchmarks/RESULTS.md, native runtime run 5 vs run 6).
+    // One stream: pieces of at most max_batch frames, one request each. Several streams:
+    // up to frames_per_request frames per request (1 for fp32, 4 for INT8 by default), the workers
+    // taking turns (a batch of 8 on 2 streams of 1 frame: 2 x 1 at a time), as the Python
+    // runtime's auto mode does: on CPUs an fp32 request over several frames is no faster per
+    // frame (activations outgrow the caches), and small requests keep every stream busy to the
+    // end (benchmarks/RESULTS.md, native runtime run 5 vs run 6, and frames per request).
     const std::size_t chunks = (n + batch - 1) / batch;
-    Impl::Leases leases(im, std::min(n, std::max(chunks, im.workers.size())));
+    const std::size_t per_request = static_cast<std::size_t>(im.info.frames_per_request);
+    // the split depends on n, max_batch, frames_per_request and the pool size only, never on how
+    // many workers were idle: the same frames always meet the network in the same sub-batches
+    // (never fewer pieces than streams: a call of 4 frames at 4 per request would leave one idle)
+    const std::size_t pieces =
+        im.workers.size() > 1 ? std::max((n + per_request - 1) / per_request, std::min(n, im.workers.size())) : chunks;
+    Impl::Leases leases(im, std::min(pieces, im.workers.size()));
     const std::vector<detail::Worker*>& ws = leases.workers();
-    // the split depends on n, max_batch and the pool size only, never on how many workers were
-    // idle: the same frames always meet the network in the same sub-batches (same results)
-    const std::size_t pieces = im.workers.size() > 1 ? n : chunks;
     auto piece_begin = [&](std::size_t p) { return n * p / pieces; };  // balanced, in order
 
     auto run_piece = [&](detail::Worker& worker, std::size_t p, std::vector<float>& piece_scores) {

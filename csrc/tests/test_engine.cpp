@@ -130,6 +130,29 @@ TEST_CASE("batches larger than max_batch are split; results match one-by-one sco
     for (std::size_t i = 0; i < scores.size(); ++i) CHECK(scores[i] == all[i].score);
 }
 
+TEST_CASE("frames per request: by precision by default; any split over streams gives the same results") {
+    const Frames& f = frames();
+    EngineOptions o = opts(2, 2);
+    Engine by_default(g_engine, o);
+    const EngineInfo& info = by_default.info();
+    CHECK(info.frames_per_request == (info.precision == "int8" ? std::min(kInt8FramesPerRequest, info.max_batch) : 1));
+    const auto want = by_default.score(f.views.data(), f.views.size());
+    for (int k = 1; k <= info.max_batch; ++k) {
+        o.frames_per_request = k;
+        Engine e(g_engine, o);
+        CHECK(e.info().frames_per_request == k);
+        const auto got = e.score(f.views.data(), f.views.size());
+        for (std::size_t i = 0; i < got.size(); ++i) {
+            CHECK_CLOSE(got[i].score, want[i].score, 1e-6, std::fabs(want[i].score));
+            float worst = 0;
+            for (std::size_t p = 0; p < got[i].map.size(); ++p)
+                worst = std::max(worst, std::fabs(got[i].map[p] - want[i].map[p]));
+            CHECK_MSG(worst <= 1e-6f * std::fabs(want[i].score),
+                      "frames_per_request " + std::to_string(k) + ", frame " + std::to_string(i));
+        }
+    }
+}
+
 TEST_CASE("threshold override and sensitivity") {
     const Frames& f = frames();
     EngineOptions o = opts();

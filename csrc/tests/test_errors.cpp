@@ -69,6 +69,12 @@ TEST_CASE("options: streams, threads, sensitivity, threshold, map output") {
     o.num_threads = -1;
     REQUIRE_THROWS(Engine(g_engine, o), ErrorCode::InvalidArgument, "num_threads");
     o = fast();
+    o.frames_per_request = -1;
+    REQUIRE_THROWS(Engine(g_engine, o), ErrorCode::InvalidArgument, "frames_per_request");
+    o = fast();
+    o.frames_per_request = 1000;  // more than max_batch: a request's buffers hold max_batch frames
+    REQUIRE_THROWS(Engine(g_engine, o), ErrorCode::InvalidArgument, "max_batch");
+    o = fast();
     o.sensitivity = 0.f;
     REQUIRE_THROWS(Engine(g_engine, o), ErrorCode::InvalidArgument, "sensitivity");
     o = fast();

@@ -38,7 +38,7 @@ import torch
 
 from ...engine_format import FEATURE_NAMES
 from ...errors import BackendUnavailable, EngineFormatError
-from ..options import OPENVINO_MODES
+from ..options import OPENVINO_MODES, default_sub_batch
 from ..postprocess import FastAnomalyMap
 
 log = logging.getLogger("cdd_engine.runtime")
@@ -157,8 +157,10 @@ class OpenVINOBackend:
 
     - ``latency``: one infer request over the whole batch, all threads on it
       (``PERFORMANCE_HINT=LATENCY``);
-    - ``throughput``: the batch split into jobs of ``sub_batch`` images run concurrently on the
-      plugin's streams (``PERFORMANCE_HINT=THROUGHPUT``; 2 streams of 1 thread on 2 cores);
+    - ``throughput``: the batch split into jobs of up to ``sub_batch`` images (default 1, 4 for
+      INT8 engines: options.default_sub_batch; never fewer jobs than streams) run concurrently
+      on the plugin's streams
+      (``PERFORMANCE_HINT=THROUGHPUT``; 2 streams of 1 thread on 2 cores);
     - ``auto`` (default): latency for a single image, throughput for batches. Measured on the
       2-core development machine (benchmarks/RESULTS.md): a WRN50 batch of 8 as one request ran
       at about the per-image speed of batch 1 or worse (activations 8x larger than the caches),
@@ -173,14 +175,15 @@ class OpenVINOBackend:
     MODES = OPENVINO_MODES
 
     def __init__(self, engine_dir: str | os.PathLike, manifest: dict, *, num_threads: int | None = None,
-                 mode: str = "auto", sub_batch: int = 1, static_shapes: bool = True) -> None:
+                 mode: str = "auto", sub_batch: int | None = None, static_shapes: bool = True) -> None:
         # mode, sub_batch and static_shapes come checked from OpenVINOOptions (runtime/options.py,
         # through make_backend): the one place that validates them, for both runtimes
         ov, _ = _ov()
         self.device = torch.device("cpu")
         self.manifest = manifest
         self.mode = mode
-        self.sub_batch = sub_batch
+        # None: by precision (up to 4 frames per job for INT8 engines, 1 otherwise; options.default_sub_batch)
+        self.sub_batch = sub_batch or default_sub_batch(manifest["precision"], int(manifest["max_batch"]))
         self.static_shapes = bool(static_shapes)
         self._ov = ov
         self.core = ov.Core()
@@ -282,8 +285,12 @@ class OpenVINOBackend:
             return {name: out[name] for name in self._outputs}
         res = {name: np.empty((b, *shape), dtype=np.float32) for name, shape in self._outputs.items()}
         sub = min(self.sub_batch, b)
-        full = b - b % sub
         pool = self._async_requests(sub)
+        fair = -(-b // len(pool))  # never fewer jobs than streams: 4 frames at 4 per job would idle one
+        if fair < sub:
+            sub = fair
+            pool = self._async_requests(sub)
+        full = b - b % sub
         started: list[int | None] = [None] * len(pool)  # first image of the job each request runs
 
         def collect(k: int) -> None:

@@ -60,7 +60,19 @@ struct EngineOptions {
     /// cost OpenVINO ~9% more time); false reads the features and runs the whole fused map
     /// in C++.
     bool distances_in_network = true;
+    /// With more than one stream: the most frames per inference request when a call of several
+    /// frames is split over the streams (a batch of 8 on 2 streams at 2: 4 requests of 2, in
+    /// turns; never fewer requests than streams, so a call of 4 at 4 still uses both), at most
+    /// max_batch. 0 = by precision: 4 for INT8 engines, 1 otherwise (kInt8FramesPerRequest;
+    /// measured on a 2-core CPU, benchmarks/RESULTS.md "Frames per request": an INT8 frame costs
+    /// 2-4x less, so a request's fixed costs weigh more, and its int8 activations are a quarter of
+    /// the size; fp32 frames gain nothing from grouping). Ignored with one stream (requests of up
+    /// to max_batch).
+    int frames_per_request = 0;
 };
+
+/// frames_per_request = 0 on an INT8 engine (EngineOptions::frames_per_request).
+constexpr int kInt8FramesPerRequest = 4;
 
 /// Per-call settings of score().
 struct ScoreOptions {
@@ -93,6 +105,7 @@ struct EngineInfo {
     int image_height = 0, image_width = 0;
     int max_batch = 0;
     int num_streams = 0;
+    int frames_per_request = 0;  ///< the value in force (EngineOptions::frames_per_request resolved)
     int num_threads = 0;
     float calibrated_threshold = 0.f;  ///< engine.json threshold.value
     float threshold = 0.f;             ///< the threshold in force
