@@ -142,7 +142,7 @@ def time_interleaved(contenders: dict[str, Callable[[], Any]], rounds: int, warm
     Random, not rotated: a rotation keeps every contender right behind the same one, and the one
     behind the eager pipeline pays for torch's OpenMP threads still spinning after it returns.
     Measured (2 shared cores, efficientnet_lite0 batch 8, six runs, benchmarks/RESULTS.md "Frames
-    per request"): the fp32 engine in that slot took 3-18 % longer than the very same engine
+    per request"): the fp32 engine in that slot took 9-25 % longer (p50) than the very same engine
     elsewhere in the round."""
     names = list(contenders)
     for _ in range(warmup):

@@ -49,9 +49,9 @@ def _check_mode(mode: Any) -> str:
 
 # The most frames per inference request when a batch is split over streams, when ``sub_batch`` is
 # not given: 4 for INT8 engines (the C++ library's kInt8FramesPerRequest), 1 otherwise. Measured on
-# the 2-core machine, batch 8 on 2 streams (benchmarks/RESULTS.md, "Frames per request"): see there
-# for the figures; in short INT8 efficientnet_lite0 runs 1.2-1.3x faster at 4 than at 1 and WRN50
-# INT8 no slower, while fp32 engines gain nothing from grouping frames.
+# the 2-core machine, batch 8 on 2 streams (benchmarks/RESULTS.md, "Frames per request"): INT8
+# efficientnet_lite0 ran 1.23-1.30x faster at 4 than at 1 under the AVX2 cap (1.37-1.52x natively)
+# and INT8 WRN50 within 1.1 %, while fp32 engines gained nothing from grouping frames.
 INT8_SUB_BATCH = 4
 
 
