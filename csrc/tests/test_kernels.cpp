@@ -165,9 +165,13 @@ TEST_CASE("preprocess: down-scaling, odd sizes, all formats, padded rows") {
     check_preprocess(1001, 7, PixelFormat::RGB8, 13, 5, 1, 3);
 }
 
-TEST_CASE("preprocess: up-scaling and identity size") {
+TEST_CASE("preprocess: up-scaling and identity size (the same-size path: every format, padding, threads)") {
     check_preprocess(9, 11, PixelFormat::RGB8, 32, 40, 0, 1);
     check_preprocess(31, 31, PixelFormat::BGR8, 31, 31, 7, 2);
+    check_preprocess(64, 47, PixelFormat::RGB8, 64, 47, 5, 1);
+    check_preprocess(33, 70, PixelFormat::Mono8, 33, 70, 3, 2);
+    check_preprocess(1, 1, PixelFormat::RGB8, 1, 1, 0, 1);
+    check_preprocess(5, 3, PixelFormat::BGR8, 5, 3, 1, 8);  // more threads than rows
     check_preprocess(1, 1, PixelFormat::Mono8, 4, 3, 0, 1);
 }
 
