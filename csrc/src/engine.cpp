@@ -254,9 +254,10 @@ void Engine::score_into(const ImageView* views, std::size_t n, const ScoreOption
     // the split depends on n, max_batch, frames_per_request and the pool size only, never on how
     // many workers were idle: the same frames always meet the network in the same sub-batches
     // (never fewer pieces than streams: a call of 4 frames at 4 per request would leave one idle)
+    const std::size_t streams = im.workers.size();
     const std::size_t pieces =
-        im.workers.size() > 1 ? std::max((n + per_request - 1) / per_request, std::min(n, im.workers.size())) : chunks;
-    Impl::Leases leases(im, std::min(pieces, im.workers.size()));
+        streams > 1 ? std::max((n + per_request - 1) / per_request, std::min(n, streams)) : chunks;
+    Impl::Leases leases(im, std::min(pieces, streams));
     const std::vector<detail::Worker*>& ws = leases.workers();
     auto piece_begin = [&](std::size_t p) { return n * p / pieces; };  // balanced, in order
 

@@ -154,8 +154,8 @@ void resize_generic(const T* src, int in_h, int in_w, std::size_t stride_elems, 
 /// A frame already at the model size: the antialiased weights are one tap of 1.0 per sample,
 /// so the resize is the identity and only the de-interleave and a * x + b remain. Written as
 /// the two passes write it (the same float conversion, then dst * a + b in a CDD_HOT loop), so
-/// the planes are bit-identical to the general path's; 256x256 RGB costs ~0.1 ms instead of
-/// ~0.4 ms through the two passes (benchmarks/RESULTS.md).
+/// the planes are bit-identical to the general path's. A 256x256 RGB frame through the Python
+/// binding: 0.04 ms, against 0.86 ms through the two passes (benchmarks/RESULTS.md).
 template <int C>
 CDD_HOT void normalize_row(const std::uint8_t* CDD_RESTRICT src, int w, int c, float a, float b,
                            float* CDD_RESTRICT dst) {

@@ -159,8 +159,7 @@ class OpenVINOBackend:
       (``PERFORMANCE_HINT=LATENCY``);
     - ``throughput``: the batch split into jobs of up to ``sub_batch`` images (default 1, 4 for
       INT8 engines: options.default_sub_batch; never fewer jobs than streams) run concurrently
-      on the plugin's streams
-      (``PERFORMANCE_HINT=THROUGHPUT``; 2 streams of 1 thread on 2 cores);
+      on the plugin's streams (``PERFORMANCE_HINT=THROUGHPUT``; 2 streams of 1 thread on 2 cores);
     - ``auto`` (default): latency for a single image, throughput for batches. Measured on the
       2-core development machine (benchmarks/RESULTS.md): a WRN50 batch of 8 as one request ran
       at about the per-image speed of batch 1 or worse (activations 8x larger than the caches),
