@@ -19,6 +19,23 @@ def require_native() -> bool:
     return os.environ.get("CDD_REQUIRE_NATIVE") == "1"
 
 
+def native_module_or_none():
+    """The compiled module, or None when it is not built; under CDD_REQUIRE_NATIVE=1 a missing build is
+    an error, so a test's native half cannot drop out silently in CI."""
+    try:
+        return load()
+    except NativeUnavailable:
+        if require_native():
+            raise
+        return None
+
+
+# Marks a test that needs the module: it runs wherever CI runs (CDD_REQUIRE_NATIVE=1, and there it
+# fails rather than skips when the build is missing); elsewhere it skips without a build.
+needs_native = pytest.mark.skipif(not require_native() and native_module_or_none() is None,
+                                  reason="the native module cdd_engine._native (libcdd_engine) is not built here")
+
+
 def native_or_skip():
     """The compiled ``cdd_engine._native`` module; skips the calling test module when it is not built."""
     try:

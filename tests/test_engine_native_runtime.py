@@ -24,11 +24,9 @@ from cdd_engine.runtime import native_runtime
 
 from engine_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 from engine_helpers import RTOL, copy_engine, engine_dir, model_and_run_dir, reference, rel_err
-from native_helpers import require_native
+from native_helpers import needs_native
 
 NATIVE = native_runtime.native_module()
-needs_native = pytest.mark.skipif(NATIVE is None and not require_native(),
-                                  reason="the native module cdd_engine._native (libcdd_engine) is not built here")
 
 
 @pytest.fixture(scope="module")

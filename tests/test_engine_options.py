@@ -25,11 +25,9 @@ from cdd_engine.runtime.options import BOTH, NATIVE, PYTHON, backend_options
 
 from engine_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 from engine_helpers import RTOL, engine_dir, model_and_run_dir, reference, rel_err
-from native_helpers import require_native
+from native_helpers import needs_native
 
 NATIVE_MODULE = native_runtime.native_module()
-needs_native = pytest.mark.skipif(NATIVE_MODULE is None and not require_native(),
-                                  reason="the native module cdd_engine._native (libcdd_engine) is not built here")
 CLASSES = (OpenVINOOptions, TorchOptions, AotiOptions, TensorRTOptions)
 
 

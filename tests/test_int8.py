@@ -31,6 +31,7 @@ from cdd_engine.runtime.int8_guard import GuardThresholds, plan_calibration, spe
 from cdd_engine.runtime.options import INT8_SUB_BATCH, default_sub_batch
 from engine_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 from engine_helpers import frames, reference, tiny_model, write_run_dir
+from native_helpers import native_module_or_none
 from rd_fixtures import write_tiny_mvtec
 
 N_TRAIN = 30  # guard_count(30) = 8 held out, 22 calibrate
@@ -300,7 +301,7 @@ def _rewrite(engine: Path, edit) -> None:
 
 
 def test_readers_tie_int8_to_fake_quantize(int8_engine, fallback_engine, tmp_path):
-    native = _native_or_none()
+    native = native_module_or_none()
     cases = []
     e = Path(shutil.copytree(int8_engine, tmp_path / "relabelled"))
     _rewrite(e, lambda m: (m.update(precision="fp32"), m.pop("int8")))
@@ -330,14 +331,6 @@ def test_readers_tie_int8_to_fake_quantize(int8_engine, fallback_engine, tmp_pat
 
 
 # ----------------------------------------------------------------------------- native parity
-def _native_or_none():
-    from cdd_engine.native import NativeUnavailable, load
-    try:
-        return load()
-    except NativeUnavailable:
-        return None
-
-
 # Both runtimes run the same IR on the same CPU plugin; the C++ pre-processing matches the Python one
 # to ~1e-6, which could move an activation across an INT8 rounding step; measured worst score error
 # 2e-9 (ctest example_int8), so 1e-4 relative leaves room for one such step and still catches a real split.
@@ -345,10 +338,7 @@ NATIVE_INT8_RTOL = 1e-4
 
 
 def test_native_and_python_runtimes_agree_on_the_int8_engine(int8_engine):
-    if _native_or_none() is None:
-        from native_helpers import require_native
-        if require_native():
-            raise AssertionError("the native module is required (CDD_REQUIRE_NATIVE=1) but not built")
+    if native_module_or_none() is None:  # raises under CDD_REQUIRE_NATIVE=1
         pytest.skip("native module not built")
     rng = np.random.default_rng(99)
     x = [frames(1, h, w, seed=int(rng.integers(1 << 30)))[0] for h, w in [(64, 64), (81, 47), (150, 33), (20, 200)]]
@@ -375,7 +365,7 @@ def test_int8_engines_run_four_frames_per_request_and_every_split_scores_the_sam
     rng = np.random.default_rng(7)
     x = [frames(1, h, w, seed=int(rng.integers(1 << 30)))[0] for h, w in [(64, 64), (77, 51), (40, 90), (64, 64)]]
     want = cdd_engine.Engine(int8_engine, runtime="python", openvino_mode="throughput", sub_batch=1).score(x)
-    mod = _native_or_none()
+    mod = native_module_or_none()
     runtimes = ["python"] + (["native"] if mod is not None else [])
     if mod is not None:
         assert mod.Engine(str(int8_engine), num_streams=2).frames_per_request == 4
@@ -404,7 +394,7 @@ def test_a_batch_is_never_split_into_fewer_requests_than_streams(int8_engine):
         asked.clear()
         backend._run_scored(np.random.default_rng(n).standard_normal((n, 3, 64, 64)).astype(np.float32))
         assert asked[-1] == min(4, -(-n // streams)), (n, streams, asked)
-    if _native_or_none() is None:
+    if native_module_or_none() is None:
         return
     code = ("import sys, numpy as np, cdd_engine._native as m; e = m.Engine(sys.argv[1], num_streams=2); "
             "e.score(np.random.default_rng(0).integers(0, 256, (int(sys.argv[2]), 64, 64, 3), dtype=np.uint8))")

@@ -220,6 +220,9 @@ class OpenVINOBackend:
         self.configs = {"latency": {**base, "PERFORMANCE_HINT": "LATENCY"},
                         "throughput": {**base, "PERFORMANCE_HINT": "THROUGHPUT"}}
         self._compiled: OrderedDict[tuple[str, str, int], Any] = OrderedDict()
+        # the throughput plugin's stream count (its advised number of requests), learnt from the
+        # first pool: it sizes the jobs before any model of the job size is compiled
+        self._streams: int | None = None
         self._lock = threading.Lock()
         self._local = threading.local()
 
@@ -261,6 +264,7 @@ class OpenVINOBackend:
         entry = cache.get(("pool", batch))
         if entry is None or entry[0] is not cm:
             n = max(1, int(cm.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+            self._streams = n
             entry = cache[("pool", batch)] = (cm, [cm.create_infer_request() for _ in range(n)])
         return entry[1]
 
@@ -283,12 +287,9 @@ class OpenVINOBackend:
             out = self._request("score", "latency", b).infer({0: arr}, share_inputs=True, share_outputs=True)
             return {name: out[name] for name in self._outputs}
         res = {name: np.empty((b, *shape), dtype=np.float32) for name, shape in self._outputs.items()}
-        sub = min(self.sub_batch, b)
+        streams = self._streams or len(self._async_requests(min(self.sub_batch, b)))  # first call only
+        sub = min(self.sub_batch, b, -(-b // streams))  # never fewer jobs than streams (4 at 4 idles one)
         pool = self._async_requests(sub)
-        fair = -(-b // len(pool))  # never fewer jobs than streams: 4 frames at 4 per job would idle one
-        if fair < sub:
-            sub = fair
-            pool = self._async_requests(sub)
         full = b - b % sub
         started: list[int | None] = [None] * len(pool)  # first image of the job each request runs
 
